@@ -1,0 +1,126 @@
+"""Every config key balms-det adds to Detectron2's config.
+
+Keys of the ROI head live under ``MODEL.ROI_BOX_HEAD.BALMS``; keys of training procedures
+(decoupling, the Meta Reweigher, BTM, the synthetic dataset) under a root ``BALMS`` node.
+No key outside these two nodes is added or changed.
+"""
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_balms_config", "LOSSES", "SOFTMAX_LOSSES", "SIGMOID_LOSSES"]
+
+# Classification losses of BalmsFastRCNNOutputLayers. The softmax family uses K+1 logits
+# (background last, Detectron2's layout); the sigmoid family uses K logits (no background column,
+# the published BALMS detection layout).
+SOFTMAX_LOSSES = ("softmax", "balanced_softmax", "label_over_smooth")
+SIGMOID_LOSSES = ("sigmoid", "balanced_sigmoid")
+LOSSES = SOFTMAX_LOSSES + SIGMOID_LOSSES
+
+
+def add_balms_config(cfg):
+    """Add the balms-det keys, with their defaults, to a Detectron2 config (in place)."""
+    _C = cfg
+
+    # ---------------------------------------------------------------------------------------
+    # The box predictor (BalmsFastRCNNOutputLayers)
+    # ---------------------------------------------------------------------------------------
+    _C.MODEL.ROI_BOX_HEAD.BALMS = CN()
+    # Classification loss: one of "softmax" (stock Detectron2 cross-entropy, K+1 logits),
+    # "balanced_softmax" (cross-entropy on prior-shifted logits, K+1 logits), "sigmoid"
+    # (per-class binary logistic loss, K logits), "balanced_sigmoid" (the published BALMS
+    # detection loss, K logits), "label_over_smooth" (Label Over-Smoothing, K+1 logits).
+    _C.MODEL.ROI_BOX_HEAD.BALMS.LOSS = "softmax"
+    # Exponent of the prior in balanced softmax: 1.0 is Balanced Softmax, 0.25 the paper's
+    # "Balanced Softmax 1/4", 0.0 plain cross-entropy.
+    _C.MODEL.ROI_BOX_HEAD.BALMS.TAU = 1.0
+    # Which class counts define the prior: "image_count" (training images containing the class,
+    # the LVIS definition) or "instance_count" (training instances of the class).
+    _C.MODEL.ROI_BOX_HEAD.BALMS.COUNT_TYPE = "image_count"
+    # Optional JSON written by tools/write_cat_info.py with per-category image_count and
+    # instance_count. Empty: counts are computed from DATASETS.TRAIN.
+    _C.MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO = ""
+    # Counts below this value are clamped to it (a class with no training image would otherwise
+    # give log(0) = -inf); each clamped class is named in a warning.
+    _C.MODEL.ROI_BOX_HEAD.BALMS.MIN_COUNT = 1.0
+    # Smoothing strength delta of Label Over-Smoothing: the true class gets 1 - delta + delta/C,
+    # every other class delta/C, with C = K + 1 classes in the softmax.
+    _C.MODEL.ROI_BOX_HEAD.BALMS.LOS_DELTA = 0.9
+    # Prior probability p0 for the bias initialisation of sigmoid classifiers:
+    # bias = -log((1 - p0) / p0).
+    _C.MODEL.ROI_BOX_HEAD.BALMS.PRIOR_PROB = 0.001
+    # Log per-frequency-group diagnostics (mean foreground score of each group) to the event
+    # storage every this many iterations; 0 turns them off.
+    _C.MODEL.ROI_BOX_HEAD.BALMS.DIAGNOSTICS_PERIOD = 20
+
+    # ---------------------------------------------------------------------------------------
+    # Training procedures
+    # ---------------------------------------------------------------------------------------
+    _C.BALMS = CN()
+    # Decoupled training: regular expressions (re.search) over parameter names; when non-empty,
+    # only matching parameters are trained, everything else is frozen and its normalisation
+    # layers are kept in eval mode. Stage 2 of the published schedule uses ["cls_score"].
+    _C.BALMS.TRAINABLE_PARAMS = []
+
+    # Meta Reweigher (per-class loss weights learned by one-step look-ahead on a balanced set).
+    _C.BALMS.META = CN()
+    # Turn the hook on.
+    _C.BALMS.META.ENABLED = False
+    # Run a meta step every PERIOD training iterations.
+    _C.BALMS.META.PERIOD = 1
+    # Learning rate of the Adam optimizer of the class-weight parameters.
+    _C.BALMS.META.LR = 0.01
+    # Parameterisation of the weights: "sigmoid" (w = sigmoid(psi), published) or "exp"
+    # (w = exp(psi)).
+    _C.BALMS.META.WEIGHT_FN = "sigmoid"
+    # Initial value of psi for every class.
+    _C.BALMS.META.INIT = 0.0
+    # Renormalise the weights of the foreground ROIs of a batch to mean 1 (published).
+    _C.BALMS.META.NORMALIZE = True
+    # Loss of the looked-ahead classifier on the meta batch: "plain" (paper) or "balanced"
+    # (what the published code did).
+    _C.BALMS.META.META_LOSS = "plain"
+    # Meta set: empty = the training set drawn class-balanced (repeat factor 1/f per class,
+    # image factor = max over its classes, no square root); else a registered dataset name.
+    _C.BALMS.META.DATASET = ""
+    # Images per meta batch (total over all GPUs, like SOLVER.IMS_PER_BATCH).
+    _C.BALMS.META.IMS_PER_BATCH = 4
+    # Cache the ROI features of the meta set (only valid when everything before the classifier
+    # is frozen, i.e. in the decoupled stage).
+    _C.BALMS.META.CACHE_FEATURES = False
+
+    # Balanced Training and Merging.
+    _C.BALMS.BTM = CN()
+    # Number of class-balanced few-shot subsets (N_D).
+    _C.BALMS.BTM.NUM_SUBSETS = 10
+    # Training images per class in each subset (N_C); a class with fewer uses all it has.
+    _C.BALMS.BTM.SHOTS = 10
+    # Seed of the subset draw.
+    _C.BALMS.BTM.SEED = 0
+    # Iterations of each few-shot fine-tune.
+    _C.BALMS.BTM.ITERS = 500
+    # Base learning rate of each few-shot fine-tune.
+    _C.BALMS.BTM.BASE_LR = 0.002
+    # Merge weights (empty = uniform 1/N_D).
+    _C.BALMS.BTM.MERGE_WEIGHTS = []
+
+    # Evaluation.
+    _C.BALMS.EVAL = CN()
+    # Engine computing the LVIS metrics: "fast" (balms_det.evaluation.fast_lvis, identical
+    # numbers) or "lvis-api" (the reference lvis 0.5.3, run with a numpy compatibility shim).
+    _C.BALMS.EVAL.ENGINE = "fast"
+
+    # The synthetic long-tailed dataset (registered as synth_lt_train / synth_lt_val).
+    _C.BALMS.SYNTHETIC = CN()
+    # Number of classes K.
+    _C.BALMS.SYNTHETIC.NUM_CLASSES = 48
+    # Number of training images.
+    _C.BALMS.SYNTHETIC.NUM_TRAIN_IMAGES = 1000
+    # Validation instances per class (the validation split is balanced).
+    _C.BALMS.SYNTHETIC.VAL_INSTANCES_PER_CLASS = 8
+    # Side of the square images in pixels.
+    _C.BALMS.SYNTHETIC.IMAGE_SIZE = 128
+    # Seed of the generator.
+    _C.BALMS.SYNTHETIC.SEED = 0
+    # Cache folder; empty = $BALMS_DATASETS, else <repo>/datasets/synthetic.
+    _C.BALMS.SYNTHETIC.ROOT = ""
+    return cfg

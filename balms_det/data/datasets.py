@@ -1,0 +1,120 @@
+"""Registration of the synthetic long-tailed dataset, and checks of registered dataset files."""
+
+import logging
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets.lvis import load_lvis_json
+
+from .synthetic import SyntheticLTConfig, class_names, generate_synthetic_lt
+
+__all__ = [
+    "register_synthetic_lt",
+    "register_synthetic_from_cfg",
+    "synthetic_root",
+    "check_dataset_files",
+    "SYNTHETIC_DEFAULT",
+    "SYNTHETIC_TINY",
+]
+
+logger = logging.getLogger(__name__)
+
+SYNTHETIC_DEFAULT = SyntheticLTConfig()
+# A tiny version for tests and smoke runs: every LVIS group still populated.
+SYNTHETIC_TINY = SyntheticLTConfig(
+    num_classes=12,
+    num_train_images=160,
+    val_instances_per_class=4,
+    image_size=96,
+    max_images_per_class=130,
+    min_images_per_class=2,
+)
+
+
+def synthetic_root():
+    """Cache folder of generated data: $BALMS_DATASETS, else <repo>/datasets/synthetic when run
+    from a checkout, else ~/.cache/balms_det."""
+    env = os.environ.get("BALMS_DATASETS")
+    if env:
+        return env
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if os.path.exists(os.path.join(repo, "setup.py")) and os.path.isdir(
+        os.path.join(repo, "datasets")
+    ):
+        return os.path.join(repo, "datasets", "synthetic")
+    return os.path.join(os.path.expanduser("~"), ".cache", "balms_det")
+
+
+def register_synthetic_lt(prefix, cfg: SyntheticLTConfig, root=None):
+    """Register ``<prefix>_train`` and ``<prefix>_val`` (LVIS format, evaluator_type "lvis").
+
+    Files are generated on first use (the first ``DatasetCatalog.get``) and reused after.
+    Re-registering a name replaces it.
+    """
+    root = root or synthetic_root()
+    out_dir = os.path.join(root, f"{prefix}-{cfg.key()}")
+    for split in ("train", "val"):
+        name = f"{prefix}_{split}"
+        json_file = os.path.join(out_dir, f"{split}.json")
+
+        def load(split=split, name=name):
+            paths = generate_synthetic_lt(root, cfg, name=prefix)
+            return load_lvis_json(paths[f"{split}_json"], paths["image_root"])
+
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        DatasetCatalog.register(name, load)
+        MetadataCatalog.get(name).set(
+            thing_classes=class_names(cfg),
+            json_file=json_file,
+            image_root=out_dir + os.sep,
+            evaluator_type="lvis",
+            synthetic_config=cfg,
+        )
+
+
+def register_synthetic_from_cfg(cfg):
+    """Re-register ``synth_lt_train/val`` with the parameters of ``cfg.BALMS.SYNTHETIC``."""
+    s = cfg.BALMS.SYNTHETIC
+    params = SyntheticLTConfig(
+        num_classes=s.NUM_CLASSES,
+        num_train_images=s.NUM_TRAIN_IMAGES,
+        val_instances_per_class=s.VAL_INSTANCES_PER_CLASS,
+        image_size=s.IMAGE_SIZE,
+        seed=s.SEED,
+    )
+    if params != MetadataCatalog.get("synth_lt_train").get("synthetic_config", None):
+        register_synthetic_lt("synth_lt", params, s.ROOT or None)
+    return params
+
+
+def check_dataset_files(dataset_names):
+    """Raise FileNotFoundError naming the missing annotation file or image folder of a registered
+    dataset (generated datasets are skipped: they are made on first use)."""
+    for name in dataset_names:
+        if name not in DatasetCatalog.list():
+            raise KeyError(
+                f"Dataset '{name}' is not registered. Registered datasets include: "
+                f"{', '.join(sorted(n for n in DatasetCatalog.list() if 'synth' in n or 'lvis' in n))}"
+            )
+        meta = MetadataCatalog.get(name)
+        if meta.get("synthetic_config", None) is not None:
+            continue
+        for key in ("json_file", "image_root"):
+            path = meta.get(key, None)
+            if path and "://" not in str(path) and not os.path.exists(path):
+                raise FileNotFoundError(
+                    f"Dataset '{name}': {key} '{path}' does not exist. Put the data under "
+                    f"$DETECTRON2_DATASETS (now "
+                    f"'{os.environ.get('DETECTRON2_DATASETS', 'datasets')}') as described in "
+                    f"datasets/README.md."
+                )
+
+
+def _register_defaults():
+    register_synthetic_lt("synth_lt", SYNTHETIC_DEFAULT)
+    register_synthetic_lt("synth_lt_tiny", SYNTHETIC_TINY)
+
+
+_register_defaults()

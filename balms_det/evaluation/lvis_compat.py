@@ -1,0 +1,64 @@
+"""Run the reference LVIS evaluator (lvis-api 0.5.3) on a current numpy.
+
+lvis 0.5.3, the only release on PyPI, calls ``np.float`` in ``LVISEval.accumulate``;
+the alias was removed in numpy 1.24, so ``LVISEval.run()`` crashes there.
+:func:`lvis_numpy_compat` puts the alias back for the duration of a ``with`` block.
+:func:`run_lvis_api` is the reference evaluator (and the fallback of
+:mod:`balms_det.evaluation.fast_lvis`).
+"""
+import contextlib
+import threading
+
+import numpy as np
+
+__all__ = ["lvis_numpy_compat", "run_lvis_api"]
+
+_MISSING = object()
+_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def lvis_numpy_compat():
+    """Temporarily provide ``np.float = float`` when numpy lacks it; restore afterwards."""
+    with _LOCK:
+        previous = np.__dict__.get("float", _MISSING)
+        added = previous is _MISSING
+        if added:
+            np.float = float  # the alias numpy < 1.24 had (builtin float)
+        try:
+            yield
+        finally:
+            if added:
+                try:
+                    del np.float
+                except AttributeError:
+                    pass
+
+
+def run_lvis_api(gt, results, iou_type, max_dets=300):
+    """Evaluate ``results`` against ``gt`` with lvis-api and return the ``LVISEval`` object.
+
+    Args:
+        gt: path to an LVIS annotation json, or an ``lvis.LVIS`` object.
+        results: list of result dicts (image_id, category_id, bbox, score,
+            segmentation) or path to a results json. A list is shallow-copied per
+            element, as lvis-api adds keys ("area", "id") to each result.
+        iou_type: "bbox" or "segm".
+        max_dets: detections kept per image (over all categories), lvis-api's cap.
+    Returns:
+        lvis.LVISEval after ``run()``: ``.results`` / ``get_results()``, ``.eval``.
+    """
+    from lvis import LVIS, LVISEval, LVISResults
+
+    if not isinstance(gt, LVIS):
+        gt = LVIS(str(gt))
+    if isinstance(results, (list, tuple)):
+        results = [dict(r) for r in results]
+    else:
+        results = str(results)
+    dt = LVISResults(gt, results, max_dets=max_dets)
+    lvis_eval = LVISEval(gt, dt, iou_type)
+    lvis_eval.params.max_dets = max_dets
+    with lvis_numpy_compat():
+        lvis_eval.run()
+    return lvis_eval

@@ -1,0 +1,388 @@
+"""Per-class reports of an LVIS-protocol evaluation: tables (CSV, JSON) and plots (PNG).
+
+Written by :class:`balms_det.evaluation.lvis_evaluator.BalmsLVISEvaluator` and by
+``tools/evaluate_detections.py`` into their output folder:
+
+* ``per_class_ap.csv`` / ``per_class_ap.json``: one row per category with its id, name, LVIS
+  group (r/c/f), training image and instance counts, and AP (%) for box and mask (empty / null
+  where the category has no ground truth or the task was not evaluated);
+* ``lvis_metrics.json``: the summary metrics of each task (AP, APr, ..., hmean, gmean, min);
+* ``per_class_ap_<task>.png``: per-class AP against training image count (log scale), coloured
+  by group, with the group means;
+* ``comparison_<task>.png``: when other result folders are given, per-group bars and per-class
+  AP of each folder against the first one.
+
+The group means of the per-class AP are exactly lvis-api's APr/APc/APf (and their overall mean
+its AP): every category with ground truth contributes the same number of precision entries.
+"""
+
+import csv
+import json
+import math
+import os
+from collections import OrderedDict
+
+import numpy as np
+
+from .longtail import worst_class_metrics
+
+__all__ = [
+    "TABLE_FIELDS",
+    "GROUPS",
+    "per_class_table",
+    "write_per_class_table",
+    "read_per_class_table",
+    "write_metrics",
+    "plot_per_class_ap",
+    "plot_comparison",
+    "compare_table",
+    "format_compare_table",
+    "write_report",
+]
+
+TABLE_FIELDS = (
+    "category_id",
+    "name",
+    "group",
+    "train_image_count",
+    "train_instance_count",
+    "AP_bbox",
+    "AP_segm",
+)
+GROUPS = ("r", "c", "f")
+_GROUP_NAMES = {"r": "rare", "c": "common", "f": "frequent"}
+_GROUP_COLORS = {"r": "#d62728", "c": "#ff7f0e", "f": "#1f77b4"}
+_TASK_TITLES = {"bbox": "box AP", "segm": "mask AP"}
+TABLE_JSON = "per_class_ap.json"
+TABLE_CSV = "per_class_ap.csv"
+METRICS_JSON = "lvis_metrics.json"
+
+
+def _finite_or_none(x, scale=1.0):
+    if x is None:
+        return None
+    x = float(x)
+    return None if math.isnan(x) or math.isinf(x) else x * scale
+
+
+def per_class_table(gt_dataset, per_class_ap_by_task, train_counts=None):
+    """One row per category of ``gt_dataset`` (sorted by id).
+
+    Args:
+        gt_dataset (dict): the LVIS/COCO-format annotation dict; its categories carry the LVIS
+            ``frequency`` (see ``prepare_gt_dataset``) and, for LVIS, the training
+            ``image_count``/``instance_count``.
+        per_class_ap_by_task (dict): task ("bbox"/"segm") -> {category id: AP in [0, 1] or NaN}.
+        train_counts (dict, optional): category id -> {"image_count", "instance_count"} of the
+            training set; when given it wins over the categories' own count fields.
+
+    Returns:
+        list of dicts with the keys of :data:`TABLE_FIELDS`; AP in %, None where undefined
+        (no ground truth in the evaluated set) or not evaluated; counts None where unknown.
+    """
+    rows = []
+    for c in sorted(gt_dataset["categories"], key=lambda c: c["id"]):
+        cid = c["id"]
+        src = train_counts.get(cid, {}) if train_counts is not None else c
+        if train_counts is not None and cid not in train_counts:
+            src = {"image_count": 0, "instance_count": 0}  # absent from the training set
+        img = src.get("image_count")
+        inst = src.get("instance_count")
+        row = OrderedDict(
+            category_id=cid,
+            name=c.get("name", str(cid)),
+            group=c.get("frequency"),
+            train_image_count=None if img is None else int(img),
+            train_instance_count=None if inst is None else int(inst),
+        )
+        for task in ("bbox", "segm"):
+            ap = per_class_ap_by_task.get(task, {}).get(cid)
+            row[f"AP_{task}"] = _finite_or_none(ap, 100.0)
+        rows.append(row)
+    return rows
+
+
+def write_per_class_table(rows, output_dir):
+    """Write ``per_class_ap.csv`` and ``per_class_ap.json`` into ``output_dir``; returns paths."""
+    os.makedirs(output_dir, exist_ok=True)
+    csv_path = os.path.join(output_dir, TABLE_CSV)
+    json_path = os.path.join(output_dir, TABLE_JSON)
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=TABLE_FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in TABLE_FIELDS})
+    with open(json_path, "w") as f:
+        json.dump([{k: r.get(k) for k in TABLE_FIELDS} for r in rows], f, indent=1)
+    return csv_path, json_path
+
+
+def read_per_class_table(path):
+    """Rows of a ``per_class_ap.json`` (a file, or the folder that holds it)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, TABLE_JSON)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Per-class table '{path}' does not exist")
+    try:
+        with open(path) as f:
+            rows = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"Per-class table '{path}' is not valid JSON: {e}") from e
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"Per-class table '{path}' must hold a list of rows")
+    missing = [k for k in ("category_id", "group") if rows and k not in rows[0]]
+    if missing:
+        raise ValueError(f"Per-class table '{path}': rows lack {missing}")
+    return rows
+
+
+def write_metrics(results, output_dir):
+    """Write the summary metrics (task -> metric -> value, %) to ``lvis_metrics.json``."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, METRICS_JSON)
+    clean = {t: {k: _finite_or_none(v) for k, v in m.items()} for t, m in results.items()}
+    with open(path, "w") as f:
+        json.dump(clean, f, indent=1)
+    return path
+
+
+def _task_values(rows, task):
+    key = f"AP_{task}"
+    return [r for r in rows if r.get(key) is not None]
+
+
+def _group_means(rows, task):
+    key = f"AP_{task}"
+    out = OrderedDict()
+    for g in GROUPS:
+        v = [r[key] for r in rows if r.get("group") == g and r.get(key) is not None]
+        out[g] = float(np.mean(v)) if v else float("nan")
+    v = [r[key] for r in rows if r.get(key) is not None]
+    out["all"] = float(np.mean(v)) if v else float("nan")
+    return out
+
+
+def _new_figure(width, height):
+    # No pyplot: draw on an Agg canvas, never touching the user's backend.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path):
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def plot_per_class_ap(rows, path, task="segm"):
+    """PNG of per-class AP (%) against training image count (symmetric log scale, so that a
+    count of 0 shows), one colour per LVIS group, dashed lines at the group means.
+
+    Categories without AP for ``task`` (no ground truth) are left out. Returns ``path``.
+    """
+    key = f"AP_{task}"
+    data = _task_values(rows, task)
+    if not data:
+        raise ValueError(f"No per-class {key} to plot (was '{task}' evaluated?)")
+    fig = _new_figure(7.0, 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    counts_known = all(r.get("train_image_count") is not None for r in data)
+    means = _group_means(rows, task)
+    for g in GROUPS:
+        pts = [r for r in data if r.get("group") == g]
+        if not pts:
+            continue
+        x = [r.get("train_image_count") or 0 for r in pts]
+        y = [r[key] for r in pts]
+        ax.scatter(x, y, s=14, alpha=0.75, color=_GROUP_COLORS[g], edgecolors="none",
+                   label=f"{_GROUP_NAMES[g]} ({len(pts)})")
+        ax.axhline(means[g], color=_GROUP_COLORS[g], linestyle="--", linewidth=1.2,
+                   label=f"AP{g} = {means[g]:.1f}")
+    ax.axhline(means["all"], color="black", linestyle=":", linewidth=1.0,
+               label=f"AP = {means['all']:.1f}")
+    ax.set_xscale("symlog", linthresh=1.0, linscale=0.3)
+    ax.set_xlim(left=0)
+    ax.set_ylim(-2, 102)
+    ax.set_xlabel("training images of the class" + ("" if counts_known else " (unknown: 0)"))
+    ax.set_ylabel(f"{_TASK_TITLES.get(task, task)} (%)")
+    skipped = len(rows) - len(data)
+    title = f"Per-class {_TASK_TITLES.get(task, task)}"
+    if skipped:
+        title += f" ({skipped} classes without ground truth left out)"
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best", ncol=2)
+    _save(fig, path)
+    return path
+
+
+def _labels_for(result_dirs, labels):
+    if labels is not None:
+        labels = list(labels)
+        if len(labels) != len(result_dirs):
+            raise ValueError(
+                f"{len(labels)} labels given for {len(result_dirs)} result folders"
+            )
+        return labels
+    out = []
+    for d in result_dirs:
+        d = os.path.normpath(os.path.abspath(d))
+        name = os.path.basename(d)
+        if sum(os.path.basename(os.path.normpath(os.path.abspath(x))) == name
+               for x in result_dirs) > 1:
+            name = os.path.join(os.path.basename(os.path.dirname(d)), name)
+        out.append(name)
+    return out
+
+
+def compare_table(result_dirs, labels=None, task="segm"):
+    """Long-tail summary of each result folder from its ``per_class_ap.json``.
+
+    Returns a list of dicts (label, AP, APr, APc, APf, hmean, gmean, min, num_zero; % except
+    num_zero). AP/APr/APc/APf are the (group) means of per-class AP, i.e. lvis-api's values.
+    """
+    labels = _labels_for(result_dirs, labels)
+    out = []
+    for d, label in zip(result_dirs, labels):
+        rows = read_per_class_table(d)
+        key = f"AP_{task}"
+        means = _group_means(rows, task)
+        worst = worst_class_metrics([r[key] / 100.0 for r in rows if r.get(key) is not None])
+        out.append(OrderedDict(
+            label=label,
+            AP=means["all"], APr=means["r"], APc=means["c"], APf=means["f"],
+            hmean=worst["hmean"] * 100, gmean=worst["gmean"] * 100, min=worst["min"] * 100,
+            num_zero=worst["num_zero"],
+        ))
+    return out
+
+
+def format_compare_table(table):
+    """Markdown table of :func:`compare_table` rows."""
+    if not table:
+        return "(nothing to compare)"
+    keys = list(table[0].keys())
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in table:
+        cells = []
+        for k in keys:
+            v = r[k]
+            cells.append(f"{v:.2f}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_comparison(result_dirs, path, labels=None, task="segm"):
+    """PNG comparing two or more result folders (each holding a ``per_class_ap.json``).
+
+    Left: AP, APr, APc, APf and the harmonic / geometric means of per-class AP, one bar per
+    folder. Right: per-class AP of every other folder against the first one (matched by
+    category id), coloured by group; points above the diagonal are classes that improved.
+    Returns ``path``.
+    """
+    result_dirs = list(result_dirs)
+    if len(result_dirs) < 2:
+        raise ValueError("plot_comparison needs at least two result folders")
+    labels = _labels_for(result_dirs, labels)
+    tables = [read_per_class_table(d) for d in result_dirs]
+    key = f"AP_{task}"
+    for d, rows in zip(result_dirs, tables):
+        if not _task_values(rows, task):
+            raise ValueError(f"Result folder '{d}' has no per-class {key}")
+    summary = compare_table(result_dirs, labels, task)
+
+    fig = _new_figure(11.0, 4.5)
+    ax = fig.add_subplot(1, 2, 1)
+    metrics = ("AP", "APr", "APc", "APf", "hmean", "gmean")
+    n = len(result_dirs)
+    width = 0.8 / n
+    x = np.arange(len(metrics))
+    for i, s in enumerate(summary):
+        vals = [0.0 if math.isnan(s[m]) else s[m] for m in metrics]
+        ax.bar(x + (i - (n - 1) / 2) * width, vals, width, label=s["label"])
+    ax.set_xticks(x)
+    ax.set_xticklabels(metrics)
+    ax.set_ylabel(f"{_TASK_TITLES.get(task, task)} (%)")
+    ax.set_title("Group and worst-class metrics", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(True, axis="y", alpha=0.3)
+
+    ax = fig.add_subplot(1, 2, 2)
+    base = {r["category_id"]: r for r in tables[0]}
+    markers = "os^vD<>p*"
+    for i in range(1, n):
+        for g in GROUPS:
+            pts = [
+                (base[r["category_id"]][key], r[key])
+                for r in tables[i]
+                if r.get(key) is not None and r.get("group") == g
+                and base.get(r["category_id"], {}).get(key) is not None
+            ]
+            if not pts:
+                continue
+            xs, ys = zip(*pts)
+            ax.scatter(xs, ys, s=14, alpha=0.7, color=_GROUP_COLORS[g], edgecolors="none",
+                       marker=markers[(i - 1) % len(markers)],
+                       label=f"{labels[i]}: {_GROUP_NAMES[g]}")
+    ax.plot([0, 100], [0, 100], color="gray", linewidth=1, linestyle="--")
+    ax.set_xlim(-2, 102)
+    ax.set_ylim(-2, 102)
+    ax.set_xlabel(f"per-class AP, {labels[0]} (%)")
+    ax.set_ylabel("per-class AP, other (%)")
+    ax.set_title("Per-class AP against the first folder", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(True, alpha=0.3)
+    _save(fig, path)
+    return path
+
+
+def write_report(output_dir, gt_dataset, results, per_class_ap_by_task, train_counts=None,
+                 compare_dirs=(), compare_labels=None, logger=None, strict_compare=True):
+    """Write every output of an evaluation into ``output_dir``.
+
+    Args:
+        output_dir (str): folder to write into (created).
+        gt_dataset, per_class_ap_by_task, train_counts: as :func:`per_class_table`.
+        results (dict): task -> metric -> value (%), written to ``lvis_metrics.json``.
+        compare_dirs: other result folders; when given, ``comparison_<task>.png`` compares them
+            (first, as the baseline) with this one (last).
+        compare_labels: labels of ``compare_dirs`` + [this folder] in the comparison.
+        strict_compare: raise when a compare folder is missing or unreadable; else log a
+            warning and skip the comparison (what the evaluator does during training).
+
+    Returns:
+        dict of the paths written (``csv``, ``json``, ``metrics``, ``plot_<task>``,
+        ``comparison_<task>``) and the ``rows`` of the table.
+    """
+    rows = per_class_table(gt_dataset, per_class_ap_by_task, train_counts)
+    csv_path, json_path = write_per_class_table(rows, output_dir)
+    out = {"rows": rows, "csv": csv_path, "json": json_path,
+           "metrics": write_metrics(results, output_dir)}
+    for task in sorted(per_class_ap_by_task):
+        if not _task_values(rows, task):
+            if logger:
+                logger.warning("No category has %s AP: no per-class plot", task)
+            continue
+        out[f"plot_{task}"] = plot_per_class_ap(
+            rows, os.path.join(output_dir, f"per_class_ap_{task}.png"), task
+        )
+        if compare_dirs:
+            dirs = list(compare_dirs) + [output_dir]
+            try:
+                out[f"comparison_{task}"] = plot_comparison(
+                    dirs, os.path.join(output_dir, f"comparison_{task}.png"), compare_labels,
+                    task,
+                )
+            except (OSError, ValueError) as e:
+                if strict_compare:
+                    raise
+                if logger:
+                    logger.warning("No %s comparison plot: %s", task, e)
+    if logger:
+        logger.info("Per-class table and plots written to %s", output_dir)
+    return out

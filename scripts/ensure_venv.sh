@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Create .venv with the tested stack (Python 3.10) and balms-det in editable mode, once.
+# Re-runs pip only when requirements.txt or setup.py changed since the last install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${BALMS_VENV:-.venv}
+stamp="$VENV/.balms-installed"
+find_python() {
+  if [ -n "${PYTHON310:-}" ]; then echo "$PYTHON310"; return; fi
+  if command -v python3.10 >/dev/null 2>&1; then command -v python3.10; return; fi
+  if command -v pyenv >/dev/null 2>&1; then
+    for p in "$(pyenv root)"/versions/3.10.*/bin/python3.10; do
+      [ -x "$p" ] && { echo "$p"; return; }
+    done
+  fi
+  for p in "$HOME"/.pyenv/versions/3.10.*/bin/python3.10 /usr/bin/python3.10 /usr/local/bin/python3.10; do
+    [ -x "$p" ] && { echo "$p"; return; }
+  done
+  echo "error: Python 3.10 not found (the tested stack needs it: sal-detectron2 ships a" \
+       "compiled extension for CPython 3.10); set PYTHON310=/path/to/python3.10" >&2
+  exit 1
+}
+if [ ! -x "$VENV/bin/python" ]; then
+  py=$(find_python)
+  echo "Creating $VENV with $py"
+  "$py" -m venv "$VENV"
+fi
+if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ setup.py -nt "$stamp" ]; then
+  echo "Installing the tested stack into $VENV (requirements.txt; several GB, a few minutes)"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e .
+  touch "$stamp"
+fi

@@ -1,0 +1,229 @@
+import json
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_model
+from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.structures import Boxes, Instances
+
+from balms_det import BalmsFastRCNNOutputLayers, add_balms_config
+from balms_det import losses as L
+from balms_det.modeling.roi_heads import convert_classifier_layout
+from conftest import tiny_cfg
+
+K = 5
+SHAPE = ShapeSpec(channels=16)
+
+
+def _proposals(n_per_image=(6, 4), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in n_per_image:
+        inst = Instances((64, 64))
+        xy = torch.rand(n, 2, generator=g) * 40
+        wh = torch.rand(n, 2, generator=g) * 20 + 4
+        inst.proposal_boxes = Boxes(torch.cat([xy, xy + wh], 1))
+        inst.gt_boxes = Boxes(torch.cat([xy + 1, xy + wh - 1], 1))
+        inst.gt_classes = torch.randint(0, K + 1, (n,), generator=g)
+        out.append(inst)
+    return out
+
+
+def _predictor(loss, counts=(50, 20, 5, 1, 0), **kw):
+    return BalmsFastRCNNOutputLayers(
+        SHAPE, box2box_transform=_b2b(), num_classes=K, loss=loss, class_counts=list(counts),
+        num_train_images=60, test_score_thresh=0.0, **kw,
+    )
+
+
+def _b2b():
+    from detectron2.modeling.box_regression import Box2BoxTransform
+
+    return Box2BoxTransform(weights=(10, 10, 5, 5))
+
+
+def test_softmax_head_is_numerically_the_stock_head():
+    torch.manual_seed(0)
+    ours = _predictor("softmax")
+    stock = FastRCNNOutputLayers(SHAPE, box2box_transform=_b2b(), num_classes=K,
+                                 test_score_thresh=0.0)
+    missing, unexpected = stock.load_state_dict(ours.state_dict(), strict=False)
+    assert not missing and set(unexpected) == {
+        "class_counts", "num_train_images", "class_image_counts", "class_weights"}
+    x = torch.randn(10, 16, requires_grad=True)
+    props = _proposals()
+    p1, p2 = ours(x), stock(x)
+    assert torch.equal(p1[0], p2[0]) and torch.equal(p1[1], p2[1])
+    l1, l2 = ours.losses(p1, props), stock.losses(p2, props)
+    assert l1.keys() == l2.keys()
+    for k in l1:
+        assert torch.equal(l1[k], l2[k])
+    g1 = torch.autograd.grad(sum(l1.values()), x)[0]
+    g2 = torch.autograd.grad(sum(l2.values()), x)[0]
+    assert torch.equal(g1, g2)
+    for a, b in zip(ours.predict_probs(p1, props), stock.predict_probs(p2, props)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("loss", ["balanced_softmax", "label_over_smooth", "sigmoid",
+                                  "balanced_sigmoid"])
+def test_head_loss_is_the_pure_function(loss):
+    torch.manual_seed(0)
+    pred = _predictor(loss, los_delta=0.5)
+    x = torch.randn(10, 16)
+    props = _proposals()
+    scores, deltas = pred(x)
+    assert scores.shape == (10, K + 1)
+    labels = torch.cat([p.gt_classes for p in props])
+    counts = torch.tensor([50.0, 20, 5, 1, 0])
+    expected = {
+        "balanced_softmax": lambda: L.balanced_softmax_loss(scores, labels, counts),
+        "label_over_smooth": lambda: L.label_over_smooth_loss(scores, labels, 0.5),
+        "sigmoid": lambda: L.sigmoid_loss(scores[:, :K], labels),
+        "balanced_sigmoid": lambda: L.balanced_sigmoid_loss(scores[:, :K], labels, counts, 60),
+    }[loss]()
+    got = pred.losses((scores, deltas), props)
+    assert torch.allclose(got["loss_cls"], expected)
+    assert torch.isfinite(got["loss_box_reg"])
+
+
+def test_sigmoid_layout_and_prior_bias():
+    pred = _predictor("balanced_sigmoid", prior_prob=0.01)
+    assert pred.cls_score.out_features == K
+    assert torch.allclose(pred.cls_score.bias, torch.full((K,), -torch.log(torch.tensor(99.0))))
+    x = torch.randn(10, 16)
+    scores, _ = pred(x)
+    assert torch.equal(scores[:, -1], torch.zeros(10))
+    probs = torch.cat(pred.predict_probs(pred(x), _proposals()))
+    assert torch.equal(probs[:, -1], torch.zeros(10))
+    assert torch.allclose(probs[:, :K], torch.sigmoid(pred.cls_score(x)))
+
+
+def test_inference_ignores_the_prior():
+    torch.manual_seed(0)
+    a = _predictor("softmax")
+    b = _predictor("balanced_softmax", counts=(1000, 1, 1, 1, 1))
+    b.load_state_dict(a.state_dict(), strict=False)
+    x = torch.randn(10, 16)
+    props = _proposals()
+    for pa, pb in zip(a.predict_probs(a(x), props), b.predict_probs(b(x), props)):
+        assert torch.equal(pa, pb)
+    assert torch.allclose(torch.cat(b.predict_probs(b(x), props)), F.softmax(b.cls_score(x), -1))
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="Unknown MODEL.ROI_BOX_HEAD.BALMS.LOSS 'focal'"):
+        _predictor("focal")
+    with pytest.raises(ValueError, match="3 entries but the model has 5 classes"):
+        _predictor("balanced_softmax", counts=(1, 2, 3))
+    with pytest.raises(ValueError, match="needs class_counts"):
+        BalmsFastRCNNOutputLayers(SHAPE, box2box_transform=_b2b(), num_classes=K,
+                                  loss="balanced_softmax")
+    with pytest.raises(ValueError, match="USE_SIGMOID_CE"):
+        _predictor("balanced_softmax", use_sigmoid_ce=True)
+
+
+def test_zero_count_class_is_clamped_and_named(caplog):
+    with caplog.at_level(logging.WARNING):
+        pred = _predictor("balanced_softmax", counts=(5, 0, 3, 0, 1),
+                          class_names=["a", "zebra", "c", "yak", "e"])
+    assert "zebra" in caplog.text and "yak" in caplog.text
+    scores, deltas = pred(torch.randn(10, 16))
+    loss = pred.losses((scores, deltas), _proposals())["loss_cls"]
+    assert torch.isfinite(loss)
+
+
+def test_classifier_layout_conversion():
+    soft = _predictor("balanced_softmax")
+    sig = _predictor("balanced_sigmoid")
+    prefix = "roi_heads.box_predictor."
+    sd = {prefix + k: v.clone() for k, v in soft.state_dict().items()}
+    assert convert_classifier_layout(sd, sig, prefix)
+    assert torch.equal(sd[prefix + "cls_score.weight"], soft.cls_score.weight[:-1])
+    sd2 = {prefix + k: v.clone() for k, v in sig.state_dict().items()}
+    assert convert_classifier_layout(sd2, soft, prefix)
+    assert torch.equal(sd2[prefix + "cls_score.weight"][:-1], sig.cls_score.weight)
+    assert torch.equal(sd2[prefix + "cls_score.bias"][-1], torch.tensor(0.0))
+    sd3 = {prefix + "cls_score.weight": torch.zeros(3, 16)}
+    with pytest.raises(ValueError, match="number of classes differs"):
+        convert_classifier_layout(sd3, soft, prefix)
+
+
+def _tiny_model(loss):
+    cfg = tiny_cfg("MODEL.ROI_BOX_HEAD.BALMS.LOSS", loss, "MODEL.RPN.POST_NMS_TOPK_TRAIN", "40",
+                   "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32")
+    torch.manual_seed(0)
+    return cfg, build_model(cfg)
+
+
+def _batch(cfg, n=2):
+    from detectron2.data import DatasetCatalog, DatasetMapper
+
+    mapper = DatasetMapper(cfg, is_train=True)
+    return [mapper(d) for d in DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[:n]]
+
+
+@pytest.mark.parametrize("family", [("softmax", "balanced_softmax", "label_over_smooth"),
+                                    ("sigmoid", "balanced_sigmoid")])
+def test_head_in_full_model(family):
+    outputs = []
+    batch = None
+    for loss in family:
+        cfg, model = _tiny_model(loss)
+        batch = batch or _batch(cfg)  # one batch (the train mapper flips at random)
+        if outputs:  # same weights for every loss of the family
+            model.load_state_dict(ref_state)
+        else:
+            ref_state = {k: v.clone() for k, v in model.state_dict().items()}
+        model.eval()
+        with torch.no_grad():
+            out = model([{k: v for k, v in b.items() if k == "image"} for b in batch])
+        outputs.append(out[0]["instances"])
+        model.train()
+        losses = model(batch)
+        assert set(losses) == {"loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls",
+                               "loss_rpn_loc"}
+        assert all(torch.isfinite(v) for v in losses.values())
+        sum(losses.values()).backward()
+        assert model.roi_heads.box_predictor.cls_score.weight.grad.abs().sum() > 0
+    assert len(outputs[0]) > 0
+    for o in outputs[1:]:
+        assert torch.equal(o.scores, outputs[0].scores)
+        assert torch.equal(o.pred_classes, outputs[0].pred_classes)
+        assert torch.equal(o.pred_boxes.tensor, outputs[0].pred_boxes.tensor)
+
+
+def test_import_into_a_plain_detectron2_config():
+    """What another project does: get_cfg + add_balms_config + ROI_HEADS.NAME."""
+    cfg = get_cfg()
+    add_balms_config(cfg)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.ROI_HEADS.NAME = "BalmsROIHeads"
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+    cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 1
+    cfg.MODEL.ROI_BOX_HEAD.BALMS.LOSS = "balanced_softmax"
+    cfg.MODEL.ROI_BOX_HEAD.BALMS.DIAGNOSTICS_PERIOD = 0
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["res4"]
+    cfg.DATASETS.TRAIN = ()
+    with pytest.raises(ValueError, match="CAT_INFO"):
+        build_model(cfg)
+
+
+def test_cat_info_feeds_the_prior(tmp_path):
+    info = [{"id": i + 1, "name": f"c{i}", "image_count": 10 * (i + 1),
+             "instance_count": 11 * (i + 1)} for i in range(12)]
+    path = tmp_path / "cat_info.json"
+    path.write_text(json.dumps({"num_images": 200, "categories": info}))
+    cfg = tiny_cfg("MODEL.ROI_BOX_HEAD.BALMS.LOSS", "balanced_sigmoid",
+                   "MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO", str(path),
+                   "MODEL.ROI_BOX_HEAD.BALMS.COUNT_TYPE", "instance_count")
+    pred = build_model(cfg).roi_heads.box_predictor
+    assert pred.class_counts.tolist() == [11.0 * (i + 1) for i in range(12)]
+    assert pred.num_train_images.item() == 200
+    # saved with the model
+    assert "roi_heads.box_predictor.class_counts" in build_model(cfg).state_dict()
