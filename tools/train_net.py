@@ -33,7 +33,7 @@ def main(args):
     trainer = BalmsTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     res = trainer.train()
-    print_summary(cfg, res or {})
+    print_summary(cfg, res)
     return res
 
 

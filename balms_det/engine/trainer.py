@@ -43,6 +43,11 @@ class BalmsCheckpointer(DetectionCheckpointer):
 class BalmsTrainer(DefaultTrainer):
     """DefaultTrainer + LVIS long-tail evaluation, decoupled training and BalmsCheckpointer."""
 
+    def train(self):
+        """Train, then return the last evaluation's results (``{}`` when none ran)."""
+        super().train()
+        return getattr(self, "_last_eval_results", None) or {}
+
     @classmethod
     def build_model(cls, cfg):
         model = super().build_model(cfg)

@@ -29,6 +29,7 @@ reused for several evaluations (e.g. bbox and segm of the same results).
 import json
 import math
 import os
+import re
 import time
 from collections import OrderedDict
 
@@ -135,11 +136,18 @@ def _poly_or_rle_to_rle(segm, h, w):
     return segm
 
 
-def _check_segm(segm, h, w):
-    """Return None if ``segm`` is a usable segmentation for an h x w image, else a reason."""
+def _check_segm(segm, h, w, strict=True):
+    """Return None if ``segm`` is a usable segmentation for an h x w image, else a reason.
+
+    ``strict=False`` (ground truth) only checks the structure of polygons and leaves
+    their contents to pycocotools, as lvis-api does."""
     if isinstance(segm, list):
         if len(segm) == 0:
             return "empty polygon list"
+        if not strict:
+            if not all(isinstance(p, list) and len(p) >= 4 for p in segm):
+                return "a polygon must be a list of at least 4 coordinates"
+            return None
         for poly in segm:
             if not isinstance(poly, (list, tuple)) or len(poly) < 4 or len(poly) % 2:
                 return "a polygon must be a list of an even number (>= 4) of coordinates"
@@ -338,7 +346,7 @@ class LVISGroundTruth:
             batch, owners = [], []
             for i in idxs:
                 segm = anns[i].get("segmentation")
-                reason = _check_segm(segm, h, w)
+                reason = _check_segm(segm, h, w, strict=False)
                 if reason is not None:
                     raise LVISInputError(
                         "annotation id {} (image {}){}: malformed segmentation: {}".format(
@@ -361,6 +369,9 @@ class LVISGroundTruth:
 # ----------------------------------------------------------------------------------------
 # Detections
 # ----------------------------------------------------------------------------------------
+_BOUNDARY = re.compile(r"\}\s*,\s*\{")
+
+
 def _iter_json_list(path, chunk_chars=1 << 25):
     """Yield lists of the elements of the JSON array in ``path``, a chunk at a time.
 
@@ -395,28 +406,18 @@ def _iter_json_list(path, chunk_chars=1 << 25):
                 if items:
                     yield items
                 return
-            end = len(buf)
             cut = -1
-            for _ in range(8):
-                j = buf.rfind("}", 0, end)
-                if j < 0:
-                    break
-                k = j + 1
-                while k < len(buf) and buf[k] in " \t\r\n":
-                    k += 1
-                if k < len(buf) and buf[k] == ",":
-                    k += 1
-                    while k < len(buf) and buf[k] in " \t\r\n":
-                        k += 1
-                    if k < len(buf) and buf[k] == "{":
-                        try:
-                            items = json.loads("[" + buf[:j + 1] + "]")
-                        except json.JSONDecodeError:
-                            end = j
-                            continue
-                        cut = k
-                        break
-                end = j
+            tail = max(0, len(buf) - (1 << 20))
+            marks = [m for m in _BOUNDARY.finditer(buf, tail)]
+            if not marks and tail:
+                marks = [m for m in _BOUNDARY.finditer(buf)]
+            for m in reversed(marks[-8:]):
+                try:
+                    items = json.loads("[" + buf[:m.start() + 1] + "]")
+                except json.JSONDecodeError:
+                    continue  # not between two top-level elements: try an earlier one
+                cut = m.end() - 1
+                break
             if cut >= 0:
                 yield items
                 items = None
@@ -589,29 +590,40 @@ def _load_detections(results, gt, iou_type, max_dets):
     w = gt.img_w[sub_img]
 
     def check_segs(need):
-        bad = []
+        """Validate; return the positions of segmentations that are not compressed RLEs."""
+        bad, other = [], []
         for j, (s, hh, ww) in enumerate(zip(sub_segs, h.tolist(), w.tolist())):
+            if s.__class__ is dict and s.get("counts").__class__ in (str, bytes):
+                sz = s.get("size")
+                if sz.__class__ is list and len(sz) == 2 and sz[0] == hh and sz[1] == ww:
+                    continue
             if s is None:
                 if need:
                     bad.append((int(idx[j]), "no segmentation"))
+                other.append(j)
                 continue
-            if isinstance(s, dict) and isinstance(s.get("counts"), (str, bytes)):
-                sz = s.get("size")
-                if isinstance(sz, list) and len(sz) == 2 and sz[0] == hh and sz[1] == ww:
-                    continue
             reason = _check_segm(s, hh, ww)
             if reason is not None:
                 bad.append((int(idx[j]), reason))
+            elif not (isinstance(s, dict) and isinstance(s["counts"], (str, bytes))):
+                other.append(j)
         if bad:
             raise LVISInputError("detections{} with a malformed segmentation: {}".format(
                 _where(source), "; ".join("#{}: {}".format(i, r) for i, r in bad[:_EXAMPLES])
                 + (" ... ({} in all)".format(len(bad)) if len(bad) > _EXAMPLES else "")))
+        return other
 
     sub_box = box[idx]
     if first_has_box:
         area = sub_box[:, 2] * sub_box[:, 3]
         if keep_segm:
-            check_segs(False)
+            for j in check_segs(False):  # polygons, uncompressed RLE, none (-> the box)
+                s = sub_segs[j]
+                if s is None:  # LVISResults: the box as a polygon
+                    x1, y1, bw, bh = sub_box[j].tolist()
+                    x2, y2 = x1 + bw, y1 + bh
+                    s = [[x1, y1, x1, y2, x2, y2, x2, y1]]
+                sub_segs[j] = _poly_or_rle_to_rle(s, int(h[j]), int(w[j]))
     else:
         # LVISResults: area of the mask, bbox from the mask when absent
         if sub_segs is None:
@@ -651,25 +663,6 @@ def _load_detections(results, gt, iou_type, max_dets):
         d.segs = [d.segs[j] for j in order.tolist()]
     d.nel = _in_sorted(gt.nel_keys, d.key)
     return d
-
-
-def _dt_segm_objects(d, gt, sl):
-    """Segmentations of detections in slice ``sl`` for mask_utils.iou."""
-    out = d.segs[sl]
-    conv = None
-    for j, s in enumerate(out):
-        if s is None or isinstance(s, list) or isinstance(s.get("counts"), list):
-            if conv is None:
-                conv = list(out)
-            k = sl.start + j
-            ii = int(d.img[k])
-            hh, ww = int(gt.img_h[ii]), int(gt.img_w[ii])
-            if s is None:  # LVISResults: the box as a polygon
-                x1, y1, bw, bh = d.box[k].tolist()
-                x2, y2 = x1 + bw, y1 + bh
-                s = [[x1, y1, x1, y2, x2, y2, x2, y1]]
-            conv[j] = _poly_or_rle_to_rle(s, hh, ww)
-    return conv if conv is not None else out
 
 
 # ----------------------------------------------------------------------------------------
@@ -915,7 +908,7 @@ def evaluate_lvis(gt, results, iou_type, max_dets=300):
         if iou_type == "bbox":
             ious = mask_utils.iou(d.box[ds:ds + dn], gt.boxes(gsl), [0] * gn)
         else:
-            ious = mask_utils.iou(_dt_segm_objects(d, gt, slice(ds, ds + dn)), gt.rles(gsl),
+            ious = mask_utils.iou(d.segs[ds:ds + dn], gt.rles(gsl),
                                   [0] * gn)
         ious = np.asarray(ious, dtype=np.float64).reshape(dn, gn)
         m = np.flatnonzero(ious.max(1) >= thr0)

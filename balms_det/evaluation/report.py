@@ -206,14 +206,16 @@ def plot_per_class_ap(rows, path, task="segm"):
     ax.axhline(means["all"], color="black", linestyle=":", linewidth=1.0,
                label=f"AP = {means['all']:.1f}")
     ax.set_xscale("symlog", linthresh=1.0, linscale=0.3)
-    ax.set_xlim(left=0)
+    xmax = max((r.get("train_image_count") or 0) for r in data)
+    ax.set_xlim(0, max(xmax * 1.6, 2.0))
     ax.set_ylim(-2, 102)
     ax.set_xlabel("training images of the class" + ("" if counts_known else " (unknown: 0)"))
     ax.set_ylabel(f"{_TASK_TITLES.get(task, task)} (%)")
     skipped = len(rows) - len(data)
     title = f"Per-class {_TASK_TITLES.get(task, task)}"
     if skipped:
-        title += f" ({skipped} classes without ground truth left out)"
+        noun = "class" if skipped == 1 else "classes"
+        title += f" ({skipped} {noun} without ground truth left out)"
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best", ncol=2)
@@ -353,7 +355,8 @@ def write_report(output_dir, gt_dataset, results, per_class_ap_by_task, train_co
             (first, as the baseline) with this one (last).
         compare_labels: labels of ``compare_dirs`` + [this folder] in the comparison.
         strict_compare: raise when a compare folder is missing or unreadable; else log a
-            warning and skip the comparison (what the evaluator does during training).
+            warning and skip the comparison (what the evaluator does during training). A task
+            that some compare folder lacks gets no comparison plot (a warning).
 
     Returns:
         dict of the paths written (``csv``, ``json``, ``metrics``, ``plot_<task>``,
@@ -363,6 +366,15 @@ def write_report(output_dir, gt_dataset, results, per_class_ap_by_task, train_co
     csv_path, json_path = write_per_class_table(rows, output_dir)
     out = {"rows": rows, "csv": csv_path, "json": json_path,
            "metrics": write_metrics(results, output_dir)}
+    compare_tables = []
+    if compare_dirs:
+        try:
+            compare_tables = [read_per_class_table(d) for d in compare_dirs]
+        except (OSError, ValueError) as e:
+            if strict_compare:
+                raise
+            if logger:
+                logger.warning("No comparison plot: %s", e)
     for task in sorted(per_class_ap_by_task):
         if not _task_values(rows, task):
             if logger:
@@ -371,18 +383,17 @@ def write_report(output_dir, gt_dataset, results, per_class_ap_by_task, train_co
         out[f"plot_{task}"] = plot_per_class_ap(
             rows, os.path.join(output_dir, f"per_class_ap_{task}.png"), task
         )
-        if compare_dirs:
-            dirs = list(compare_dirs) + [output_dir]
-            try:
-                out[f"comparison_{task}"] = plot_comparison(
-                    dirs, os.path.join(output_dir, f"comparison_{task}.png"), compare_labels,
-                    task,
-                )
-            except (OSError, ValueError) as e:
-                if strict_compare:
-                    raise
-                if logger:
-                    logger.warning("No %s comparison plot: %s", task, e)
+        if not compare_tables:
+            continue
+        lacking = [d for d, t in zip(compare_dirs, compare_tables) if not _task_values(t, task)]
+        if lacking:
+            if logger:
+                logger.warning("No %s comparison plot: %s have no %s AP", task, lacking, task)
+            continue
+        out[f"comparison_{task}"] = plot_comparison(
+            list(compare_dirs) + [output_dir],
+            os.path.join(output_dir, f"comparison_{task}.png"), compare_labels, task,
+        )
     if logger:
         logger.info("Per-class table and plots written to %s", output_dir)
     return out

@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""Evaluate saved detections against an annotation file with the LVIS protocol, without the model.
+
+    python tools/evaluate_detections.py --gt datasets/lvis/lvis_v1_val.json \\
+        --dets output/inference/lvis_v1_val/lvis_instances_results.json --output-dir out/eval
+    python tools/evaluate_detections.py --gt val.json --dets instances_predictions.pth \\
+        --train-json train.json --iou-types segm --compare out/baseline
+
+Detections: an LVIS results JSON (a list of {image_id, category_id, bbox, score,
+segmentation}) or Detectron2's ``instances_predictions.pth`` (0-based contiguous category ids,
+mapped to the annotation file's sorted ids, i.e. id + 1 for LVIS, unless --category-mapping).
+The annotation file may be LVIS or COCO format; for a COCO-format file without ``frequency``
+fields the rare/common/frequent groups come from --train-json's image counts.
+
+Prints AP, AP50, AP75, APs, APm, APl, APr, APc, APf, AR, hmean, gmean, min, num_zero per task
+(and Detectron2's copypaste lines) and writes, with --output-dir, the same files as
+BalmsLVISEvaluator: per_class_ap.csv/json, lvis_metrics.json, per_class_ap_<task>.png and, with
+--compare, comparison_<task>.png. Bad inputs (missing file, malformed JSON, ids absent from the
+annotation file) stop it with a message naming the file and the ids.
+"""
+
+import argparse
+import logging
+import sys
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        description="LVIS-protocol evaluation (AP, APr/APc/APf, worst-class metrics) of a saved "
+        "detections file",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--gt", required=True, help="LVIS or COCO-format annotation file")
+    p.add_argument(
+        "--dets", required=True,
+        help="LVIS results JSON or Detectron2's instances_predictions.pth",
+    )
+    p.add_argument("--output-dir", default=None, help="where tables and plots go")
+    p.add_argument("--iou-types", nargs="+", choices=("bbox", "segm"), default=None,
+                   help="tasks to evaluate (default: all the detections support)")
+    p.add_argument("--engine", choices=("fast", "lvis-api"), default="fast",
+                   help="fast (balms_det.evaluation.fast_lvis) or lvis-api (the reference)")
+    p.add_argument("--train-json", default=None,
+                   help="training annotation file: groups and counts of a non-LVIS --gt")
+    p.add_argument("--compare", nargs="+", default=(), metavar="DIR",
+                   help="earlier result folders (with per_class_ap.json) to compare with")
+    p.add_argument("--labels", nargs="+", default=None,
+                   help="labels of the --compare folders and of this run, in that order")
+    p.add_argument("--max-dets", type=int, default=300, help="detections kept per image")
+    p.add_argument("--category-mapping", default="auto",
+                   help="for .pth: auto/sorted (index into the sorted category ids), plus1, or a "
+                   "JSON file mapping contiguous ids to dataset ids")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from detectron2.evaluation import print_csv_format
+    from detectron2.utils.logger import create_small_table, setup_logger
+
+    from balms_det.evaluation.lvis_evaluator import evaluate_detections_file
+
+    setup_logger(name="detectron2", abbrev_name="d2")
+    log = setup_logger(name="balms_det", abbrev_name="balms")
+    if args.compare and not args.output_dir:
+        raise SystemExit("evaluate_detections: --compare needs --output-dir (the plot goes there)")
+    if args.labels is not None and len(args.labels) != len(args.compare) + 1:
+        raise SystemExit(
+            f"evaluate_detections: --labels needs {len(args.compare) + 1} labels "
+            "(the --compare folders, then this run)"
+        )
+    try:
+        results, _, outputs = evaluate_detections_file(
+            args.gt,
+            args.dets,
+            output_dir=args.output_dir,
+            iou_types=args.iou_types,
+            engine=args.engine,
+            train_json=args.train_json,
+            compare_dirs=args.compare,
+            compare_labels=args.labels,
+            max_dets=args.max_dets,
+            category_mapping=args.category_mapping,
+            log=logging.getLogger("balms_det.evaluate_detections"),
+        )
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"evaluate_detections: {e}") from e
+    for task, res in results.items():
+        print(f"\n{task} (%):\n{create_small_table(res)}")
+    print_csv_format(results)
+    if outputs:
+        written = [v for k, v in outputs.items() if k != "rows"]
+        log.info("Wrote %s", ", ".join(written))
+    sys.stdout.flush()
+    return results
+
+
+if __name__ == "__main__":
+    main()
