@@ -117,6 +117,9 @@ def add_balms_config(cfg):
     _C.BALMS.SYNTHETIC.NUM_TRAIN_IMAGES = 1000
     # Validation instances per class (the validation split is balanced).
     _C.BALMS.SYNTHETIC.VAL_INSTANCES_PER_CLASS = 8
+    # Training images of the most and of the least frequent class (geometric in between).
+    _C.BALMS.SYNTHETIC.MAX_IMAGES_PER_CLASS = 400
+    _C.BALMS.SYNTHETIC.MIN_IMAGES_PER_CLASS = 1
     # Side of the square images in pixels.
     _C.BALMS.SYNTHETIC.IMAGE_SIZE = 128
     # Seed of the generator.

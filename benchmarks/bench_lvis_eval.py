@@ -148,6 +148,19 @@ def _load_module(name):
     return mod
 
 
+def _vmhwm_kb():
+    """Peak RSS of this process image (ru_maxrss of a child can include the parent's
+    memory at fork time, before exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def worker(name, gt_path, dt_path, iou_type, out_prefix):
     # imports first: timed from loading the json files to the final metrics
     if name == "lvis-api":
@@ -187,7 +200,7 @@ def worker(name, gt_path, dt_path, iou_type, out_prefix):
         raise ValueError(name)
     wall = time.perf_counter() - t0
     with open(out_prefix + ".json", "w") as f:
-        json.dump({"wall": wall, "metrics": metrics}, f)
+        json.dump({"wall": wall, "metrics": metrics, "vmhwm_kb": _vmhwm_kb()}, f)
     if precision is not None:
         np.save(out_prefix + ".npy", precision)
 
@@ -202,7 +215,8 @@ def run_worker(name, gt_path, dt_path, iou_type, out_prefix):
         return None
     with open(out_prefix + ".json") as f:
         res = json.load(f)
-    res["peak_mb"] = usage.ru_maxrss / 1024.0  # KiB on Linux
+    # KiB on Linux; VmHWM when available (see _vmhwm_kb)
+    res["peak_mb"] = (res.get("vmhwm_kb") or usage.ru_maxrss) / 1024.0
     res["precision_path"] = out_prefix + ".npy" if os.path.exists(out_prefix + ".npy") else None
     return res
 

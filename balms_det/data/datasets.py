@@ -1,5 +1,6 @@
 """Registration of the synthetic long-tailed dataset, and checks of registered dataset files."""
 
+import json
 import logging
 import os
 
@@ -59,6 +60,14 @@ def register_synthetic_lt(prefix, cfg: SyntheticLTConfig, root=None):
 
         def load(split=split, name=name):
             paths = generate_synthetic_lt(root, cfg, name=prefix)
+            meta = MetadataCatalog.get(name)
+            if split == "train" and not meta.get("class_image_count", None):
+                # Detectron2's LVIS metadata field (used e.g. by its federated loss)
+                with open(paths["train_json"]) as f:
+                    cats = json.load(f)["categories"]
+                meta.class_image_count = [
+                    {"id": c["id"], "image_count": c["image_count"]} for c in cats
+                ]
             return load_lvis_json(paths[f"{split}_json"], paths["image_root"])
 
         if name in DatasetCatalog.list():
@@ -83,6 +92,8 @@ def register_synthetic_from_cfg(cfg):
         val_instances_per_class=s.VAL_INSTANCES_PER_CLASS,
         image_size=s.IMAGE_SIZE,
         seed=s.SEED,
+        max_images_per_class=s.MAX_IMAGES_PER_CLASS,
+        min_images_per_class=s.MIN_IMAGES_PER_CLASS,
     )
     if params != MetadataCatalog.get("synth_lt_train").get("synthetic_config", None):
         register_synthetic_lt("synth_lt", params, s.ROOT or None)

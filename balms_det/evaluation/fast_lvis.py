@@ -26,6 +26,9 @@ Protocol details of lvis-api 0.5.3 reproduced here (see lvis/eval.py, lvis/resul
 Main entry point: :func:`evaluate_lvis`. :class:`LVISGroundTruth` can be built once and
 reused for several evaluations (e.g. bbox and segm of the same results).
 """
+import contextlib
+import gc
+import itertools
 import json
 import math
 import os
@@ -119,13 +122,6 @@ def _in_sorted(sorted_vals, values):
     return sorted_vals[idx] == values
 
 
-def _first_poly_len(segm):
-    try:
-        return len(segm[0])
-    except (TypeError, IndexError, KeyError):
-        return -1
-
-
 def _poly_or_rle_to_rle(segm, h, w):
     """lvis.LVIS.ann_to_rle: polygons -> merged RLE; uncompressed RLE -> RLE; RLE as is."""
     if isinstance(segm, list):
@@ -190,6 +186,10 @@ class LVISGroundTruth:
     """
 
     def __init__(self, gt):
+        with _gc_paused():
+            self._init(gt)
+
+    def _init(self, gt):
         self.source = None
         if isinstance(gt, LVISGroundTruth):
             raise TypeError("already an LVISGroundTruth")
@@ -212,6 +212,7 @@ class LVISGroundTruth:
                     _where(self.source), key))
         self.dataset = dataset
         self._rle_cache = {}
+        self._boxes = None
         self._index()
 
     # -- indexing -----------------------------------------------------------------------
@@ -307,6 +308,7 @@ class LVISGroundTruth:
 
         # per (category, area range): ground truth not ignored
         g_ig = self.gt_ignore_by_area()
+        self.g_ig_area = g_ig
         self.num_gt = np.zeros((ncat, _NA), np.int64)
         for a in range(_NA):
             self.num_gt[:, a] = np.bincount(self.g_cat[~g_ig[:, a]], minlength=ncat)
@@ -317,9 +319,14 @@ class LVISGroundTruth:
 
     # -- iou inputs ----------------------------------------------------------------------
     def boxes(self, sl):
+        if self._boxes is None:
+            self._boxes = self._all_boxes()
+        return self._boxes[sl]
+
+    def _all_boxes(self):
         anns = self.dataset["annotations"]
         out = []
-        for i in self.g_ann[sl].tolist():
+        for i in self.g_ann.tolist():
             b = anns[i].get("bbox")
             if not isinstance(b, (list, tuple)) or len(b) != 4:
                 raise LVISInputError("annotation id {}{}: bbox must be [x, y, w, h], not {!r}".format(
@@ -354,10 +361,21 @@ class LVISGroundTruth:
                 if isinstance(segm, list) and len(segm[0]) > 4:
                     batch.extend(segm)  # one frPyObjects call per image for polygons
                     owners.append((i, len(segm)))
-                else:
+                    continue
+                try:
                     self._rle_cache[i] = _poly_or_rle_to_rle(segm, h, w)
+                except Exception as e:
+                    raise LVISInputError(
+                        "annotation id {} (image {}){}: malformed segmentation: {}".format(
+                            anns[i].get("id"), img_id, _where(self.source), e)) from None
             if batch:
-                rles = mask_utils.frPyObjects(batch, h, w)
+                try:
+                    rles = mask_utils.frPyObjects(batch, h, w)
+                except Exception as e:
+                    raise LVISInputError(
+                        "annotations {} (image {}){}: malformed polygons: {}".format(
+                            [anns[i].get("id") for i, _ in owners], img_id,
+                            _where(self.source), e)) from None
                 p = 0
                 for i, npoly in owners:
                     part = rles[p:p + npoly]
@@ -372,7 +390,7 @@ class LVISGroundTruth:
 _BOUNDARY = re.compile(r"\}\s*,\s*\{")
 
 
-def _iter_json_list(path, chunk_chars=1 << 25):
+def _iter_json_list(path, chunk_chars=1 << 23):
     """Yield lists of the elements of the JSON array in ``path``, a chunk at a time.
 
     A chunk is cut after a '}' followed by ',' and '{'; it is accepted only when
@@ -425,7 +443,9 @@ def _iter_json_list(path, chunk_chars=1 << 25):
 
 
 class _Detections:
-    """Columns of the kept detections, ordered by (cell, -score, input order)."""
+    """Columns of the detections lvis-api evaluates, ordered by (cell, -score, input order):
+    pos (index in the input), img / cat (indices into the sorted ids), key (cell), score,
+    area, box, segs (segm only), nel (category not exhaustively annotated in the image)."""
 
 
 def _extract_batch(batch, base, gt, keep_segm, source, sink):
@@ -453,29 +473,6 @@ def _extract_batch(batch, base, gt, keep_segm, source, sink):
                if isinstance(s, bool) or not isinstance(s, (int, float))]
         raise LVISInputError("detections{} with a non-numeric score: {}".format(
             _where(source), _fmt_examples(bad))) from None
-    boxes = [d.get("bbox") for d in batch]
-    has_box = np.array([b is not None for b in boxes], dtype=bool)
-    box_arr = np.full((n, 4), np.nan)
-    if has_box.any():
-        ok = True
-        try:
-            if has_box.all():
-                box_arr = np.array(boxes, dtype=np.float64)
-                ok = box_arr.shape == (n, 4)
-            else:
-                sel = np.flatnonzero(has_box)
-                vals = np.array([boxes[i] for i in sel.tolist()], dtype=np.float64)
-                ok = vals.shape == (len(sel), 4)
-                if ok:
-                    box_arr[sel] = vals
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            bad = [base + i for i, b in enumerate(boxes) if b is not None and (
-                not isinstance(b, (list, tuple)) or len(b) != 4
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b))]
-            raise LVISInputError("detections{} with a malformed bbox (need [x, y, w, h]): {}".format(
-                _where(source), _fmt_examples(bad)))
     iidx, ifound = _lookup(gt.img_ids, img)
     cidx, cfound = _lookup(gt.cat_ids, cat)
     if not ifound.all():
@@ -487,8 +484,35 @@ def _extract_batch(batch, base, gt, keep_segm, source, sink):
     known = ifound & cfound
     key = iidx * gt.num_cats + cidx
     rel = known & _in_sorted(gt.rel_keys, key)
+    box_any = [d.get("bbox") for d in batch]
+    if box_any.count(None):
+        has_box = np.array([b is not None for b in box_any], dtype=bool)
+    else:
+        has_box = np.ones(n, bool)
+    # boxes (and segmentations) only of detections that lvis-api will evaluate
+    rel_idx = np.flatnonzero(rel).tolist()
+    rel_has = has_box[rel]
+    boxes = [box_any[i] for i in (rel_idx if rel_has.all() else
+                                  np.flatnonzero(rel & has_box).tolist())]
+    del box_any
+    try:
+        if set(map(len, boxes)) - {4}:
+            raise ValueError
+        vals = np.fromiter(itertools.chain.from_iterable(boxes), np.float64, 4 * len(boxes))
+    except (TypeError, ValueError):
+        bad = [base + i for i in rel_idx if "bbox" in batch[i] and (
+            not isinstance(batch[i]["bbox"], (list, tuple)) or len(batch[i]["bbox"]) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                       for v in batch[i]["bbox"]))]
+        raise LVISInputError("detections{} with a malformed bbox (need [x, y, w, h]): {}".format(
+            _where(source), _fmt_examples(bad))) from None
+    if rel_has.all():
+        box_arr = vals.reshape(-1, 4)
+    else:
+        box_arr = np.full((len(rel_idx), 4), np.nan)
+        box_arr[rel_has] = vals.reshape(-1, 4)
     if source is not None and (keep_segm or not has_box.all()):
-        segs = [batch[i].get("segmentation") for i in np.flatnonzero(rel).tolist()]
+        segs = [batch[i].get("segmentation") for i in rel_idx]
     else:
         segs = None
     sink["img"].append(iidx.astype(np.int32))
@@ -545,7 +569,7 @@ def _load_detections(results, gt, iou_type, max_dets):
     # LVISResults.limit_dets_per_image: top max_dets scores per image (stable, desc).
     keep = np.ones(n, bool)
     first = 0
-    if max_dets >= 0 and n:
+    if max_dets >= 0 and n and np.bincount(img).max() > max_dets:
         order = np.lexsort((-score, img))
         s_img = img[order]
         starts = np.r_[0, np.flatnonzero(s_img[1:] != s_img[:-1]) + 1]
@@ -563,13 +587,13 @@ def _load_detections(results, gt, iou_type, max_dets):
             raise LVISInputError("detections{} without a bbox while others have one: {}".format(
                 _where(source), _fmt_examples(lacking.tolist())))
     idx = np.flatnonzero(keep & rel)
+    rel_pos = np.cumsum(rel) - 1
     sub_img = img[idx]
     sub_segs = None
     if keep_segm or not first_has_box:
         if source is None:
             sub_segs = [results[i].get("segmentation") for i in idx.tolist()]
         elif all(s is not None for s in seg_lists):
-            rel_pos = np.cumsum(rel) - 1
             flat = []
             for s in seg_lists:
                 flat.extend(s)
@@ -591,6 +615,14 @@ def _load_detections(results, gt, iou_type, max_dets):
 
     def check_segs(need):
         """Validate; return the positions of segmentations that are not compressed RLEs."""
+        try:  # fast path: all compressed RLEs (str counts) of the image's size
+            sizes = np.array([s["size"] for s in sub_segs], dtype=np.int64)
+            if sizes.shape == (len(sub_segs), 2) and (sizes[:, 0] == h).all() \
+                    and (sizes[:, 1] == w).all() \
+                    and all(s["counts"].__class__ is str for s in sub_segs):
+                return []
+        except (TypeError, KeyError, ValueError, IndexError):
+            pass
         bad, other = [], []
         for j, (s, hh, ww) in enumerate(zip(sub_segs, h.tolist(), w.tolist())):
             if s.__class__ is dict and s.get("counts").__class__ in (str, bytes):
@@ -613,7 +645,7 @@ def _load_detections(results, gt, iou_type, max_dets):
                 + (" ... ({} in all)".format(len(bad)) if len(bad) > _EXAMPLES else "")))
         return other
 
-    sub_box = box[idx]
+    sub_box = box[rel_pos[idx]]
     if first_has_box:
         area = sub_box[:, 2] * sub_box[:, 3]
         if keep_segm:
@@ -668,7 +700,19 @@ def _load_detections(results, gt, iou_type, max_dets):
 # ----------------------------------------------------------------------------------------
 # Matching
 # ----------------------------------------------------------------------------------------
-def _greedy_match(items, nz_out, igm_out, max_cells=4096):
+_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def _any_last(x):
+    """x.any(-1) for a C-contiguous bool array; a bit test when the last axis is 1-8 long
+    (numpy reductions over a short last axis are slow)."""
+    view = _UINT.get(x.shape[-1])
+    if view is not None and x.flags.c_contiguous:
+        return x.view(view)[..., 0] != 0
+    return x.any(-1)
+
+
+def _greedy_match(items, nz_out, igm_out, max_cells=2048):
     """lvis-api's greedy matching for many cells, all thresholds and area ranges at once.
 
     items: list of (rows, ious, gig, gid_nz): ``rows`` the global indices of the cell's
@@ -676,16 +720,28 @@ def _greedy_match(items, nz_out, igm_out, max_cells=4096):
     ``ious`` (len(rows), G), ``gig`` (A, G) ground truth ignored per area range,
     ``gid_nz`` (G,) ground truth id != 0. Writes, for each row, nz_out[row] (A, T): matched
     to ground truth with a nonzero id, and igm_out[row]: matched to ignored ground truth.
+
     The ground-truth axis is reversed so that argmax (first maximum) picks the last
-    ground truth among equal IoUs, as lvis-api does.
+    ground truth among equal IoUs, as lvis-api does. An area range whose ground truth is
+    all ignored or all regular matches exactly like one with no ignored ground truth, so
+    such area ranges share one "pattern"; only the others get their own.
     """
     if not items:
         return
-    gsize = np.array([it[1].shape[1] for it in items])
-    bucket = np.where(gsize <= 4, gsize, 1 << np.ceil(np.log2(np.maximum(gsize, 1))).astype(int))
+    ncell = len(items)
+    gsize = np.empty(ncell, np.int64)
+    npat = np.empty(ncell, np.int64)
+    nonuni = []
+    for i, (rows, ious, gig, gnz) in enumerate(items):
+        gsize[i] = ious.shape[1]
+        nu = np.flatnonzero(gig.any(1) & ~gig.all(1))
+        nonuni.append(nu)
+        npat[i] = 1 + len(nu)
+    gpad = 1 << np.ceil(np.log2(np.maximum(gsize, 1))).astype(np.int64)
     thr = _THR_EFF[None, None, :, None]
-    for gb in np.unique(bucket):
-        members = np.flatnonzero(bucket == gb)
+    ar_a = np.arange(_NA)
+    for gb, P in sorted(set(zip(gpad.tolist(), npat.tolist()))):
+        members = np.flatnonzero((gpad == gb) & (npat == P))
         ms = np.array([len(items[i][0]) for i in members])
         members = members[np.argsort(-ms, kind="stable")]
         for c0 in range(0, len(members), max_cells):
@@ -695,39 +751,50 @@ def _greedy_match(items, nz_out, igm_out, max_cells=4096):
             off = np.r_[0, np.cumsum(M)[:-1]]
             tot = int(M.sum())
             IOU = np.full((tot, gb), -1.0)
-            GIG = np.zeros((C, _NA, gb), bool)
+            GIGP = np.zeros((C, P, gb), bool)  # per pattern (0: no ignored ground truth)
+            GIGA = np.zeros((C, _NA, gb), bool)  # per area range
+            PMAP = np.zeros((C, _NA), np.int64)  # area range -> pattern
             GNZ = np.zeros((C, gb), bool)
             ROWS = np.empty(tot, np.int64)
             for c, i in enumerate(chunk.tolist()):
                 rows, ious, gig, gnz = items[i]
                 G = ious.shape[1]
                 IOU[off[c]:off[c] + M[c], :G] = ious[:, ::-1]
-                GIG[c, :, :G] = gig[:, ::-1]
+                GIGA[c, :, :G] = gig[:, ::-1]
+                nu = nonuni[i]
+                if len(nu):
+                    GIGP[c, 1:, :G] = gig[nu, ::-1]
+                    PMAP[c, nu] = np.arange(1, len(nu) + 1)
                 GNZ[c, :G] = gnz[::-1]
                 ROWS[off[c]:off[c] + M[c]] = rows
-            matched = np.zeros((C, _NA, _NT, gb), bool)
+            matched = np.zeros((C, P, _NT, gb), bool)
             active = np.searchsorted(-M, -np.arange(M[0]), side="left")  # cells with M > j
             for j in range(int(M[0])):
                 n = int(active[j])
                 r = off[:n] + j
                 iou = IOU[r]  # (n, gb)
-                cand = (iou[:, None, None, :] >= thr) & ~matched[:n]  # (n, A, T, gb)
-                gig = GIG[:n, :, None, :]
-                reg = cand & ~gig
-                has_reg = reg.any(-1, keepdims=True)
-                eff = np.where(has_reg, reg, cand)
-                found = eff.any(-1)  # (n, A, T)
+                cand = (iou[:, None, None, :] >= thr) & ~matched[:n]  # (n, P, T, gb)
+                if P > 1:
+                    reg = cand & ~GIGP[:n, :, None, :]
+                    eff = np.where(_any_last(reg)[..., None], reg, cand)
+                else:
+                    eff = cand
+                found = _any_last(eff)  # (n, P, T)
                 if not found.any():
                     continue
-                best = np.where(eff, iou[:, None, None, :], -1.0).argmax(-1)  # (n, A, T)
-                ni, ai, ti = np.nonzero(found)
-                bi = best[ni, ai, ti]
-                matched[ni, ai, ti, bi] = True
-                gid_ok = GNZ[ni, bi]
-                ig_m = GIG[ni, ai, bi]
+                best = np.where(eff, iou[:, None, None, :], -1.0).argmax(-1)  # (n, P, T)
+                ni, pi, ti = np.nonzero(found)
+                matched[ni, pi, ti, best[ni, pi, ti]] = True
+                # back to area ranges
+                cn = np.arange(n)[:, None]
+                pm = PMAP[:n]  # (n, A)
+                found_a = found[cn, pm]  # (n, A, T)
+                best_a = best[cn, pm]
+                ni, ai, ti = np.nonzero(found_a)
+                bi = best_a[ni, ai, ti]
                 gr = ROWS[r[ni]]
-                nz_out[gr, ai, ti] = gid_ok
-                igm_out[gr, ai, ti] = ig_m
+                nz_out[gr, ai, ti] = GNZ[ni, bi]
+                igm_out[gr, ai, ti] = GIGA[ni, ai, bi]
 
 
 # ----------------------------------------------------------------------------------------
@@ -826,6 +893,19 @@ class LVISEvalResult:
 # ----------------------------------------------------------------------------------------
 # Evaluation
 # ----------------------------------------------------------------------------------------
+def _recall_steps(num_gt):
+    """jr[k, a, r]: the least integer j with j / num_gt[k, a] >= REC_THRS[r] (float64 math,
+    as lvis-api's ``tp / num_gt``), so that ``searchsorted(rc, REC_THRS, "left")`` equals
+    ``searchsorted(tp_cumsum, jr, "left")`` (j -> j / num_gt is monotone)."""
+    ng = np.maximum(num_gt, 1).astype(np.float64)[..., None]
+    j = np.ceil(REC_THRS * ng)
+    for _ in range(3):
+        j = np.where(j / ng < REC_THRS, j + 1, j)
+        j = np.where((j > 0) & ((j - 1) / ng >= REC_THRS), j - 1, j)
+    assert ((j / ng >= REC_THRS) & ((j == 0) | ((j - 1) / ng < REC_THRS))).all()
+    return j.astype(np.int64)
+
+
 def _accumulate(gt, d, tp, fp):
     K = gt.num_cats
     R = len(REC_THRS)
@@ -836,35 +916,55 @@ def _accumulate(gt, d, tp, fp):
     cat_sorted = d.cat[order]
     bounds = np.searchsorted(cat_sorted, np.arange(K + 1))
     eps = np.spacing(1)
+    jr_all = _recall_steps(gt.num_gt)  # (K, A, R)
+    rows = _NA * _NT
+    tp = tp[order]  # contiguous per category from here on
+    fp = fp[order]
     for k in np.flatnonzero(gt.num_gt.any(1)).tolist():
         s, e = bounds[k], bounds[k + 1]
-        nd = e - s
-        sel = order[s:e]
-        if nd:
-            tps = tp[sel].transpose(1, 2, 0)  # (A, T, nd)
-            fps = fp[sel].transpose(1, 2, 0)
-            tp_sum = np.cumsum(tps, axis=2).astype(dtype=np.float64)
-            fp_sum = np.cumsum(fps, axis=2).astype(dtype=np.float64)
-        for a in range(_NA):
-            num_gt = int(gt.num_gt[k, a])
-            if num_gt == 0:
-                continue
-            if nd == 0:
-                recall[:, k, a] = 0
-                precision[:, :, k, a] = 0.0
-                continue
-            tp_a = tp_sum[a]
-            rc = tp_a / num_gt
-            pr = tp_a / (fp_sum[a] + tp_a + eps)
-            pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
-            recall[:, k, a] = rc[:, -1]
-            for t in range(_NT):
-                ins = np.searchsorted(rc[t], REC_THRS, side="left")
-                valid = ins < nd
-                row = np.zeros(R)
-                row[valid] = pr[t, ins[valid]]
-                precision[t, :, k, a] = row
+        nd = int(e - s)
+        va = gt.num_gt[k] > 0  # area ranges lvis-api fills (num_gt > 0)
+        if nd == 0:
+            recall[:, k, va] = 0
+            precision[:, :, k, va] = 0.0
+            continue
+        tp_cnt = np.cumsum(tp[s:e], axis=0).reshape(nd, rows).T  # (A*T, nd), row = a*T + t
+        fp_cnt = np.cumsum(fp[s:e], axis=0).reshape(nd, rows).T
+        tp_sum = tp_cnt.astype(np.float64)
+        fp_sum = fp_cnt.astype(np.float64)
+        ng = np.repeat(gt.num_gt[k], _NT).astype(np.float64)[:, None]  # (A*T, 1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rc_last = tp_sum[:, -1:] / ng
+        pr = tp_sum / (fp_sum + tp_sum + eps)
+        pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
+        # searchsorted(rc, REC_THRS, "left") for all rows at once, on integer keys
+        stride = nd + 1
+        off = np.arange(rows, dtype=np.int64)[:, None] * stride
+        keys = (tp_cnt + off).ravel()
+        jr = np.minimum(np.repeat(jr_all[k], _NT, axis=0), stride)  # (A*T, R)
+        ins = np.searchsorted(keys, (jr + off).ravel(), side="left").reshape(rows, R)
+        ins -= np.arange(rows, dtype=np.int64)[:, None] * nd
+        valid = ins < nd
+        prec = np.where(valid, np.take_along_axis(pr, np.minimum(ins, nd - 1), axis=1), 0.0)
+        prec = prec.reshape(_NA, _NT, R)
+        rcl = rc_last.reshape(_NA, _NT)
+        for a in np.flatnonzero(va).tolist():
+            precision[:, :, k, a] = prec[a]
+            recall[:, k, a] = rcl[a]
     return precision, recall
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Pause the cyclic garbage collector: parsing millions of small containers otherwise
+    triggers full collections over everything alive (nothing here makes cycles)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def evaluate_lvis(gt, results, iou_type, max_dets=300):
@@ -886,6 +986,11 @@ def evaluate_lvis(gt, results, iou_type, max_dets=300):
     """
     if iou_type not in ("bbox", "segm"):
         raise ValueError("iou_type: {} is not supported.".format(iou_type))
+    with _gc_paused():
+        return _evaluate(gt, results, iou_type, max_dets)
+
+
+def _evaluate(gt, results, iou_type, max_dets):
     t0 = time.perf_counter()
     if not isinstance(gt, LVISGroundTruth):
         gt = LVISGroundTruth(gt)
@@ -901,6 +1006,12 @@ def evaluate_lvis(gt, results, iou_type, max_dets=300):
     both, di, gi = np.intersect1d(d_keys, gt.cell_keys, assume_unique=True, return_indices=True)
     items = []
     thr0 = _THR_EFF.min()
+    if iou_type == "segm" and len(both):
+        # ground-truth masks of these cells, converted an image at a time
+        starts, counts = gt.cell_start[gi], gt.cell_count[gi]
+        need = np.repeat(starts - np.r_[0, np.cumsum(counts)[:-1]], counts) + np.arange(
+            counts.sum())
+        gt.rles(need)
     for c in range(len(both)):
         ds, dn = int(d_start[di[c]]), int(d_count[di[c]])
         gs, gn = int(gt.cell_start[gi[c]]), int(gt.cell_count[gi[c]])
@@ -913,7 +1024,7 @@ def evaluate_lvis(gt, results, iou_type, max_dets=300):
         ious = np.asarray(ious, dtype=np.float64).reshape(dn, gn)
         m = np.flatnonzero(ious.max(1) >= thr0)
         if len(m):
-            items.append((m + ds, ious[m], gt.gt_ignore_by_area(gsl).T, gt.g_id_nonzero[gsl]))
+            items.append((m + ds, ious[m], gt.g_ig_area[gsl].T, gt.g_id_nonzero[gsl]))
     t3 = time.perf_counter()
     _greedy_match(items, nz, igm)
     del items
