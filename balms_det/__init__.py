@@ -11,7 +11,9 @@ from .class_counts import ClassCounts, class_counts_from_cfg, load_cat_info, wri
 from .config import add_balms_config
 from .data.datasets import register_synthetic_lt
 from .data.synthetic import SyntheticLTConfig, generate_synthetic_lt
+from .data.meta_sampler import build_meta_loader, class_balanced_repeat_factors
 from .engine.decoupled import FrozenNormHook, freeze_except
+from .engine.meta_reweigher import MetaReweigher, lookahead_meta_loss, meta_gradient
 from .evaluation.longtail import worst_class_metrics
 from .evaluation.lvis_evaluator import BalmsLVISEvaluator
 from .modeling.roi_heads import BalmsFastRCNNOutputLayers, BalmsROIHeads
@@ -30,6 +32,11 @@ __all__ = [
     "write_cat_info",
     "freeze_except",
     "FrozenNormHook",
+    "MetaReweigher",
+    "meta_gradient",
+    "lookahead_meta_loss",
+    "class_balanced_repeat_factors",
+    "build_meta_loader",
     "SyntheticLTConfig",
     "generate_synthetic_lt",
     "register_synthetic_lt",

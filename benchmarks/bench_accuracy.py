@@ -46,7 +46,7 @@ METHODS = {
     "sigmoid": ("mask_rcnn_r18_sigmoid.yaml", [], None),
     "balanced_softmax": ("mask_rcnn_r18_balanced_softmax.yaml", [], None),
     "balanced_sigmoid": ("mask_rcnn_r18_balanced_sigmoid.yaml", [], None),
-    "balms": ("mask_rcnn_r18_balms.yaml", [], None),
+    "balms": ("mask_rcnn_r18_balms_meta.yaml", [], None),
     "decoupled_balanced_softmax": ("stage2_balanced_softmax.yaml", [], "softmax"),
     "decoupled_balanced_sigmoid": ("stage2_balanced_sigmoid.yaml", [], "sigmoid"),
     "decoupled_los": ("stage2_label_over_smooth.yaml", [], "softmax"),

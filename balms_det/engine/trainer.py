@@ -9,6 +9,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
@@ -17,6 +18,7 @@ from ..data.datasets import check_dataset_files, register_synthetic_from_cfg
 from ..evaluation.lvis_evaluator import BalmsLVISEvaluator
 from ..modeling.roi_heads import convert_classifier_layout
 from .decoupled import FrozenNormHook, freeze_except
+from .meta_reweigher import MetaReweigher
 
 __all__ = ["BalmsTrainer", "BalmsCheckpointer", "setup_cfg", "format_results", "print_summary"]
 
@@ -64,6 +66,11 @@ class BalmsTrainer(DefaultTrainer):
         hooks = super().build_hooks()
         if self.cfg.BALMS.TRAINABLE_PARAMS:
             hooks.insert(0, FrozenNormHook(self.model))
+        if self.cfg.BALMS.META.ENABLED:
+            # after FrozenNormHook (norm modes) and IterationTimer (the meta step is timed)
+            pos = next((i + 1 for i, h in enumerate(hooks)
+                        if isinstance(h, d2_hooks.IterationTimer)), len(hooks))
+            hooks.insert(pos, MetaReweigher(self.cfg, self.model, self.optimizer))
         return hooks
 
     @classmethod

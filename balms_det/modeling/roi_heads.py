@@ -30,12 +30,61 @@ from .. import losses as L
 from ..class_counts import class_counts_from_cfg
 from ..config import LOSSES, SIGMOID_LOSSES
 
-__all__ = ["BalmsFastRCNNOutputLayers", "BalmsROIHeads", "convert_classifier_layout"]
+__all__ = [
+    "BalmsFastRCNNOutputLayers",
+    "BalmsROIHeads",
+    "class_roi_weights",
+    "convert_classifier_layout",
+]
 
 logger = logging.getLogger(__name__)
 
 _NEEDS_COUNTS = ("balanced_softmax", "balanced_sigmoid")
 _GROUPS = ("r", "c", "f")
+
+
+def class_roi_weights(gt_classes, class_weights, num_classes, normalize=True):
+    """Per-ROI weights from per-foreground-class weights (differentiable in ``class_weights``).
+
+    A foreground ROI of class ``c`` gets ``class_weights[c]``, a background ROI (label K) gets 1.
+    With ``normalize`` the foreground weights are divided by their mean over the foreground ROIs
+    of the batch (mean foreground weight 1; the Meta Reweigher's published normalisation);
+    a batch without foreground ROIs gets all ones.
+
+    Args:
+        gt_classes: (R,) labels in [0, K], K = ``num_classes`` = background.
+        class_weights: (K,) weights.
+        num_classes: K.
+        normalize (bool): renormalise the foreground weights of the batch to mean 1.
+
+    Returns:
+        (R,) tensor in the dtype of ``class_weights``.
+    """
+    w = L.expand_class_weights(gt_classes, class_weights, num_classes)
+    if not normalize:
+        return w
+    fg = gt_classes < num_classes
+    n_fg = int(fg.sum())
+    if n_fg == 0:
+        return torch.ones_like(w)
+    scale = n_fg / (w * fg.to(w.dtype)).sum()
+    return torch.where(fg, w * scale, torch.ones_like(w))
+
+
+class _HookSlot:
+    """Holds a callback set by a training hook. ``copy.deepcopy`` and pickling of the model drop
+    it (a copied or saved model must not drag the trainer along)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn=None):
+        self.fn = fn
+
+    def __deepcopy__(self, memo):
+        return _HookSlot()
+
+    def __reduce__(self):
+        return (_HookSlot, ())
 
 
 class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
@@ -61,6 +110,7 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         min_count=1.0,
         class_names=None,
         diagnostics_period=0,
+        normalize_class_weights=True,
         **kwargs,
     ):
         """
@@ -78,6 +128,8 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
             min_count (float): counts are clamped to at least this value.
             class_names (list[str]): names used in warnings.
             diagnostics_period (int): log per-group diagnostics every this many iterations.
+            normalize_class_weights (bool): renormalise the ``class_weights`` of the foreground
+                ROIs of a batch to mean 1 (``BALMS.META.NORMALIZE``); see ``roi_weights``.
         """
         super().__init__(input_shape, **kwargs)
         if loss not in LOSSES:
@@ -120,6 +172,15 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         self.register_buffer("num_train_images", torch.tensor(float(num_train_images)))
         self.register_buffer("class_image_counts", image_counts)
         self.register_buffer("class_weights", torch.ones(K))
+        self.normalize_class_weights = bool(normalize_class_weights)
+        # Detectron2's own USE_SIGMOID_CE flag (use_sigmoid_ce is also set below to route our
+        # losses, and by enable_class_weights for LOSS 'softmax')
+        self._stock_sigmoid_ce = bool(self.use_sigmoid_ce)
+        # Meta Reweigher hand-over: when a hook sets the slot, forward() keeps the (detached)
+        # box-head features of the training batch and the classification loss calls the hook
+        # with them and the labels before it reads class_weights.
+        self._roi_feature_hook = _HookSlot()
+        self._roi_features = None
         if loss in SIGMOID_LOSSES:
             # K logits, no background column; bias set to the prior foreground probability
             self.cls_score = nn.Linear(self.cls_score.in_features, K)
@@ -142,6 +203,7 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
             prior_prob=b.PRIOR_PROB,
             min_count=b.MIN_COUNT,
             diagnostics_period=b.DIAGNOSTICS_PERIOD,
+            normalize_class_weights=cfg.BALMS.META.NORMALIZE,
         )
         if b.LOSS in _NEEDS_COUNTS or (b.DIAGNOSTICS_PERIOD > 0 and cfg.DATASETS.TRAIN):
             try:
@@ -171,26 +233,64 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         return self.loss_name in SIGMOID_LOSSES
 
     def forward(self, x):
+        if self.training and self._roi_feature_hook.fn is not None:
+            self._roi_features = (x.flatten(1) if x.dim() > 2 else x).detach()
         scores, proposal_deltas = super().forward(x)
         if self.sigmoid_layout:
             scores = torch.cat([scores, scores.new_zeros(scores.shape[0], 1)], dim=1)
         return scores, proposal_deltas
 
     def roi_weights(self, gt_classes):
-        """Per-ROI weights from ``class_weights`` (None when they are all 1)."""
-        return None
+        """Per-ROI weights from ``class_weights`` (None when they are all 1, or all equal and
+        normalised); see :func:`class_roi_weights`."""
+        w = self.class_weights
+        if bool((w == 1).all()) or (self.normalize_class_weights and bool((w == w[0]).all())):
+            return None
+        return class_roi_weights(gt_classes, w, self.num_classes, self.normalize_class_weights)
+
+    def set_roi_feature_hook(self, fn):
+        """Register ``fn(features, gt_classes)`` (the Meta Reweigher), or None to remove it.
+
+        In training, the classification loss calls it with the detached box-head features
+        (R, D) of the batch and their labels (R,), before reading ``class_weights``.
+        """
+        self._roi_feature_hook.fn = fn
+        self._roi_features = None
+
+    def enable_class_weights(self):
+        """Make the classification loss take ``class_weights`` (the Meta Reweigher calls this).
+
+        Every LOSS but 'softmax' already does. LOSS 'softmax' is routed through
+        ``losses.softmax_loss`` (same cross-entropy, with weights), unless Detectron2's
+        USE_SIGMOID_CE / USE_FED_LOSS are on: their loss cannot take weights (ValueError).
+        """
+        if self.loss_name != "softmax":
+            return
+        if self._stock_sigmoid_ce or self.use_fed_loss:
+            raise ValueError(
+                "BALMS.META.ENABLED needs a classification loss that takes class weights: "
+                "MODEL.ROI_BOX_HEAD.BALMS.LOSS 'softmax' with Detectron2's USE_SIGMOID_CE / "
+                "USE_FED_LOSS cannot; turn those off or choose another BALMS.LOSS "
+                "(balanced_softmax, sigmoid, balanced_sigmoid, label_over_smooth)"
+            )
+        self.use_sigmoid_ce = True  # routes losses() through sigmoid_cross_entropy_loss
 
     def sigmoid_cross_entropy_loss(self, pred_class_logits, gt_classes):
-        """Classification loss of every LOSS but 'softmax' (see the note in ``__init__``).
+        """Classification loss of every LOSS but 'softmax' (see the note in ``__init__``), and
+        of 'softmax' once ``enable_class_weights`` routed it here.
 
         Args:
             pred_class_logits: (R, K+1), the background column last (a constant zero column in
                 the sigmoid layout).
             gt_classes: (R,) labels in [0, K].
         """
-        if self.loss_name == "softmax":
+        if self.loss_name == "softmax" and self._stock_sigmoid_ce:
             return super().sigmoid_cross_entropy_loss(pred_class_logits, gt_classes)
         self._log_diagnostics(pred_class_logits, gt_classes)
+        features, self._roi_features = self._roi_features, None
+        hook = self._roi_feature_hook.fn
+        if hook is not None and features is not None and self.training:
+            hook(features, gt_classes)  # may update class_weights (Meta Reweigher step)
         weights = self.roi_weights(gt_classes)
         return self.classification_loss(pred_class_logits, gt_classes, weights=weights)
 
@@ -219,7 +319,7 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         )
 
     def predict_probs(self, predictions, proposals):
-        if self.loss_name == "softmax":
+        if self.loss_name == "softmax" and (self._stock_sigmoid_ce or not self.use_sigmoid_ce):
             return super().predict_probs(predictions, proposals)
         scores, _ = predictions
         num_inst_per_image = [len(p) for p in proposals]

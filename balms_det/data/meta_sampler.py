@@ -1,0 +1,159 @@
+"""The meta set of the Meta Reweigher: class-balanced image sampling and its data loader.
+
+The meta batch is drawn class-balanced (REFERENCE.md section 3): with ``f(c)`` the fraction of
+the meta set's images that contain class ``c``, image ``I`` is drawn with probability
+proportional to
+
+    r(I) = max over classes c in I of 1 / f(c)
+
+(repeat-factor sampling with threshold 1 and no square root; Detectron2's
+``RepeatFactorTrainingSampler.repeat_factors_from_category_frequency`` takes a square root and
+clamps at 1, so it is not used). The factors are rescaled to mean 1 before they go to
+Detectron2's ``RepeatFactorTrainingSampler``: its stochastic rounding keeps the expected
+frequencies, and an "epoch" then holds about as many indices as the set has images (unscaled
+LVIS factors reach 10^5 per image and would make epochs of 10^8 indices).
+
+The loader is resumable: the sampler's seed and the number of meta batches already drawn are
+part of the Meta Reweigher's checkpointed state, and the index stream is restarted past them
+(indices only, no image is loaded to skip). Aspect-ratio grouping is off in the meta loader so
+that batch ``j`` of a rank is exactly indices ``[j * B, (j + 1) * B)`` of its stream.
+"""
+
+import itertools
+import logging
+from collections import Counter
+
+import torch
+from detectron2.data import (
+    DatasetCatalog,
+    DatasetMapper,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
+from detectron2.data.samplers import RepeatFactorTrainingSampler
+from torch.utils.data import Sampler
+
+__all__ = [
+    "class_image_frequency",
+    "class_balanced_repeat_factors",
+    "classes_in_dataset",
+    "SkipSampler",
+    "meta_dataset_dicts",
+    "build_meta_loader",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _image_classes(dataset_dict):
+    return {int(a["category_id"]) for a in dataset_dict.get("annotations", ())
+            if not a.get("iscrowd", 0)}
+
+
+def class_image_frequency(dataset_dicts):
+    """``{class id: fraction of the images that contain it}`` (classes absent: not listed)."""
+    counts = Counter()
+    for d in dataset_dicts:
+        counts.update(_image_classes(d))
+    n = max(len(dataset_dicts), 1)
+    return {c: k / n for c, k in counts.items()}
+
+
+def class_balanced_repeat_factors(dataset_dicts, normalize=True):
+    """Per-image factors ``r(I) = max_{c in I} 1 / f(c)`` (no square root, no threshold).
+
+    Args:
+        dataset_dicts (list[dict]): Detectron2 dataset dicts (``annotations`` with
+            ``category_id``).
+        normalize (bool): rescale the factors to mean 1 (sampling probabilities unchanged).
+
+    Returns:
+        (N,) float32 tensor. An image without annotations gets the smallest factor of an
+        annotated image (1 before rescaling), so it is drawn as often as the most common class.
+    """
+    freq = class_image_frequency(dataset_dicts)
+    factors = [max((1.0 / freq[c] for c in _image_classes(d)), default=1.0)
+               for d in dataset_dicts]
+    out = torch.tensor(factors, dtype=torch.float64)
+    if normalize and len(out):
+        out = out * (len(out) / out.sum())
+    return out.to(torch.float32)
+
+
+def classes_in_dataset(dataset_dicts, num_classes):
+    """(K,) bool tensor: class ``c`` is annotated in at least one image."""
+    present = torch.zeros(num_classes, dtype=torch.bool)
+    for d in dataset_dicts:
+        for c in _image_classes(d):
+            if 0 <= c < num_classes:
+                present[c] = True
+    return present
+
+
+class SkipSampler(Sampler):
+    """An infinite sampler restarted past its first ``skip`` indices (resume)."""
+
+    def __init__(self, sampler, skip=0):
+        self.sampler = sampler
+        self.skip = int(skip)
+
+    def __iter__(self):
+        yield from itertools.islice(iter(self.sampler), self.skip, None)
+
+
+def meta_dataset_dicts(cfg):
+    """Dataset dicts of the meta set: ``BALMS.META.DATASET`` if set, else ``DATASETS.TRAIN``.
+
+    Raises:
+        KeyError: ``BALMS.META.DATASET`` is not registered in Detectron2's DatasetCatalog.
+    """
+    name = cfg.BALMS.META.DATASET
+    if name:
+        if name not in DatasetCatalog.list():
+            raise KeyError(
+                f"BALMS.META.DATASET '{name}' is not a registered dataset (register it with "
+                "detectron2.data.DatasetCatalog before building the trainer); registered: "
+                + ", ".join(sorted(DatasetCatalog.list())[:30])
+            )
+        names = [name]
+    else:
+        names = list(cfg.DATASETS.TRAIN)
+    return get_detection_dataset_dicts(
+        names, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+    )
+
+
+def build_meta_loader(cfg, dataset_dicts, seed, skip_batches=0):
+    """Infinite loader of class-balanced meta batches (lists of mapped dicts, like training).
+
+    Args:
+        cfg: the training config (mapper: ``DatasetMapper(cfg, True)`` without instance
+            masks; batch size:
+            ``BALMS.META.IMS_PER_BATCH`` in total over all ranks).
+        dataset_dicts (list[dict]): the meta set.
+        seed (int): seed of the sampler; must be the same on every rank.
+        skip_batches (int): meta batches already drawn (resume).
+    """
+    total = cfg.BALMS.META.IMS_PER_BATCH
+    from detectron2.utils import comm
+
+    world = comm.get_world_size()
+    if total <= 0 or total % world:
+        raise ValueError(
+            f"BALMS.META.IMS_PER_BATCH ({total}) must be a positive multiple of the number of "
+            f"processes ({world})"
+        )
+    factors = class_balanced_repeat_factors(dataset_dicts)
+    sampler = RepeatFactorTrainingSampler(factors, seed=int(seed))
+    sampler = SkipSampler(sampler, skip=int(skip_batches) * (total // world))
+    # the training mapper, minus instance masks (only boxes and classes are used)
+    mapper_args = DatasetMapper.from_config(cfg, True)
+    mapper_args.update(use_instance_mask=False, recompute_boxes=False)
+    return build_detection_train_loader(
+        dataset=dataset_dicts,
+        mapper=DatasetMapper(**mapper_args),
+        sampler=sampler,
+        total_batch_size=total,
+        aspect_ratio_grouping=False,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )

@@ -1,0 +1,627 @@
+"""The Meta Reweigher: per-class loss weights learned by one-step look-ahead (REFERENCE.md s. 3).
+
+One learnable scalar ``psi_c`` per foreground class; the weights ``w_c = WEIGHT_FN(psi_c)``
+("sigmoid", published, or "exp") multiply the classification loss of
+``BalmsFastRCNNOutputLayers`` (background ROIs: weight 1; with ``NORMALIZE`` the foreground
+weights of a batch are renormalised to mean 1). Every ``BALMS.META.PERIOD`` iterations:
+
+1. ``theta = (W, b)``, the classifier ``cls_score``. One differentiable SGD step on the weighted
+   training loss of the TRAINING batch's ROIs:
+   ``theta~ = theta - lr * d(theta)``, ``d = grad + wd * theta``, with momentum
+   ``d <- mu * buf + (1 - dampening) * d`` (``d + mu * buf`` when Nesterov), exactly what the
+   live ``torch.optim.SGD`` would do next to ``cls_score``: lr, weight decay, momentum buffer,
+   dampening and Nesterov are read from the optimizer's param group of each of W and b at that
+   moment (another optimizer type: plain ``theta - lr * grad`` with its lr, and a warning).
+2. The meta loss of ``theta~`` on a META batch: "plain" (the paper: cross-entropy in the softmax
+   layout, per-class logistic loss in the sigmoid layout) or "balanced" (what the published
+   code did: balanced softmax / balanced sigmoid with the predictor's counts).
+3. ``grad_psi`` of the meta loss, averaged over ranks (all-reduce; none on one process), zeroed
+   for classes the meta set never shows; an Adam step (``BALMS.META.LR``) on ``psi``; the
+   predictor's ``class_weights`` buffer is set to ``WEIGHT_FN(psi)``. Then the normal training
+   step of the same iteration uses the new weights.
+
+Cost. Only the classifier takes part in the look-ahead, so only ROI features are needed:
+
+* the training batch's box-head features are the ones the training step computes anyway: the
+  predictor keeps them (detached) in ``forward`` and hands them with the labels to the hook from
+  its classification loss (``set_roi_feature_hook``) -- the meta step runs there, inside the
+  training forward, before the weights are read;
+* the meta batch goes through backbone, RPN (its losses are not computed) and box head under
+  ``torch.no_grad()`` in ``before_step``. The model stays in train mode (training-time
+  proposals, batch statistics in BatchNorm, as the published full training forward on the meta
+  batch), but BatchNorm running statistics are saved and restored around it, so the meta batch
+  never moves them. Its event-storage writes (RPN / ROI sampling statistics) go to a throw-away
+  storage. With ``CACHE_FEATURES`` (allowed only when backbone, proposal generator and box head
+  are all frozen) norm layers run in eval mode and the ROI features and labels of each meta
+  image are cached in host memory the first time it is drawn (``R x D x 4`` bytes per image:
+  meant for the decoupled stage with a meta set of moderate size).
+
+State. ``class_weights`` is a buffer of the predictor (saved with the model). ``psi``, the Adam
+state, the counters and the meta sampler's seed are the hook's ``state_dict`` (Detectron2 stores
+it in the checkpoint's "trainer" entry), so ``--resume`` continues the same meta stream and
+optimizer. A fresh (non-resumed) run starts from ``psi = INIT`` whatever ``class_weights`` the
+loaded weights carry.
+
+The math is in pure functions (:func:`lookahead_classifier`, :func:`lookahead_meta_loss`,
+:func:`meta_gradient`) that take features, labels, classifier parameters and ``psi``.
+"""
+
+import logging
+from contextlib import contextmanager, nullcontext
+
+import torch
+import torch.distributed as dist
+from detectron2.engine import HookBase
+from detectron2.layers import cat
+from detectron2.modeling.proposal_generator.rpn import RPN
+from detectron2.utils import comm
+from detectron2.utils.events import EventStorage, get_event_storage
+from torch import nn
+from torch.nn import functional as F
+
+from .. import losses as L
+from ..class_counts import frequency_groups
+from ..data.meta_sampler import build_meta_loader, classes_in_dataset, meta_dataset_dicts
+from ..modeling.roi_heads import BalmsFastRCNNOutputLayers, class_roi_weights
+
+__all__ = [
+    "WEIGHT_FNS",
+    "META_LOSSES",
+    "MetaReweigher",
+    "class_weights_from_psi",
+    "classifier_losses",
+    "lookahead_classifier",
+    "lookahead_meta_loss",
+    "meta_gradient",
+    "meta_roi_features",
+    "sgd_settings",
+]
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_FNS = ("sigmoid", "exp")
+META_LOSSES = ("plain", "balanced")
+
+
+# ------------------------------------------------------------------------------------------
+# Pure functions
+# ------------------------------------------------------------------------------------------
+def class_weights_from_psi(psi, weight_fn="sigmoid"):
+    """``w = sigmoid(psi)`` (published) or ``exp(psi)``; differentiable."""
+    if weight_fn == "sigmoid":
+        return torch.sigmoid(psi)
+    if weight_fn == "exp":
+        return torch.exp(psi)
+    raise ValueError(f"BALMS.META.WEIGHT_FN must be one of {WEIGHT_FNS}, got '{weight_fn}'")
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def lookahead_classifier(
+    train_x, train_y, weight, bias, class_weights, *, train_loss, lr, num_classes,
+    normalize=True, weight_decay=0.0, momentum=0.0, dampening=0.0, nesterov=False,
+    momentum_buffers=None,
+):
+    """One differentiable SGD step of the classifier on the weighted training loss.
+
+    Args:
+        train_x: (R, D) ROI features of the training batch (no graph needed).
+        train_y: (R,) labels in [0, K], K = background.
+        weight, bias: the classifier's parameters (C, D), (C,) (C = K+1 or K); detached here.
+        class_weights: (K,) class weights (the graph to ``psi`` is kept).
+        train_loss: ``train_loss(logits, labels, roi_weights) -> scalar`` on the raw
+            ``F.linear(x, weight, bias)`` outputs.
+        lr, weight_decay, momentum, dampening, nesterov: SGD settings, each a number or a pair
+            (for weight, bias).
+        momentum_buffers: pair of the optimizer's momentum buffers (or None entries).
+        num_classes, normalize: see :func:`balms_det.modeling.roi_heads.class_roi_weights`.
+
+    Returns:
+        (weight~, bias~), functions of ``class_weights``.
+    """
+    params = [weight.detach().requires_grad_(True), bias.detach().requires_grad_(True)]
+    with torch.enable_grad():  # the inner gradient is needed even under no_grad
+        roi_w = class_roi_weights(train_y, class_weights, num_classes, normalize)
+        loss = train_loss(F.linear(train_x, params[0], params[1]), train_y, roi_w)
+        grads = torch.autograd.grad(loss, params, create_graph=torch.is_grad_enabled())
+    bufs = momentum_buffers if momentum_buffers is not None else (None, None)
+    out = []
+    for p, g, lr_, wd, mu, damp, nest, buf in zip(
+        params, grads, _pair(lr), _pair(weight_decay), _pair(momentum), _pair(dampening),
+        _pair(nesterov), bufs,
+    ):
+        p = p.detach()
+        d = g + wd * p if wd else g
+        if mu:
+            b = d if buf is None else mu * buf.to(d) + (1.0 - damp) * d
+            d = d + mu * b if nest else b
+        out.append(p - lr_ * d)
+    return tuple(out)
+
+
+def lookahead_meta_loss(
+    psi, train_x, train_y, meta_x, meta_y, weight, bias, *, train_loss, meta_loss, lr,
+    num_classes, weight_fn="sigmoid", normalize=True, **sgd,
+):
+    """Meta loss of the looked-ahead classifier, as a differentiable function of ``psi``.
+
+    ``meta_loss(logits, labels) -> scalar`` on the raw outputs of the looked-ahead classifier on
+    ``meta_x`` (R', D) / ``meta_y`` (R',). Other arguments: :func:`lookahead_classifier`.
+    """
+    w = class_weights_from_psi(psi, weight_fn)
+    w1, b1 = lookahead_classifier(
+        train_x, train_y, weight, bias, w, train_loss=train_loss, lr=lr,
+        num_classes=num_classes, normalize=normalize, **sgd,
+    )
+    return meta_loss(F.linear(meta_x, w1, b1), meta_y)
+
+
+def meta_gradient(psi, *args, **kwargs):
+    """``(d meta_loss / d psi, meta_loss)`` (both detached); arguments as
+    :func:`lookahead_meta_loss`."""
+    psi = psi.detach().requires_grad_(True)
+    loss = lookahead_meta_loss(psi, *args, **kwargs)
+    (g,) = torch.autograd.grad(loss, psi, allow_unused=True)
+    if g is None:  # no foreground ROI in the training batch: the weights play no part
+        g = torch.zeros_like(psi)
+    return g.detach(), loss.detach()
+
+
+def classifier_losses(predictor, meta_loss="plain"):
+    """Loss callables on raw ``cls_score`` outputs for the look-ahead.
+
+    Returns:
+        ``train_loss(z, y, roi_weights)``: the predictor's configured classification loss;
+        ``meta_loss(z, y)``: "plain" (``softmax_loss`` / ``sigmoid_loss`` by layout) or
+        "balanced" (``balanced_softmax_loss`` with the predictor's tau / ``balanced_sigmoid_loss``).
+    """
+    if meta_loss not in META_LOSSES:
+        raise ValueError(f"BALMS.META.META_LOSS must be one of {META_LOSSES}, got '{meta_loss}'")
+    sigmoid = predictor.sigmoid_layout
+
+    def full(z):  # the predictor's losses take K+1 columns (a zero one in the sigmoid layout)
+        return torch.cat([z, z.new_zeros(z.shape[0], 1)], dim=1) if sigmoid else z
+
+    def train_loss(z, y, w):
+        return predictor.classification_loss(full(z), y, weights=w)
+
+    if meta_loss == "plain":
+        meta = L.sigmoid_loss if sigmoid else L.softmax_loss
+    elif sigmoid:
+        def meta(z, y):
+            return L.balanced_sigmoid_loss(
+                z, y, predictor.class_counts, predictor.num_train_images,
+                min_count=predictor.min_count,
+            )
+    else:
+        def meta(z, y):
+            return L.balanced_softmax_loss(
+                z, y, predictor.class_counts, tau=predictor.tau, min_count=predictor.min_count
+            )
+    return train_loss, meta
+
+
+def sgd_settings(optimizer, params):
+    """Look-ahead settings of ``params`` (weight, bias) from the live optimizer.
+
+    Returns a dict of pairs ``lr``, ``weight_decay``, ``momentum``, ``dampening``,
+    ``nesterov``, ``momentum_buffers`` for :func:`lookahead_classifier`. A parameter the
+    optimizer does not hold raises ValueError. A non-SGD optimizer gives plain SGD with its lr.
+    """
+    out = {k: [] for k in ("lr", "weight_decay", "momentum", "dampening", "nesterov",
+                           "momentum_buffers")}
+    sgd = isinstance(optimizer, torch.optim.SGD)
+    for p in params:
+        group = next((g for g in optimizer.param_groups if any(q is p for q in g["params"])), None)
+        if group is None:
+            raise ValueError("the optimizer does not hold the classifier (cls_score) parameters")
+        out["lr"].append(float(group["lr"]))
+        if sgd:
+            out["weight_decay"].append(float(group.get("weight_decay", 0.0)))
+            out["momentum"].append(float(group.get("momentum", 0.0)))
+            out["dampening"].append(float(group.get("dampening", 0.0)))
+            out["nesterov"].append(bool(group.get("nesterov", False)))
+            out["momentum_buffers"].append(optimizer.state.get(p, {}).get("momentum_buffer"))
+        else:
+            out["weight_decay"].append(0.0)
+            out["momentum"].append(0.0)
+            out["dampening"].append(0.0)
+            out["nesterov"].append(False)
+            out["momentum_buffers"].append(None)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+# ------------------------------------------------------------------------------------------
+# Meta-batch ROI features
+# ------------------------------------------------------------------------------------------
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+@contextmanager
+def _norm_stats_kept(model, eval_norms=False):
+    """BatchNorm running statistics are restored on exit (or norms run in eval mode)."""
+    bns = [m for m in model.modules() if isinstance(m, _BN) and m.training]
+    if eval_norms:
+        for m in bns:
+            m.eval()
+        try:
+            yield
+        finally:
+            for m in bns:
+                m.train()
+        return
+    saved = [
+        (m, [b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+             if b is not None])
+        for m in bns if m.track_running_stats
+    ]
+    try:
+        yield
+    finally:
+        for m, bufs in saved:
+            live = [b for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+                    if b is not None]
+            for b, s in zip(live, bufs):
+                b.copy_(s)
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)
+
+
+def _training_proposals(rpn, images, features, gt_instances):
+    """Training-time proposals of a standard RPN without its losses (anchor labelling)."""
+    if type(rpn) is not RPN:  # another generator: its own forward, losses dropped
+        return rpn(images, features, gt_instances)[0]
+    feats = [features[f] for f in rpn.in_features]
+    anchors = rpn.anchor_generator(feats)
+    logits, deltas = rpn.rpn_head(feats)
+    logits = [s.permute(0, 2, 3, 1).flatten(1) for s in logits]
+    box_dim = rpn.anchor_generator.box_dim
+    deltas = [
+        x.view(x.shape[0], -1, box_dim, x.shape[-2], x.shape[-1]).permute(0, 3, 4, 1, 2)
+        .flatten(1, -2)
+        for x in deltas
+    ]
+    return rpn.predict_proposals(anchors, logits, deltas, images.image_sizes)
+
+
+@torch.no_grad()
+def meta_roi_features(model, batched_inputs, eval_norms=False):
+    """Box-head features and labels of the sampled ROIs of ``batched_inputs``, no graph.
+
+    Runs backbone, proposal generator (training-time top-k, no losses), the ROI heads'
+    ``label_and_sample_proposals`` and box head of a GeneralizedRCNN in its current (train)
+    mode; BatchNorm running stats are left untouched (see module doc), event-storage writes
+    are discarded.
+
+    Returns:
+        x (R, D), labels (R,) in [0, K], per-image ROI counts (list[int]).
+    """
+    m = _unwrap(model)
+    try:
+        it = get_event_storage().iter
+    except AssertionError:
+        it = 0
+    with _norm_stats_kept(m, eval_norms), EventStorage(it):
+        images = m.preprocess_image(batched_inputs)
+        gt = [x["instances"].to(m.device) for x in batched_inputs]
+        features = m.backbone(images.tensor)
+        proposals = _training_proposals(m.proposal_generator, images, features, gt)
+        heads = m.roi_heads
+        proposals = heads.label_and_sample_proposals(proposals, gt)
+        box = heads.box_pooler(
+            [features[f] for f in heads.box_in_features], [p.proposal_boxes for p in proposals]
+        )
+        x = heads.box_head(box)
+    x = x.flatten(1) if x.dim() > 2 else x
+    labels = cat([p.gt_classes for p in proposals], dim=0)
+    return x, labels, [len(p) for p in proposals]
+
+
+def _image_key(d):
+    return (d.get("file_name"), d.get("image_id"))
+
+
+# ------------------------------------------------------------------------------------------
+# The hook
+# ------------------------------------------------------------------------------------------
+class MetaReweigher(HookBase):
+    """Detectron2 hook learning the predictor's ``class_weights`` (see the module doc).
+
+    ``BalmsTrainer.build_hooks`` adds it when ``BALMS.META.ENABLED``. Construction validates
+    everything (loss, config values, meta dataset) so that a bad setup fails before training.
+
+    Args:
+        cfg: the training config.
+        model: the detector (GeneralizedRCNN with ``BalmsROIHeads``, possibly DDP-wrapped).
+        optimizer: the training optimizer (its current lr etc. drive the look-ahead); the
+            trainer's when None and run by a trainer.
+        dataset_dicts: the meta set (default: from ``BALMS.META.DATASET`` / ``DATASETS.TRAIN``).
+    """
+
+    def __init__(self, cfg, model, optimizer=None, dataset_dicts=None):
+        mc = cfg.BALMS.META
+        if mc.WEIGHT_FN not in WEIGHT_FNS:
+            raise ValueError(f"BALMS.META.WEIGHT_FN must be one of {WEIGHT_FNS}, got "
+                             f"'{mc.WEIGHT_FN}'")
+        if mc.META_LOSS not in META_LOSSES:
+            raise ValueError(f"BALMS.META.META_LOSS must be one of {META_LOSSES}, got "
+                             f"'{mc.META_LOSS}'")
+        if int(mc.PERIOD) < 1:
+            raise ValueError(f"BALMS.META.PERIOD must be >= 1, got {mc.PERIOD}")
+        if not mc.LR > 0:
+            raise ValueError(f"BALMS.META.LR must be > 0, got {mc.LR}")
+        m = _unwrap(model)
+        predictor = getattr(getattr(m, "roi_heads", None), "box_predictor", None)
+        if not isinstance(predictor, BalmsFastRCNNOutputLayers):
+            raise ValueError(
+                "BALMS.META.ENABLED needs MODEL.ROI_HEADS.NAME 'BalmsROIHeads' (a "
+                f"BalmsFastRCNNOutputLayers box predictor), got {type(predictor).__name__}"
+            )
+        for attr in ("backbone", "proposal_generator", "preprocess_image"):
+            if getattr(m, attr, None) is None:
+                raise ValueError(f"BALMS.META.ENABLED needs a GeneralizedRCNN with a {attr}")
+        predictor.enable_class_weights()  # raises for a loss that cannot take weights
+        cls = predictor.cls_score
+        if not (cls.weight.requires_grad and cls.bias is not None and cls.bias.requires_grad):
+            raise ValueError(
+                "BALMS.META.ENABLED needs a trainable classifier with a bias (cls_score): it is "
+                "frozen (check BALMS.TRAINABLE_PARAMS)"
+            )
+        if mc.META_LOSS == "balanced":
+            if bool((predictor.class_counts == 1).all()) or float(predictor.num_train_images) <= 0:
+                raise ValueError(
+                    "BALMS.META.META_LOSS 'balanced' needs the class counts of the training "
+                    "set; the predictor has none (use a balanced LOSS, a CAT_INFO file, or "
+                    "MODEL.ROI_BOX_HEAD.BALMS.DIAGNOSTICS_PERIOD > 0 with DATASETS.TRAIN)"
+                )
+        self.cache = None
+        if mc.CACHE_FEATURES:
+            trainable = [
+                f"{prefix}.{n}"
+                for prefix, mod in (("backbone", m.backbone),
+                                    ("proposal_generator", m.proposal_generator),
+                                    ("roi_heads.box_head", m.roi_heads.box_head))
+                for n, p in mod.named_parameters() if p.requires_grad
+            ]
+            if trainable:
+                raise ValueError(
+                    "BALMS.META.CACHE_FEATURES needs everything before the classifier frozen "
+                    "(e.g. BALMS.TRAINABLE_PARAMS: ['cls_score']); trainable: "
+                    + ", ".join(trainable[:5]) + (" ..." if len(trainable) > 5 else "")
+                )
+            self.cache = {}
+
+        self.cfg = cfg.clone()
+        self.model = model
+        self.predictor = predictor
+        self.optimizer = optimizer
+        self.period = int(mc.PERIOD)
+        self.weight_fn = mc.WEIGHT_FN
+        self.normalize = bool(mc.NORMALIZE)
+        K = predictor.num_classes
+        self.num_classes = K
+        dev = predictor.class_weights.device
+        self.psi = nn.Parameter(torch.full((K,), float(mc.INIT), device=dev))
+        self.meta_optimizer = torch.optim.Adam([self.psi], lr=float(mc.LR))
+        self.train_loss, self.meta_loss = classifier_losses(predictor, mc.META_LOSS)
+
+        if dataset_dicts is None:
+            dataset_dicts = meta_dataset_dicts(cfg)  # KeyError for an unregistered name
+        if len(dataset_dicts) == 0:
+            raise ValueError("the meta set of BALMS.META has no image")
+        present = classes_in_dataset(dataset_dicts, K)
+        names = self._class_names(cfg, K)
+        missing = (~present).nonzero().flatten().tolist()
+        if len(missing) == K:
+            raise ValueError("the meta set of BALMS.META has no annotation of any class")
+        if missing:
+            logger.warning(
+                "The meta set (%s) has no image of %d classes; their weights stay at their "
+                "initial value: %s", mc.DATASET or "DATASETS.TRAIN", len(missing),
+                ", ".join(f"{names[c]} ({c})" for c in missing[:50])
+                + (" ..." if len(missing) > 50 else ""),
+            )
+        self.missing_classes = missing
+        self.class_mask = present.to(device=dev, dtype=self.psi.dtype)
+        self._dataset_dicts = dataset_dicts
+        self.seed = int(cfg.SEED) if cfg.SEED >= 0 else int(comm.shared_random_seed())
+
+        counts = predictor.class_image_counts.detach().cpu()
+        self._groups = {g: torch.tensor([x == g for x in frequency_groups(counts.tolist())])
+                        for g in ("r", "c", "f")}
+        self._rarest = int(torch.argmin(counts))
+        self._most_frequent = int(torch.argmax(counts))
+
+        self.meta_steps = 0  # Adam steps taken
+        self.meta_batches = 0  # meta batches drawn from the loader (resume skips them)
+        self._meta_iter = None
+        self._pending = None
+        self._stepped = False
+        self._last_loss = None
+        self._warned_unused = False
+        self._warned_optimizer = False
+
+    @staticmethod
+    def _class_names(cfg, K):
+        from detectron2.data import MetadataCatalog
+
+        try:
+            names = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).thing_classes
+            if len(names) == K:
+                return list(names)
+        except (AttributeError, IndexError, KeyError):
+            pass
+        return [str(i) for i in range(K)]
+
+    # -- weights ---------------------------------------------------------------------------
+    def class_weights(self):
+        """(K,) ``WEIGHT_FN(psi)``, detached."""
+        with torch.no_grad():
+            return class_weights_from_psi(self.psi, self.weight_fn)
+
+    def _write_buffer(self):
+        with torch.no_grad():
+            self.predictor.class_weights.copy_(self.class_weights())
+
+    # -- hook interface --------------------------------------------------------------------
+    def before_train(self):
+        if self.optimizer is None and getattr(self, "trainer", None) is not None:
+            self.optimizer = self.trainer.optimizer
+        self._write_buffer()
+        self.predictor.set_roi_feature_hook(self._on_roi_features)
+        self._build_loader()
+
+    def _build_loader(self):
+        if self._meta_iter is not None:
+            return
+        loader = build_meta_loader(self.cfg, self._dataset_dicts, self.seed, self.meta_batches)
+        self._meta_iter = iter(loader)
+        self._dataset_dicts = None  # the loader holds them (serialised)
+
+    def before_step(self):
+        self._stepped = False
+        self._pending = None
+        if self.trainer.iter % self.period:
+            return
+        self._build_loader()
+        batch = next(self._meta_iter)
+        self.meta_batches += 1
+        self._pending = self.meta_features(batch)
+
+    def after_step(self):
+        if self._pending is not None and not self._warned_unused:
+            logger.warning("The Meta Reweigher prepared a meta batch but the box predictor's "
+                           "classification loss never asked for it (no meta step)")
+            self._warned_unused = True
+        self._pending = None
+        if self._stepped:
+            self._log()
+
+    def after_train(self):
+        self.predictor.set_roi_feature_hook(None)
+
+    # -- meta step -------------------------------------------------------------------------
+    def meta_features(self, batch):
+        """(x, labels) of the ROIs of a meta batch (from the cache when enabled)."""
+        amp = self.cfg.SOLVER.AMP.ENABLED and self.psi.device.type == "cuda"
+        ctx = torch.autocast("cuda") if amp else nullcontext()
+        if self.cache is None:
+            with ctx:
+                x, y, _ = meta_roi_features(self.model, batch)
+            return x.float(), y
+        keys = [_image_key(d) for d in batch]
+        todo = [(k, d) for k, d in zip(keys, batch) if k not in self.cache]
+        if todo:
+            with ctx:
+                x, y, sizes = meta_roi_features(self.model, [d for _, d in todo], eval_norms=True)
+            for (k, _), xi, yi in zip(todo, x.float().split(sizes), y.split(sizes)):
+                self.cache[k] = (xi.cpu(), yi.cpu())
+        dev = self.psi.device
+        x = torch.cat([self.cache[k][0] for k in keys]).to(dev)
+        y = torch.cat([self.cache[k][1] for k in keys]).to(dev)
+        return x, y
+
+    def _on_roi_features(self, features, gt_classes):
+        """Called by the predictor's classification loss with the training batch's ROIs."""
+        if self._pending is None:
+            return
+        meta_x, meta_y = self._pending
+        self._pending = None
+        self.meta_step(features, gt_classes, meta_x, meta_y)
+
+    def meta_step(self, train_x, train_y, meta_x, meta_y):
+        """One meta step from given ROI features: look-ahead, meta-gradient (all-reduced),
+        Adam step on ``psi``, ``class_weights`` buffer updated. Returns the meta loss."""
+        cls = self.predictor.cls_score
+        params = (cls.weight, cls.bias)
+        if self.optimizer is not None:
+            sgd = sgd_settings(self.optimizer, params)
+            if not isinstance(self.optimizer, torch.optim.SGD) and not self._warned_optimizer:
+                logger.warning("Meta Reweigher: optimizer %s is not SGD; the look-ahead is a "
+                               "plain SGD step with its lr", type(self.optimizer).__name__)
+                self._warned_optimizer = True
+        else:
+            sgd = {"lr": self.cfg.SOLVER.BASE_LR}
+        dtype = cls.weight.dtype
+        amp_off = (torch.autocast(cls.weight.device.type, enabled=False)
+                   if cls.weight.device.type in ("cuda", "cpu") else nullcontext())
+        with amp_off:
+            g, loss = meta_gradient(
+                self.psi, train_x.to(dtype), train_y, meta_x.to(dtype), meta_y,
+                cls.weight, cls.bias, train_loss=self.train_loss, meta_loss=self.meta_loss,
+                num_classes=self.num_classes, weight_fn=self.weight_fn,
+                normalize=self.normalize, **sgd,
+            )
+        g = g.to(self.psi.dtype) * self.class_mask
+        world = comm.get_world_size()
+        if world > 1:
+            dist.all_reduce(g)
+            g /= world
+        if not bool(torch.isfinite(g).all()):
+            logger.warning("Meta Reweigher: non-finite meta-gradient at iteration %s, step "
+                           "skipped", self._iter())
+            return loss
+        self.psi.grad = g
+        self.meta_optimizer.step()
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        self._write_buffer()
+        self.meta_steps += 1
+        self._stepped = True
+        self._last_loss = loss
+        return loss
+
+    def _iter(self):
+        t = getattr(self, "trainer", None)
+        return getattr(t, "iter", None)
+
+    def _log(self):
+        try:
+            storage = get_event_storage()
+        except AssertionError:
+            return
+        w = self.predictor.class_weights.detach().float().cpu()
+        vals = {}
+        for g, sel in self._groups.items():
+            if sel.any():
+                ws = w[sel]
+                vals[f"meta/weight_{g}_min"] = ws.min().item()
+                vals[f"meta/weight_{g}_mean"] = ws.mean().item()
+                vals[f"meta/weight_{g}_max"] = ws.max().item()
+        vals["meta/weight_rarest"] = w[self._rarest].item()
+        vals["meta/weight_most_frequent"] = w[self._most_frequent].item()
+        if self._last_loss is not None:
+            vals["meta/loss"] = float(self._last_loss)
+        storage.put_scalars(smoothing_hint=False, **vals)
+
+    # -- checkpointing ---------------------------------------------------------------------
+    def state_dict(self):
+        return {
+            "psi": self.psi.detach().cpu().clone(),
+            "optimizer": self.meta_optimizer.state_dict(),
+            "meta_steps": self.meta_steps,
+            "meta_batches": self.meta_batches,
+            "seed": self.seed,
+        }
+
+    def load_state_dict(self, state):
+        psi = torch.as_tensor(state["psi"])
+        if psi.shape != self.psi.shape:
+            raise ValueError(
+                f"checkpointed Meta Reweigher has {psi.numel()} class weights, the model "
+                f"{self.psi.numel()}"
+            )
+        with torch.no_grad():
+            self.psi.copy_(psi)
+        self.meta_optimizer.load_state_dict(state["optimizer"])
+        self.meta_steps = int(state.get("meta_steps", 0))
+        self.meta_batches = int(state.get("meta_batches", 0))
+        self.seed = int(state.get("seed", self.seed))
+        self._write_buffer()
+        if self._meta_iter is not None:
+            logger.warning("Meta Reweigher state loaded after training started: the meta "
+                           "sampler is not rewound")
+
