@@ -11,7 +11,13 @@ from .class_counts import ClassCounts, class_counts_from_cfg, load_cat_info, wri
 from .config import add_balms_config
 from .data.datasets import register_synthetic_lt
 from .data.synthetic import SyntheticLTConfig, generate_synthetic_lt
+from .data.balanced_subsets import (
+    register_balanced_subsets,
+    sample_balanced_subsets,
+    subset_statistics,
+)
 from .data.meta_sampler import build_meta_loader, class_balanced_repeat_factors
+from .engine.btm import merge_checkpoints, merge_state_dicts, run_btm_pipeline
 from .engine.decoupled import FrozenNormHook, freeze_except
 from .engine.meta_reweigher import MetaReweigher, lookahead_meta_loss, meta_gradient
 from .evaluation.longtail import worst_class_metrics
@@ -37,6 +43,12 @@ __all__ = [
     "lookahead_meta_loss",
     "class_balanced_repeat_factors",
     "build_meta_loader",
+    "sample_balanced_subsets",
+    "subset_statistics",
+    "register_balanced_subsets",
+    "merge_state_dicts",
+    "merge_checkpoints",
+    "run_btm_pipeline",
     "SyntheticLTConfig",
     "generate_synthetic_lt",
     "register_synthetic_lt",

@@ -118,8 +118,16 @@ def setup_cfg(config_file="", opts=(), args=None):
     return cfg
 
 
-def format_results(results):
-    """A small table of the long-tail metrics of each dataset and task (bbox, segm)."""
+def format_results(results, dataset_name=""):
+    """A small table of the long-tail metrics of each dataset and task (bbox, segm).
+
+    ``results`` is what ``DefaultTrainer.test`` returns: {dataset: {task: metrics}}, or
+    {task: metrics} when there is a single test dataset (named by ``dataset_name``)."""
+    if results and all(
+        isinstance(m, dict) and all(not isinstance(v, dict) for v in m.values())
+        for m in results.values()
+    ):
+        results = {dataset_name: results}
     rows = []
     for dataset, per_task in results.items():
         if not isinstance(per_task, dict):
@@ -145,5 +153,6 @@ def format_results(results):
 def print_summary(cfg, results):
     """Print the long-tail table and where the outputs went (main process only)."""
     if comm.is_main_process():
-        print("\nLong-tail results (%):\n" + format_results(results), flush=True)
+        name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) == 1 else ""
+        print("\nLong-tail results (%):\n" + format_results(results, name), flush=True)
         print(f"Outputs (checkpoints, metrics, predictions): {os.path.abspath(cfg.OUTPUT_DIR)}")

@@ -1,0 +1,325 @@
+"""Class-balanced few-shot subsets of a detection training set (BTM, REFERENCE.md section 6).
+
+Balanced Training and Merging fine-tunes a stage-1 detector on ``N_D`` class-balanced few-shot
+subsets and averages the fine-tuned weights. In classification every sample has one label and a
+subset with ``N_C`` samples per class is exactly balanced. A detection image holds instances of
+several classes, so "``N_C`` images per class" needs a precise rule; this module's rule:
+
+* Classes are processed **rarest first** (ascending number of training images that contain
+  them, ties by class id), so tail classes choose their images before head classes and are never
+  crowded out.
+* Every class ``c`` with ``n_c`` training images (images holding at least one non-crowd instance
+  of ``c``) gets exactly ``q_c = min(N_C, n_c)`` images **selected for it**; all of them contain
+  ``c``. A class without training images gets none.
+* ``mode="fill"`` (default): images already in the subset (chosen for a rarer class) that contain
+  ``c`` count towards ``q_c`` first; only the missing ones are drawn, uniformly without
+  replacement, from the images of ``c`` not yet in the subset. When more than ``q_c`` images of
+  the subset already contain ``c``, ``q_c`` of them are (randomly) designated as selected for
+  ``c``. This keeps head classes as close to ``N_C`` images as the co-occurrences allow.
+* ``mode="independent"``: each class draws its ``q_c`` images from all its images, independently
+  of the others; the subset is the union (an image drawn for two classes appears once).
+* The subset is the union of the images selected for all classes (deduplicated). An image chosen
+  for one class brings **all** its instances, so the subset holds, for class ``c``, at least
+  ``q_c`` images and possibly more (images selected for other classes that also contain ``c``):
+  co-occurring classes, usually frequent ones, are over-represented. The per-class *achieved*
+  image and instance counts of every subset are reported next to the *selected* ones
+  (:func:`subset_statistics`).
+
+Draws are deterministic: subset ``i`` of seed ``s`` uses ``numpy.random.default_rng`` seeded with
+``SeedSequence([s, i])``, so the first subsets do not change when ``N_D`` grows, the same seed
+gives identical subsets and different seeds give different ones.
+
+Subsets are registered as Detectron2 datasets ``<train>_btm_s<seed>_<i>`` whose loader returns
+the chosen dicts of the source dataset(s), with the source's metadata.
+"""
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "BalancedSubset",
+    "SUBSET_MODES",
+    "images_per_class",
+    "sample_balanced_subset",
+    "sample_balanced_subsets",
+    "subset_statistics",
+    "format_subset_statistics",
+    "subset_dataset_name",
+    "register_balanced_subsets",
+    "save_subsets",
+    "load_subsets",
+]
+
+logger = logging.getLogger(__name__)
+
+SUBSET_MODES = ("fill", "independent")
+
+
+@dataclass
+class BalancedSubset:
+    """One class-balanced subset.
+
+    Attributes:
+        index (int): position ``i`` of the subset in its draw.
+        seed (int): seed of the draw.
+        shots (int): ``N_C``.
+        mode (str): ``"fill"`` or ``"independent"``.
+        indices (list[int]): sorted positions of the chosen images in the source dicts.
+        image_ids (list): their ``image_id`` (``None`` where the dicts have none).
+        selected (dict[int, list[int]]): class -> positions of the images selected for it.
+    """
+
+    index: int
+    seed: int
+    shots: int
+    mode: str
+    indices: list
+    image_ids: list
+    selected: dict = field(default_factory=dict)
+
+    def to_json(self):
+        d = asdict(self)
+        d["selected"] = {str(k): v for k, v in self.selected.items()}
+        return d
+
+    @classmethod
+    def from_json(cls, d):
+        d = dict(d)
+        d["selected"] = {int(k): list(v) for k, v in d.get("selected", {}).items()}
+        return cls(**d)
+
+
+def _classes_of(record):
+    return {a["category_id"] for a in record.get("annotations", []) if not a.get("iscrowd", 0)}
+
+
+def images_per_class(dataset_dicts, num_classes):
+    """list of K sorted lists: positions of the images that contain each class (non-crowd)."""
+    out = [[] for _ in range(num_classes)]
+    for i, d in enumerate(dataset_dicts):
+        for c in _classes_of(d):
+            if not 0 <= c < num_classes:
+                raise ValueError(
+                    f"Image '{d.get('file_name')}' has category id {c}, outside the "
+                    f"{num_classes} classes"
+                )
+            out[c].append(i)
+    return out
+
+
+def _rng(seed, index):
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
+
+
+def sample_balanced_subset(dataset_dicts, num_classes, shots, seed=0, index=0, mode="fill",
+                           class_images=None):
+    """Draw subset ``index`` of seed ``seed`` (see the module docstring for the rule).
+
+    Args:
+        dataset_dicts (list[dict]): Detectron2-format dicts with contiguous category ids.
+        num_classes (int): K.
+        shots (int): N_C, images selected per class (a class with fewer uses all it has).
+        seed (int), index (int): the draw is a function of both.
+        mode (str): ``"fill"`` or ``"independent"``.
+        class_images: precomputed :func:`images_per_class` (optional).
+
+    Returns:
+        BalancedSubset
+    """
+    if mode not in SUBSET_MODES:
+        raise ValueError(f"Unknown subset mode '{mode}'; choose one of {SUBSET_MODES}")
+    if shots < 1:
+        raise ValueError(f"BALMS.BTM.SHOTS must be >= 1, got {shots}")
+    if class_images is None:
+        class_images = images_per_class(dataset_dicts, num_classes)
+    rng = _rng(seed, index)
+    order = sorted(range(num_classes), key=lambda c: (len(class_images[c]), c))
+    chosen = set()
+    selected = {}
+    for c in order:
+        pool = class_images[c]
+        quota = min(shots, len(pool))
+        if quota == 0:
+            continue
+        if mode == "independent":
+            pick = rng.choice(len(pool), size=quota, replace=False)
+            sel = sorted(pool[j] for j in pick)
+        else:
+            have = [i for i in pool if i in chosen]
+            if len(have) >= quota:
+                pick = rng.choice(len(have), size=quota, replace=False)
+                sel = sorted(have[j] for j in pick)
+            else:
+                rest = [i for i in pool if i not in chosen]
+                pick = rng.choice(len(rest), size=quota - len(have), replace=False)
+                sel = sorted(have + [rest[j] for j in pick])
+        selected[c] = sel
+        chosen.update(sel)
+    indices = sorted(chosen)
+    return BalancedSubset(
+        index=int(index),
+        seed=int(seed),
+        shots=int(shots),
+        mode=mode,
+        indices=indices,
+        image_ids=[dataset_dicts[i].get("image_id") for i in indices],
+        selected={c: selected[c] for c in sorted(selected)},
+    )
+
+
+def sample_balanced_subsets(dataset_dicts, num_classes, num_subsets, shots, seed=0, mode="fill"):
+    """``num_subsets`` subsets (indices 0..N_D-1) of one seed: list[BalancedSubset]."""
+    if num_subsets < 1:
+        raise ValueError(f"BALMS.BTM.NUM_SUBSETS must be >= 1, got {num_subsets}")
+    class_images = images_per_class(dataset_dicts, num_classes)
+    return [
+        sample_balanced_subset(dataset_dicts, num_classes, shots, seed, i, mode, class_images)
+        for i in range(num_subsets)
+    ]
+
+
+def subset_statistics(dataset_dicts, subset, num_classes):
+    """Per-class counts of one subset, as a dict of K-long integer lists.
+
+    ``available_images``: training images containing the class; ``selected_images``: images
+    selected for it (``min(N_C, available)``); ``images`` / ``instances``: images of the subset
+    that contain the class and its non-crowd instances in the subset (what training sees).
+    """
+    available = np.zeros(num_classes, np.int64)
+    for d in dataset_dicts:
+        for c in _classes_of(d):
+            available[c] += 1
+    images = np.zeros(num_classes, np.int64)
+    instances = np.zeros(num_classes, np.int64)
+    for i in subset.indices:
+        d = dataset_dicts[i]
+        cls = [a["category_id"] for a in d.get("annotations", []) if not a.get("iscrowd", 0)]
+        np.add.at(instances, cls, 1)
+        np.add.at(images, sorted(set(cls)), 1)
+    selected = np.zeros(num_classes, np.int64)
+    for c, sel in subset.selected.items():
+        selected[int(c)] = len(sel)
+    return dict(
+        num_images=len(subset.indices),
+        available_images=available.tolist(),
+        selected_images=selected.tolist(),
+        images=images.tolist(),
+        instances=instances.tolist(),
+    )
+
+
+def format_subset_statistics(stats, groups=None):
+    """A Markdown summary of the achieved counts of several subsets (one row per subset).
+
+    Args:
+        stats (list[dict]): :func:`subset_statistics` of each subset.
+        groups (list[str]): the r/c/f group of each class (optional): adds per-group columns.
+    """
+    head = ["subset", "images", "instances", "inst/class min", "median", "max", "max/min"]
+    gnames = [g for g in ("r", "c", "f") if groups and g in groups]
+    head += [f"inst/class {g}" for g in gnames]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, s in enumerate(stats):
+        inst = np.asarray(s["instances"])
+        present = inst[np.asarray(s["available_images"]) > 0]
+        lo = int(present.min()) if present.size else 0
+        hi = int(present.max()) if present.size else 0
+        row = [str(i), str(s["num_images"]), str(int(inst.sum())), str(lo),
+               f"{float(np.median(present)) if present.size else 0:.1f}", str(hi),
+               f"{hi / lo:.1f}" if lo else "inf"]
+        for g in gnames:
+            sel = np.asarray([gg == g for gg in groups]) & (np.asarray(s["available_images"]) > 0)
+            row.append(f"{inst[sel].mean():.1f}" if sel.any() else "-")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def subset_dataset_name(source_names, seed, index):
+    """``<train>_btm_s<seed>_<i>`` (source names joined with '+' when several)."""
+    if isinstance(source_names, str):
+        source_names = [source_names]
+    return f"{'+'.join(source_names)}_btm_s{seed}_{index}"
+
+
+def _load_source(source_names):
+    from detectron2.data import DatasetCatalog
+
+    dicts = []
+    for name in source_names:
+        dicts.extend(DatasetCatalog.get(name))
+    return dicts
+
+
+def _subset_loader(source_names, indices, image_ids, name):
+    def load():
+        dicts = _load_source(source_names)
+        out = []
+        for i, image_id in zip(indices, image_ids):
+            if i >= len(dicts) or dicts[i].get("image_id") != image_id:
+                raise RuntimeError(
+                    f"BTM subset '{name}' was drawn from a different version of "
+                    f"{list(source_names)}: position {i} no longer holds image_id {image_id}. "
+                    "Draw the subsets again (a new output directory)."
+                )
+            out.append(dicts[i])
+        return out
+
+    return load
+
+
+def register_balanced_subsets(source_names, subsets):
+    """Register each subset as ``<train>_btm_s<seed>_<i>`` with the metadata of the first source.
+
+    The loader returns the chosen dicts of the concatenated source datasets (checking that their
+    image ids did not change). Re-registering a name replaces it. Returns the names.
+    """
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    if isinstance(source_names, str):
+        source_names = [source_names]
+    source_names = list(source_names)
+    meta = MetadataCatalog.get(source_names[0]).as_dict()
+    meta.pop("name", None)
+    names = []
+    for s in subsets:
+        name = subset_dataset_name(source_names, s.seed, s.index)
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        DatasetCatalog.register(name, _subset_loader(source_names, s.indices, s.image_ids, name))
+        MetadataCatalog.get(name).set(
+            **meta,
+            btm_source=list(source_names),
+            btm_subset_index=s.index,
+            btm_num_images=len(s.indices),
+        )
+        names.append(name)
+    return names
+
+
+def save_subsets(path, source_names, num_classes, subsets, stats=None, params=None):
+    """Write the subsets (and their statistics) to a JSON file; returns the dict written."""
+    data = dict(
+        source=list(source_names),
+        num_classes=int(num_classes),
+        params=params or {},
+        subsets=[s.to_json() for s in subsets],
+        statistics=stats or [],
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+    return data
+
+
+def load_subsets(path):
+    """Read :func:`save_subsets`'s file: (dict of the file, list[BalancedSubset])."""
+    with open(path) as f:
+        data = json.load(f)
+    return data, [BalancedSubset.from_json(s) for s in data["subsets"]]

@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""Cost of each classification head, side by side in one process on the same batches.
+
+Variants: Detectron2's stock head (``StandardROIHeads`` + ``FastRCNNOutputLayers``), the balms
+head with each loss, and the balms head (balanced softmax) with the Meta Reweigher at PERIOD 1
+and at a larger period. Every variant has its own model (same initialisation seed) and trainer;
+all run the same pool of training batches (mapped once, so data loading is outside the timing;
+the meta loader is inside the hook's time). Steps are interleaved round-robin with the variant
+order rotating every round, so drift on a shared machine hits all variants alike; warm-up rounds
+are not timed. Reported: median step time, ratio to the stock head, and the median over steps of
+the peak resident memory during a step (sampled every 0.5 ms) and its increment over the memory
+before the step, with the ratios.
+
+    .venv/bin/python benchmarks/bench_cost.py --steps 20 --out output/bench_cost
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_meta_overhead import _PeakRSS, _pin_mmap_threshold  # noqa: E402
+
+BASE = os.path.join(REPO, "configs", "synthetic", "Base-Synthetic-R18.yaml")
+VARIANTS = {
+    "stock_d2_head": ["MODEL.ROI_HEADS.NAME", "StandardROIHeads"],
+    "softmax": ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", "softmax"],
+    "balanced_softmax": ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", "balanced_softmax"],
+    "sigmoid": ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", "sigmoid"],
+    "balanced_sigmoid": ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", "balanced_sigmoid"],
+    "label_over_smooth": ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", "label_over_smooth"],
+    "balms_meta_p1": ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", "balanced_softmax",
+                      "BALMS.META.ENABLED", "True", "BALMS.META.PERIOD", "1"],
+    "balms_meta_p10": ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", "balanced_softmax",
+                       "BALMS.META.ENABLED", "True", "BALMS.META.PERIOD", "10"],
+}
+
+
+class Variant:
+    def __init__(self, name, opts, out):
+        import torch
+
+        from balms_det.engine.meta_reweigher import MetaReweigher
+        from balms_det.engine.trainer import BalmsTrainer, setup_cfg
+
+        cfg = setup_cfg(BASE, opts + ["TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()",
+                                      "OUTPUT_DIR", os.path.join(out, name)])
+        torch.manual_seed(0)
+        self.name = name
+        self.trainer = BalmsTrainer(cfg)
+        self.simple = self.trainer._trainer
+        self.hook = next((h for h in self.trainer._hooks if isinstance(h, MetaReweigher)), None)
+
+    def feed(self, batch_ref):
+        class _Feed:
+            def __next__(self):
+                return batch_ref["batch"]
+
+        self.simple._data_loader_iter_obj = _Feed()
+
+    def step(self, i, storage):
+        self.trainer.iter = self.simple.iter = i
+        self.simple.storage = self.trainer.storage = storage
+        if self.hook is not None:
+            self.hook.before_step()
+            self.simple.run_step()
+            self.hook.after_step()
+        else:
+            self.simple.run_step()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per variant (>= 20)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--mem-steps", type=int, default=3)
+    ap.add_argument("--pool", type=int, default=4, help="distinct training batches")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--out", default=os.path.join(REPO, "output", "bench_cost"))
+    args = ap.parse_args()
+
+    import torch
+    from detectron2.utils.events import EventStorage
+
+    torch.set_num_threads(args.threads)
+    variants = [Variant(n, VARIANTS[n], args.out) for n in args.variants]
+    loader = iter(variants[0].trainer.data_loader)
+    pool = [next(loader) for _ in range(args.pool)]
+    current = {"batch": pool[0]}
+    for v in variants:
+        v.feed(current)
+    times = {v.name: [] for v in variants}
+    mem = {v.name: [] for v in variants}
+    n = len(variants)
+    with EventStorage(1) as storage:
+        for v in variants:
+            if v.hook is not None:
+                v.simple.storage = v.trainer.storage = storage
+                v.hook.before_train()
+        for r in range(args.warmup + args.steps + args.mem_steps):
+            current["batch"] = pool[r % len(pool)]
+            order = variants[r % n:] + variants[: r % n]
+            timed = args.warmup <= r < args.warmup + args.steps
+            for v in order:
+                if r >= args.warmup + args.steps:
+                    if r == args.warmup + args.steps and v is order[0]:
+                        _pin_mmap_threshold()
+                    with _PeakRSS() as m:
+                        v.step(r, storage)
+                    mem[v.name].append((m.peak, m.peak - m.start))
+                    continue
+                t0 = time.perf_counter()
+                v.step(r, storage)
+                if timed:
+                    times[v.name].append(time.perf_counter() - t0)
+            print(f"round {r}", flush=True)
+    stock = "stock_d2_head" if "stock_d2_head" in times else variants[0].name
+    med = {k: statistics.median(t) for k, t in times.items()}
+    peak = {k: statistics.median(a for a, _ in m) / 2**20 for k, m in mem.items()}
+    incr = {k: statistics.median(b for _, b in m) / 2**20 for k, m in mem.items()}
+    rows = []
+    for k in times:
+        rows.append(dict(variant=k, median_step_s=med[k], time_ratio=med[k] / med[stock],
+                         peak_rss_mib=peak[k], peak_ratio=peak[k] / peak[stock],
+                         step_increment_mib=incr[k]))
+    lines = ["| variant | median step (s) | vs stock | peak RSS (MiB) | vs stock | step peak "
+             "increment (MiB) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['median_step_s']:.3f} | {r['time_ratio']:.3f}x | "
+                     f"{r['peak_rss_mib']:.0f} | {r['peak_ratio']:.3f}x | "
+                     f"{r['step_increment_mib']:.0f} |")
+    md = "\n".join(lines) + (
+        f"\n\n{args.steps} timed steps per variant (after {args.warmup} warm-up rounds), "
+        f"batch {variants[0].trainer.cfg.SOLVER.IMS_PER_BATCH} images, meta batch "
+        f"{variants[0].trainer.cfg.BALMS.META.IMS_PER_BATCH}, {args.threads} torch thread(s).")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "cost.md"), "w") as f:
+        f.write(md + "\n")
+    with open(os.path.join(args.out, "cost.json"), "w") as f:
+        json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
