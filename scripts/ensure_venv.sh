@@ -5,16 +5,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${BALMS_VENV:-.venv}
 stamp="$VENV/.balms-installed"
+is_py310() { "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' >/dev/null 2>&1; }
 find_python() {
-  if [ -n "${PYTHON310:-}" ]; then echo "$PYTHON310"; return; fi
-  if command -v python3.10 >/dev/null 2>&1; then command -v python3.10; return; fi
+  local c
+  local candidates=("${PYTHON310:-}")
   if command -v pyenv >/dev/null 2>&1; then
-    for p in "$(pyenv root)"/versions/3.10.*/bin/python3.10; do
-      [ -x "$p" ] && { echo "$p"; return; }
-    done
+    candidates+=("$(pyenv root)"/versions/3.10.*/bin/python3.10)
   fi
-  for p in "$HOME"/.pyenv/versions/3.10.*/bin/python3.10 /usr/bin/python3.10 /usr/local/bin/python3.10; do
-    [ -x "$p" ] && { echo "$p"; return; }
+  candidates+=("$HOME"/.pyenv/versions/3.10.*/bin/python3.10 "$(command -v python3.10 || true)"
+               /usr/bin/python3.10 /usr/local/bin/python3.10)
+  for c in "${candidates[@]}"; do  # a pyenv shim may exist without a working 3.10 behind it
+    [ -n "$c" ] && [ -x "$c" ] && is_py310 "$c" && { echo "$c"; return; }
   done
   echo "error: Python 3.10 not found (the tested stack needs it: sal-detectron2 ships a" \
        "compiled extension for CPython 3.10); set PYTHON310=/path/to/python3.10" >&2
