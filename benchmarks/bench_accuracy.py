@@ -94,10 +94,12 @@ def run_method(args, method, seed):
         s1 = run_method(args, stage1, seed)
         iters = max(1, int(round(args.iters * STAGE2_FRACTION)))
         common += ["MODEL.WEIGHTS", os.path.join(s1, "model_final.pth")]
-        sched = ["SOLVER.STEPS", f"({iters // 2},{iters * 5 // 6})", "SOLVER.WARMUP_ITERS", "0"]
+        steps, warmup = (iters // 2, iters * 5 // 6), 0
     else:
-        sched = ["SOLVER.STEPS", f"({iters * 3 // 4},{iters * 9 // 10})",
-                 "SOLVER.WARMUP_ITERS", str(min(100, iters // 10))]
+        steps, warmup = (iters * 3 // 4, iters * 9 // 10), min(100, iters // 10)
+    steps = sorted({s for s in steps if 0 < s < iters})
+    sched = ["SOLVER.STEPS", "(" + "".join(f"{s}," for s in steps) + ")",
+             "SOLVER.WARMUP_ITERS", str(warmup)]
     # Detectron2's federated loss samples this many classes per batch (a quarter of them)
     opts = [o.format(fed_classes=max(1, args.classes // 4)) for o in opts]
     cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file",
