@@ -55,14 +55,16 @@ def frequency_groups(image_counts):
     return ["r" if n <= 10 else ("c" if n <= 100 else "f") for n in image_counts]
 
 
-def _read_json(path, what):
+def read_json(path, what, error=ValueError):
+    """Load a JSON file; a missing file raises FileNotFoundError and malformed content
+    ``error``, both naming ``what`` and the path."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{what} '{path}' does not exist")
     try:
         with open(path) as f:
             return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{what} '{path}' is not valid JSON: {e}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{what} '{path}' is not valid JSON: {e}") from e
 
 
 def counts_from_annotation_file(json_file):
@@ -72,7 +74,7 @@ def counts_from_annotation_file(json_file):
         list of dicts ``{"id", "name", "image_count", "instance_count"}`` sorted by id, and the
         number of images in the file.
     """
-    data = _read_json(json_file, "Annotation file")
+    data = read_json(json_file, "Annotation file")
     for key in ("images", "annotations", "categories"):
         if key not in data:
             raise ValueError(f"Annotation file '{json_file}' has no '{key}' key")
@@ -117,7 +119,7 @@ def load_cat_info(path, num_classes, dataset_id_to_contiguous_id=None):
     metadata) else as ``id - 1`` (LVIS). Missing, malformed or mismatching files raise an error
     naming the file and the offending ids.
     """
-    data = _read_json(path, "CAT_INFO file")
+    data = read_json(path, "CAT_INFO file")
     cats = data.get("categories") if isinstance(data, dict) else data
     if not isinstance(cats, list) or not all(isinstance(c, dict) for c in cats):
         raise ValueError(

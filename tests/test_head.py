@@ -198,17 +198,27 @@ def test_head_in_full_model(family):
 
 
 def test_import_into_a_plain_detectron2_config():
-    """What another project does: get_cfg + add_balms_config + ROI_HEADS.NAME."""
+    """What another project does: get_cfg + add_balms_config + ROI_HEADS.NAME, nothing else."""
+    from detectron2.data import MetadataCatalog
+
+    import balms_det  # noqa: F401  (registers the head)
+
     cfg = get_cfg()
     add_balms_config(cfg)
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.ROI_HEADS.NAME = "BalmsROIHeads"
-    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 12
     cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
     cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 1
     cfg.MODEL.ROI_BOX_HEAD.BALMS.LOSS = "balanced_softmax"
-    cfg.MODEL.ROI_BOX_HEAD.BALMS.DIAGNOSTICS_PERIOD = 0
-    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["res4"]
+    cfg.DATASETS.TRAIN = ("synth_lt_tiny_train",)
+    model = build_model(cfg)
+    pred = model.roi_heads.box_predictor
+    assert type(pred) is BalmsFastRCNNOutputLayers
+    with open(MetadataCatalog.get("synth_lt_tiny_train").json_file) as f:
+        cats = sorted(json.load(f)["categories"], key=lambda c: c["id"])
+    assert pred.class_counts.tolist() == [float(c["image_count"]) for c in cats]
+    # without training data nor CAT_INFO the balanced loss says what it needs
     cfg.DATASETS.TRAIN = ()
     with pytest.raises(ValueError, match="CAT_INFO"):
         build_model(cfg)

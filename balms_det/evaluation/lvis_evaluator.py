@@ -31,6 +31,7 @@ from detectron2.evaluation import LVISEvaluator
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
+from ..class_counts import read_json
 from .longtail import assign_frequency, worst_class_metrics
 from .report import write_report
 
@@ -236,13 +237,7 @@ def evaluate_tasks(gt_dataset, lvis_results, tasks, max_dets=300, engine="fast",
 # Detections files
 # ------------------------------------------------------------------------------------------
 def _read_json(path, what):
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{what} '{path}' does not exist")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DetectionFileError(f"{what} '{path}' is not valid JSON: {e}") from e
+    return read_json(path, what, DetectionFileError)
 
 
 def load_gt_dataset(path):
