@@ -96,7 +96,7 @@ def run_method(args, method, seed):
         common += ["MODEL.WEIGHTS", os.path.join(s1, "model_final.pth")]
         steps, warmup = (iters // 2, iters * 5 // 6), 0
     else:
-        steps, warmup = (iters * 3 // 4, iters * 9 // 10), min(100, iters // 10)
+        steps, warmup = (iters * 3 // 4, iters * 9 // 10), min(100, iters // 3)
     steps = sorted({s for s in steps if 0 < s < iters})
     sched = ["SOLVER.STEPS", "(" + "".join(f"{s}," for s in steps) + ")",
              "SOLVER.WARMUP_ITERS", str(warmup)]

@@ -35,9 +35,9 @@ VARIANTS = {
     "label_over_smooth": ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", "label_over_smooth"],
     "balms_meta_p1": ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", "balanced_softmax",
                       "BALMS.META.ENABLED", "True", "BALMS.META.PERIOD", "1"],
-    "balms_meta_p1_meta2img": ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", "balanced_softmax",
+    "balms_meta_p1_meta4img": ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", "balanced_softmax",
                                "BALMS.META.ENABLED", "True", "BALMS.META.PERIOD", "1",
-                               "BALMS.META.IMS_PER_BATCH", "2"],
+                               "BALMS.META.IMS_PER_BATCH", "4"],
     "balms_meta_p10": ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", "balanced_softmax",
                        "BALMS.META.ENABLED", "True", "BALMS.META.PERIOD", "10"],
 }
