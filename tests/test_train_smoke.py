@@ -21,3 +21,13 @@ def test_two_iterations_then_evaluation(tmp_path):
             assert isinstance(res[task][k], float)
     assert (tmp_path / "model_final.pth").exists()
     assert (tmp_path / "inference" / "synth_lt_tiny_val" / "lvis_instances_results.json").exists()
+
+
+def test_summary_table_for_one_or_several_datasets():
+    from balms_det.engine.trainer import format_results
+
+    one = format_results({"bbox": {"AP": 1.0, "APr": 2.0}, "segm": {"AP": 3.0}}, "val")
+    assert "| val | bbox | 1.00 | 2.00 |" in one and "| val | segm | 3.00 |" in one
+    several = format_results({"a": {"bbox": {"AP": 1.0}}, "b": {"bbox": {"AP": 4.0}}})
+    assert "| a | bbox | 1.00 |" in several and "| b | bbox | 4.00 |" in several
+    assert format_results({}) == "(no results)"
