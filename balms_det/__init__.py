@@ -9,14 +9,14 @@ from . import _check  # noqa: F401  (clear error when Detectron2 is missing)
 from . import losses
 from .class_counts import ClassCounts, class_counts_from_cfg, load_cat_info, write_cat_info
 from .config import add_balms_config
-from .data.datasets import register_synthetic_lt
-from .data.synthetic import SyntheticLTConfig, generate_synthetic_lt
 from .data.balanced_subsets import (
     register_balanced_subsets,
     sample_balanced_subsets,
     subset_statistics,
 )
+from .data.datasets import register_synthetic_lt
 from .data.meta_sampler import build_meta_loader, class_balanced_repeat_factors
+from .data.synthetic import SyntheticLTConfig, generate_synthetic_lt
 from .engine.btm import merge_checkpoints, merge_state_dicts, run_btm_pipeline
 from .engine.decoupled import FrozenNormHook, freeze_except
 from .engine.meta_reweigher import MetaReweigher, lookahead_meta_loss, meta_gradient

@@ -164,7 +164,8 @@ def load_cat_info(path, num_classes, dataset_id_to_contiguous_id=None):
         num_images = int(image_count.max()) if num_classes else 0
         logger.warning(
             "CAT_INFO file '%s' has no num_images; using the largest image count (%d)",
-            path, num_images,
+            path,
+            num_images,
         )
     return ClassCounts(image_count, instance_count, num_images, names)
 

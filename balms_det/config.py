@@ -45,6 +45,15 @@ def add_balms_config(cfg):
     # Smoothing strength delta of Label Over-Smoothing: the true class gets 1 - delta + delta/C,
     # every other class delta/C, with C = K + 1 classes in the softmax.
     _C.MODEL.ROI_BOX_HEAD.BALMS.LOS_DELTA = 0.9
+    # Label Over-Smoothing of detection: True smooths a foreground ROI's target over the K
+    # foreground classes only and keeps background ROIs one-hot (the fg/bg balance is kept);
+    # False is the published form, every ROI smoothed over all K + 1 classes.
+    _C.MODEL.ROI_BOX_HEAD.BALMS.LOS_FOREGROUND_ONLY = False
+    # Inference only, softmax family: post-hoc logit adjustment (Menon et al. 2021), the
+    # foreground logits minus POSTHOC_TAU * log(K * n_j / sum_k n_k) before the softmax, with the
+    # counts of COUNT_TYPE; it rebalances a classifier trained with plain cross-entropy without
+    # re-training it (the inference-time twin of balanced softmax). 0.0: off.
+    _C.MODEL.ROI_BOX_HEAD.BALMS.POSTHOC_TAU = 0.0
     # Prior probability p0 for the bias initialisation of sigmoid classifiers:
     # bias = -log((1 - p0) / p0).
     _C.MODEL.ROI_BOX_HEAD.BALMS.PRIOR_PROB = 0.001

@@ -323,12 +323,18 @@ def label_over_smooth_loss(
     reduction: str = "mean",
     weights: Optional[torch.Tensor] = None,
     class_weights: Optional[torch.Tensor] = None,
+    foreground_only: bool = False,
 ) -> torch.Tensor:
     """Label Over-Smoothing cross-entropy.
 
     Soft targets ``y~_j = 1 - delta + delta / C`` for the true class and ``delta / C`` for the
     others; ``loss_i = -sum_j y~_ij * log_softmax(z_i)_j``. ``delta = 0`` is plain
     cross-entropy.
+
+    With ``foreground_only`` (a detection adaptation): a foreground ROI's targets are smoothed
+    over the K foreground classes only (``1 - delta + delta / K`` true class, ``delta / K`` the
+    other foreground classes, 0 background) and a background ROI keeps its one-hot background
+    target, so the foreground/background balance of the classifier is untouched.
 
     Args:
         logits: (R, C) logits; in detection C = K+1 with the background column last.
@@ -337,6 +343,7 @@ def label_over_smooth_loss(
         reduction: "mean" (sum_i w_i l_i / R), "sum" or "none" ((R,) weighted losses).
         weights: optional (R,) per-ROI weights.
         class_weights: optional (C-1,) per-foreground-class weights (background ROIs: 1).
+        foreground_only: smooth among the foreground classes of foreground ROIs only (above).
 
     Returns:
         Scalar, or (R,) for reduction "none".
@@ -351,8 +358,15 @@ def label_over_smooth_loss(
     labels = _check_inputs(logits, labels, K, fn)
     C = K + 1
     log_p = F.log_softmax(logits, dim=1)
-    targets = torch.full_like(log_p, float(delta) / C)
-    targets.scatter_add_(1, labels[:, None], torch.full_like(log_p[:, :1], 1.0 - float(delta)))
+    if foreground_only:
+        fg = (labels < K).to(log_p.dtype)[:, None]
+        targets = torch.zeros_like(log_p)
+        targets[:, :K] = fg * (float(delta) / max(K, 1))
+        on_true = fg * (1.0 - float(delta)) + (1.0 - fg)  # background rows: one-hot
+        targets.scatter_add_(1, labels[:, None], on_true)
+    else:
+        targets = torch.full_like(log_p, float(delta) / C)
+        targets.scatter_add_(1, labels[:, None], torch.full_like(log_p[:, :1], 1.0 - float(delta)))
     loss = -(targets * log_p).sum(dim=1)
     return _weight_and_reduce(loss, labels, K, reduction, weights, class_weights)
 

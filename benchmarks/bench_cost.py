@@ -7,15 +7,18 @@ and at a larger period. Every variant has its own model (same initialisation see
 all run the same pool of training batches (mapped once, so data loading is outside the timing;
 the meta loader is inside the hook's time). Steps are interleaved round-robin with the variant
 order rotating every round, so drift on a shared machine hits all variants alike; warm-up rounds
-are not timed. Reported: median step time, ratio to the stock head, and the median over steps of
+are not timed. By default the learning rate is 0 (``--lr``): every operation of a step still
+runs, but the weights stay at their common initialisation, so every variant gets the same
+proposals and sampled ROIs and the mask head does the same work; with a live learning rate the
+variants' trajectories drift apart and the number of foreground ROIs (hence the mask-head cost)
+differs for reasons that have nothing to do with the classification loss. Reported: median step time, ratio to the stock head, and the median over steps of
 the peak resident memory during a step (sampled every 0.5 ms) and its increment over the memory
 before the step, with the ratios.
 
-    .venv/bin/python benchmarks/bench_cost.py --steps 20 --out output/bench_cost
+    .venv/bin/python benchmarks/bench_cost.py --steps 30 --out output/bench_cost
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -23,6 +26,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import write_outputs  # noqa: E402
 from bench_meta_overhead import _PeakRSS, _pin_mmap_threshold  # noqa: E402
 
 BASE = os.path.join(REPO, "configs", "synthetic", "Base-Synthetic-R18.yaml")
@@ -33,25 +37,53 @@ VARIANTS = {
     "sigmoid": ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", "sigmoid"],
     "balanced_sigmoid": ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", "balanced_sigmoid"],
     "label_over_smooth": ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", "label_over_smooth"],
-    "balms_meta_p1": ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", "balanced_softmax",
-                      "BALMS.META.ENABLED", "True", "BALMS.META.PERIOD", "1"],
-    "balms_meta_p1_meta4img": ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", "balanced_softmax",
-                               "BALMS.META.ENABLED", "True", "BALMS.META.PERIOD", "1",
-                               "BALMS.META.IMS_PER_BATCH", "4"],
-    "balms_meta_p10": ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", "balanced_softmax",
-                       "BALMS.META.ENABLED", "True", "BALMS.META.PERIOD", "10"],
+    "balms_meta_p1": [
+        "MODEL.ROI_BOX_HEAD.BALMS.LOSS",
+        "balanced_softmax",
+        "BALMS.META.ENABLED",
+        "True",
+        "BALMS.META.PERIOD",
+        "1",
+    ],
+    "balms_meta_p1_meta4img": [
+        "MODEL.ROI_BOX_HEAD.BALMS.LOSS",
+        "balanced_softmax",
+        "BALMS.META.ENABLED",
+        "True",
+        "BALMS.META.PERIOD",
+        "1",
+        "BALMS.META.IMS_PER_BATCH",
+        "4",
+    ],
+    "balms_meta_p10": [
+        "MODEL.ROI_BOX_HEAD.BALMS.LOSS",
+        "balanced_softmax",
+        "BALMS.META.ENABLED",
+        "True",
+        "BALMS.META.PERIOD",
+        "10",
+    ],
 }
 
 
 class Variant:
-    def __init__(self, name, opts, out):
+    def __init__(self, name, opts, out, lr):
         import torch
 
         from balms_det.engine.meta_reweigher import MetaReweigher
         from balms_det.engine.trainer import BalmsTrainer, setup_cfg
 
-        cfg = setup_cfg(BASE, opts + ["TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()",
-                                      "OUTPUT_DIR", os.path.join(out, name)])
+        extra = [
+            "TEST.EVAL_PERIOD",
+            "0",
+            "DATASETS.TEST",
+            "()",
+            "OUTPUT_DIR",
+            os.path.join(out, name),
+        ]
+        if lr is not None:
+            extra += ["SOLVER.BASE_LR", str(lr)]
+        cfg = setup_cfg(BASE, opts + extra)
         torch.manual_seed(0)
         self.name = name
         self.trainer = BalmsTrainer(cfg)
@@ -84,6 +116,15 @@ def main():
     ap.add_argument("--mem-steps", type=int, default=3)
     ap.add_argument("--pool", type=int, default=4, help="distinct training batches")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument(
+        "--lr",
+        type=float,
+        default=0.0,
+        help="SOLVER.BASE_LR of every variant (default 0: the weights stay at their "
+        "common initialisation, every operation of the step still runs, so all "
+        "variants get the same proposals and ROIs and the same mask-head work; "
+        "a negative value keeps the config's lr)",
+    )
     ap.add_argument("--out", default=os.path.join(REPO, "output", "bench_cost"))
     args = ap.parse_args()
 
@@ -91,7 +132,8 @@ def main():
     from detectron2.utils.events import EventStorage
 
     torch.set_num_threads(args.threads)
-    variants = [Variant(n, VARIANTS[n], args.out) for n in args.variants]
+    lr = None if args.lr < 0 else args.lr
+    variants = [Variant(n, VARIANTS[n], args.out, lr) for n in args.variants]
     loader = iter(variants[0].trainer.data_loader)
     pool = [next(loader) for _ in range(args.pool)]
     current = {"batch": pool[0]}
@@ -107,7 +149,7 @@ def main():
                 v.hook.before_train()
         for r in range(args.warmup + args.steps + args.mem_steps):
             current["batch"] = pool[r % len(pool)]
-            order = variants[r % n:] + variants[: r % n]
+            order = variants[r % n :] + variants[: r % n]
             timed = args.warmup <= r < args.warmup + args.steps
             for v in order:
                 if r >= args.warmup + args.steps:
@@ -128,25 +170,34 @@ def main():
     incr = {k: statistics.median(b for _, b in m) / 2**20 for k, m in mem.items()}
     rows = []
     for k in times:
-        rows.append(dict(variant=k, median_step_s=med[k], time_ratio=med[k] / med[stock],
-                         peak_rss_mib=peak[k], peak_ratio=peak[k] / peak[stock],
-                         step_increment_mib=incr[k]))
-    lines = ["| variant | median step (s) | vs stock | peak RSS (MiB) | vs stock | step peak "
-             "increment (MiB) |", "|---|---|---|---|---|---|"]
+        rows.append(
+            dict(
+                variant=k,
+                median_step_s=med[k],
+                time_ratio=med[k] / med[stock],
+                peak_rss_mib=peak[k],
+                peak_ratio=peak[k] / peak[stock],
+                step_increment_mib=incr[k],
+            )
+        )
+    lines = [
+        "| variant | median step (s) | vs stock | peak RSS (MiB) | vs stock | step peak "
+        "increment (MiB) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['median_step_s']:.3f} | {r['time_ratio']:.3f}x | "
-                     f"{r['peak_rss_mib']:.0f} | {r['peak_ratio']:.3f}x | "
-                     f"{r['step_increment_mib']:.0f} |")
+        lines.append(
+            f"| {r['variant']} | {r['median_step_s']:.3f} | {r['time_ratio']:.3f}x | "
+            f"{r['peak_rss_mib']:.0f} | {r['peak_ratio']:.3f}x | "
+            f"{r['step_increment_mib']:.0f} |"
+        )
     md = "\n".join(lines) + (
         f"\n\n{args.steps} timed steps per variant (after {args.warmup} warm-up rounds), "
         f"batch {variants[0].trainer.cfg.SOLVER.IMS_PER_BATCH} images, meta batch "
-        f"{variants[0].trainer.cfg.BALMS.META.IMS_PER_BATCH}, {args.threads} torch thread(s).")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "cost.md"), "w") as f:
-        f.write(md + "\n")
-    with open(os.path.join(args.out, "cost.json"), "w") as f:
-        json.dump({"args": vars(args), "rows": rows}, f, indent=1)
-    print(md)
+        f"{variants[0].trainer.cfg.BALMS.META.IMS_PER_BATCH}, {args.threads} torch thread(s), "
+        f"SOLVER.BASE_LR {variants[0].trainer.cfg.SOLVER.BASE_LR:g}."
+    )
+    write_outputs(args.out, "cost", md, {"args": vars(args), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ runs in its own subprocess, timed from loading the json files to the final metri
 peak RSS comes from os.wait4. Prints a Markdown table with speedups and the maximum
 difference of the summary metrics and of the precision array vs lvis-api.
 """
+
 import argparse
 import json
 import os
@@ -42,13 +43,24 @@ def generate(out_dir, n_images, dets_per_image, seed=0):
     n_cat = 1203
     freq = np.array(["f"] * 405 + ["c"] * 461 + ["r"] * 337)
     rng.shuffle(freq)
-    img_count = np.where(freq == "f", rng.integers(101, 3000, n_cat),
-                         np.where(freq == "c", rng.integers(11, 101, n_cat),
-                                  rng.integers(1, 11, n_cat)))
-    cats = [{"id": k + 1, "name": "cat_%d" % (k + 1), "synonyms": [], "def": "",
-             "synset": "cat_%d.n.01" % (k + 1), "frequency": str(freq[k]),
-             "image_count": int(img_count[k]), "instance_count": int(img_count[k] * 2)}
-            for k in range(n_cat)]
+    img_count = np.where(
+        freq == "f",
+        rng.integers(101, 3000, n_cat),
+        np.where(freq == "c", rng.integers(11, 101, n_cat), rng.integers(1, 11, n_cat)),
+    )
+    cats = [
+        {
+            "id": k + 1,
+            "name": "cat_%d" % (k + 1),
+            "synonyms": [],
+            "def": "",
+            "synset": "cat_%d.n.01" % (k + 1),
+            "frequency": str(freq[k]),
+            "image_count": int(img_count[k]),
+            "instance_count": int(img_count[k] * 2),
+        }
+        for k in range(n_cat)
+    ]
     p_cat = img_count / img_count.sum()
     cat_ids = np.arange(1, n_cat + 1)
     images, anns, results = [], [], []
@@ -63,14 +75,24 @@ def generate(out_dir, n_images, dets_per_image, seed=0):
         neg = rng.choice(cat_ids, int(rng.integers(3, 15)), replace=False, p=p_cat)
         neg = [int(c) for c in neg if c not in pos]
         nel = [int(c) for c in pos if rng.random() < 0.15]
-        images.append({"id": iid, "width": w, "height": h, "file_name": "%012d.jpg" % iid,
-                       "coco_url": "", "neg_category_ids": neg,
-                       "not_exhaustive_category_ids": nel})
+        images.append(
+            {
+                "id": iid,
+                "width": w,
+                "height": h,
+                "file_name": "%012d.jpg" % iid,
+                "coco_url": "",
+                "neg_category_ids": neg,
+                "not_exhaustive_category_ids": nel,
+            }
+        )
         # ground truth: sizes spanning small / medium / large
         polys, boxes = [], []
         for c in gcat.tolist():
             s = float(np.exp(rng.uniform(np.log(8), np.log(min(w, h) * 0.8))))
-            bw, bh = min(w - 2.0, s * rng.uniform(0.6, 1.6)), min(h - 2.0, s * rng.uniform(0.6, 1.6))
+            bw, bh = min(w - 2.0, s * rng.uniform(0.6, 1.6)), min(
+                h - 2.0, s * rng.uniform(0.6, 1.6)
+            )
             x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
             polys.append(_ellipse(rng, x, y, bw, bh, int(rng.integers(10, 17))))
         rles = mask_utils.frPyObjects([p.tolist() for p in polys], h, w)
@@ -78,9 +100,16 @@ def generate(out_dir, n_images, dets_per_image, seed=0):
         bbs = mask_utils.toBbox(rles)
         gts = []
         for c, p, a, b in zip(gcat.tolist(), polys, areas.tolist(), bbs.tolist()):
-            anns.append({"id": aid, "image_id": iid, "category_id": int(c),
-                         "segmentation": [p.tolist()], "area": float(a),
-                         "bbox": [round(v, 2) for v in b]})
+            anns.append(
+                {
+                    "id": aid,
+                    "image_id": iid,
+                    "category_id": int(c),
+                    "segmentation": [p.tolist()],
+                    "area": float(a),
+                    "bbox": [round(v, 2) for v in b],
+                }
+            )
             gts.append((int(c), p, b))
             aid += 1
         # detections: around ground truth (right or confused category), on negative
@@ -102,7 +131,9 @@ def generate(out_dir, n_images, dets_per_image, seed=0):
             d_meta.append((cc, float(rng.beta(2, 2))))
         for i in range(dets_per_image - n_near):
             s = float(np.exp(rng.uniform(np.log(8), np.log(min(w, h) * 0.7))))
-            bw, bh = min(w - 2.0, s * rng.uniform(0.6, 1.6)), min(h - 2.0, s * rng.uniform(0.6, 1.6))
+            bw, bh = min(w - 2.0, s * rng.uniform(0.6, 1.6)), min(
+                h - 2.0, s * rng.uniform(0.6, 1.6)
+            )
             x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
             d_polys.append(_ellipse(rng, x, y, bw, bh, 10))
             cc = int(rng.choice(neg)) if i < n_neg else int(rng.choice(cat_ids, p=p_cat))
@@ -110,13 +141,22 @@ def generate(out_dir, n_images, dets_per_image, seed=0):
         d_rles = mask_utils.frPyObjects([p.tolist() for p in d_polys], h, w)
         d_bbs = mask_utils.toBbox(d_rles).tolist()
         for (cc, sc), r, b in zip(d_meta, d_rles, d_bbs):
-            results.append({"image_id": iid, "category_id": cc,
-                            "bbox": [round(v, 2) for v in b],
-                            "score": float(np.float32(sc)),
-                            "segmentation": {"size": [h, w],
-                                             "counts": r["counts"].decode("ascii")}})
-    dataset = {"info": {"description": "synthetic LVIS-v1-like"}, "licenses": [],
-               "images": images, "annotations": anns, "categories": cats}
+            results.append(
+                {
+                    "image_id": iid,
+                    "category_id": cc,
+                    "bbox": [round(v, 2) for v in b],
+                    "score": float(np.float32(sc)),
+                    "segmentation": {"size": [h, w], "counts": r["counts"].decode("ascii")},
+                }
+            )
+    dataset = {
+        "info": {"description": "synthetic LVIS-v1-like"},
+        "licenses": [],
+        "images": images,
+        "annotations": anns,
+        "categories": cats,
+    }
     os.makedirs(out_dir, exist_ok=True)
     gt_path = os.path.join(out_dir, "gt.json")
     dt_path = os.path.join(out_dir, "results.json")
@@ -132,8 +172,21 @@ def generate(out_dir, n_images, dets_per_image, seed=0):
 # ---------------------------------------------------------------------------------------
 # workers (one evaluator per process)
 # ---------------------------------------------------------------------------------------
-KEYS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf",
-        "AR@300", "ARs@300", "ARm@300", "ARl@300"]
+KEYS = [
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "APr",
+    "APc",
+    "APf",
+    "AR@300",
+    "ARs@300",
+    "ARm@300",
+    "ARl@300",
+]
 
 
 def _load_module(name):
@@ -184,16 +237,29 @@ def worker(name, gt_path, dt_path, iou_type, out_prefix):
     elif name == "faster-coco-eval":
         gt = COCO(gt_path)
         dt = gt.loadRes(dt_path)
-        ev = COCOeval_faster(gt, dt, iouType=iou_type, lvis_style=True, print_function=lambda *a: None)
+        ev = COCOeval_faster(
+            gt, dt, iouType=iou_type, lvis_style=True, print_function=lambda *a: None
+        )
         ev.params.maxDets = [300]
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
         stats = ev.stats_as_dict
-        m = {"AP": "AP_all", "AP50": "AP_50", "AP75": "AP_75", "APs": "AP_small",
-             "APm": "AP_medium", "APl": "AP_large", "APr": "APr", "APc": "APc", "APf": "APf",
-             "AR@300": "AR_all", "ARs@300": "AR_small", "ARm@300": "AR_medium",
-             "ARl@300": "AR_large"}
+        m = {
+            "AP": "AP_all",
+            "AP50": "AP_50",
+            "AP75": "AP_75",
+            "APs": "AP_small",
+            "APm": "AP_medium",
+            "APl": "AP_large",
+            "APr": "APr",
+            "APc": "APc",
+            "APf": "APf",
+            "AR@300": "AR_all",
+            "ARs@300": "AR_small",
+            "ARm@300": "AR_medium",
+            "ARl@300": "AR_large",
+        }
         metrics = {k: float(stats[v]) for k, v in m.items() if v in stats}
         precision = None
     else:
@@ -206,8 +272,20 @@ def worker(name, gt_path, dt_path, iou_type, out_prefix):
 
 
 def run_worker(name, gt_path, dt_path, iou_type, out_prefix):
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--gt", gt_path,
-           "--dt", dt_path, "--iou-type", iou_type, "--out-prefix", out_prefix]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        name,
+        "--gt",
+        gt_path,
+        "--dt",
+        dt_path,
+        "--iou-type",
+        iou_type,
+        "--out-prefix",
+        out_prefix,
+    ]
     p = subprocess.Popen(cmd)
     _, status, usage = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
@@ -238,18 +316,25 @@ def main():
         worker(args.worker, args.gt, args.dt, args.iou_type, args.out_prefix)
         return
 
-    data_dir = os.path.join(args.out_dir, "img%d_det%d_seed%d" % (
-        args.images, args.dets_per_image, args.seed))
+    data_dir = os.path.join(
+        args.out_dir, "img%d_det%d_seed%d" % (args.images, args.dets_per_image, args.seed)
+    )
     gt_path = os.path.join(data_dir, "gt.json")
     dt_path = os.path.join(data_dir, "results.json")
     if not (os.path.exists(gt_path) and os.path.exists(dt_path)):
         t = time.perf_counter()
-        print("generating %d images x %d detections in %s ..." % (
-            args.images, args.dets_per_image, data_dir), flush=True)
+        print(
+            "generating %d images x %d detections in %s ..."
+            % (args.images, args.dets_per_image, data_dir),
+            flush=True,
+        )
         generate(data_dir, args.images, args.dets_per_image, args.seed)
         print("  %.1f s" % (time.perf_counter() - t), flush=True)
-    print("gt %.0f MB, results %.0f MB" % (os.path.getsize(gt_path) / 2 ** 20,
-                                          os.path.getsize(dt_path) / 2 ** 20), flush=True)
+    print(
+        "gt %.0f MB, results %.0f MB"
+        % (os.path.getsize(gt_path) / 2**20, os.path.getsize(dt_path) / 2**20),
+        flush=True,
+    )
 
     names = [n for n in args.evaluators.split(",") if n]
     if "faster-coco-eval" in names:
@@ -264,8 +349,13 @@ def main():
         ref = None
         for name in names:
             print("running %s (%s) ..." % (name, iou_type), flush=True)
-            res = run_worker(name, gt_path, dt_path, iou_type,
-                             os.path.join(data_dir, "out_%s_%s" % (name, iou_type)))
+            res = run_worker(
+                name,
+                gt_path,
+                dt_path,
+                iou_type,
+                os.path.join(data_dir, "out_%s_%s" % (name, iou_type)),
+            )
             if res is None:
                 rows.append((name, iou_type, None, None, None, None, None))
                 continue
@@ -277,8 +367,11 @@ def main():
                 common = [k for k in ref["metrics"] if k in res["metrics"]]
                 diff = max(abs(res["metrics"][k] - ref["metrics"][k]) for k in common)
                 if res["precision_path"] and ref["precision_path"]:
-                    pdiff = float(np.abs(np.load(res["precision_path"])
-                                         - np.load(ref["precision_path"])).max())
+                    pdiff = float(
+                        np.abs(
+                            np.load(res["precision_path"]) - np.load(ref["precision_path"])
+                        ).max()
+                    )
             rows.append((name, iou_type, res["wall"], res["peak_mb"], speed, diff, pdiff))
             print("  %.1f s, %.0f MB peak" % (res["wall"], res["peak_mb"]), flush=True)
 
@@ -286,15 +379,19 @@ def main():
     print()
     print("%d images x %d detections/image (%s)" % (args.images, args.dets_per_image, data_dir))
     print()
-    print("| evaluator | iou type | wall s | peak MB | speedup vs lvis-api "
-          "| max abs metric diff | max abs precision diff |")
+    print(
+        "| evaluator | iou type | wall s | peak MB | speedup vs lvis-api "
+        "| max abs metric diff | max abs precision diff |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, it, wall, mb, speed, diff, pdiff in rows:
         if wall is None:
             print("| %s | %s | failed | | | | |" % (name, it))
             continue
-        print("| %s | %s | %.2f | %.0f | %s | %s | %s |" % (
-            name, it, wall, mb, f(speed, "%.1fx"), f(diff, "%.2e"), f(pdiff, "%.2e")))
+        print(
+            "| %s | %s | %.2f | %.0f | %s | %s | %s |"
+            % (name, it, wall, mb, f(speed, "%.1fx"), f(diff, "%.2e"), f(pdiff, "%.2e"))
+        )
 
 
 if __name__ == "__main__":

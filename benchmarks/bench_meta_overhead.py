@@ -81,12 +81,20 @@ def main():
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per variant")
     ap.add_argument("--mem-steps", type=int, default=4, help="memory-sampled steps per variant")
     ap.add_argument("--pool", type=int, default=4, help="distinct training batches")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads (default 1: on a CPU shared with other jobs, "
-                         "multi-threaded ops stall at their barriers whenever another process "
-                         "holds a core, which swamps the measurement)")
-    ap.add_argument("--meta-workers", type=int, default=-1,
-                    help="workers of the meta loader (default: DATALOADER.NUM_WORKERS)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: on a CPU shared with other jobs, "
+        "multi-threaded ops stall at their barriers whenever another process "
+        "holds a core, which swamps the measurement)",
+    )
+    ap.add_argument(
+        "--meta-workers",
+        type=int,
+        default=-1,
+        help="workers of the meta loader (default: DATALOADER.NUM_WORKERS)",
+    )
     ap.add_argument("--json", default="", help="write the results to this file")
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = ap.parse_args()
@@ -99,8 +107,16 @@ def main():
     from balms_det.engine.meta_reweigher import MetaReweigher
     from balms_det.engine.trainer import BalmsTrainer, setup_cfg
 
-    opts = ["BALMS.META.ENABLED", "True", "BALMS.META.PERIOD", "1", "TEST.EVAL_PERIOD", "0",
-            "OUTPUT_DIR", os.path.join(REPO, "output", "bench_meta_overhead")] + list(args.opts)
+    opts = [
+        "BALMS.META.ENABLED",
+        "True",
+        "BALMS.META.PERIOD",
+        "1",
+        "TEST.EVAL_PERIOD",
+        "0",
+        "OUTPUT_DIR",
+        os.path.join(REPO, "output", "bench_meta_overhead"),
+    ] + list(args.opts)
     cfg = setup_cfg(args.config, opts)
     torch.manual_seed(0)
     trainer = BalmsTrainer(cfg)
@@ -150,8 +166,11 @@ def main():
                 dts[with_hook] = time.perf_counter() - t0
                 if p >= args.warmup:
                     times[with_hook].append(dts[with_hook])
-            print(f"pair {p:3d}{' (warm-up)' if p < args.warmup else ''}: "
-                  f"hook {dts[True]:.3f}s no-hook {dts[False]:.3f}s", flush=True)
+            print(
+                f"pair {p:3d}{' (warm-up)' if p < args.warmup else ''}: "
+                f"hook {dts[True]:.3f}s no-hook {dts[False]:.3f}s",
+                flush=True,
+            )
         mem = {True: [], False: []}
         pinned = _pin_mmap_threshold()
         for p in range(args.mem_steps):
@@ -187,13 +206,17 @@ def main():
     print("|---|---|---|---|")
     for k, name in ((False, "without hook"), (True, "with Meta Reweigher")):
         print(f"| {name} | {med[k]:.3f} | {peak[k] / 2**20:.0f} | {incr[k] / 2**20:.0f} |")
-    print(f"| ratio | {ratio:.3f}x | {res['peak_rss_ratio']:.3f}x | "
-          f"{res['step_peak_increment_ratio']:.3f}x |")
-    print(f"\n{args.steps} timed steps per variant (interleaved, {args.warmup} warm-up pairs "
-          f"excluded), batch {cfg.SOLVER.IMS_PER_BATCH} + meta batch "
-          f"{cfg.BALMS.META.IMS_PER_BATCH} (meta loader workers "
-          f"{hook.cfg.DATALOADER.NUM_WORKERS}), torch threads {torch.get_num_threads()}. "
-          f"Target: step-time ratio <= 1.15 -> {'OK' if ratio <= 1.15 else 'MISSED'}")
+    print(
+        f"| ratio | {ratio:.3f}x | {res['peak_rss_ratio']:.3f}x | "
+        f"{res['step_peak_increment_ratio']:.3f}x |"
+    )
+    print(
+        f"\n{args.steps} timed steps per variant (interleaved, {args.warmup} warm-up pairs "
+        f"excluded), batch {cfg.SOLVER.IMS_PER_BATCH} + meta batch "
+        f"{cfg.BALMS.META.IMS_PER_BATCH} (meta loader workers "
+        f"{hook.cfg.DATALOADER.NUM_WORKERS}), torch threads {torch.get_num_threads()}. "
+        f"Target: step-time ratio <= 1.15 -> {'OK' if ratio <= 1.15 else 'MISSED'}"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)

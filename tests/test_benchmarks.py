@@ -1,7 +1,11 @@
 """Smoke runs of the benchmark commands (tiny sizes, one seed) so that they keep working."""
 
+import argparse
+import importlib.util
 import json
+import math
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -10,28 +14,109 @@ from conftest import REPO
 
 def test_accuracy_benchmark_smoke(tmp_path):
     out = tmp_path / "acc"
-    cmd = [sys.executable, os.path.join(REPO, "benchmarks", "bench_accuracy.py"),
-           "--methods", "softmax", "decoupled_balanced_softmax", "--seeds", "0",
-           "--iters", "2", "--train-images", "160", "--classes", "12",
-           "--max-images-per-class", "130", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "benchmarks", "bench_accuracy.py"),
+        "--methods",
+        "softmax",
+        "decoupled_balanced_softmax",
+        "btm",
+        "--seeds",
+        "0",
+        "--iters",
+        "2",
+        "--btm-iters",
+        "1",
+        "--train-images",
+        "160",
+        "--classes",
+        "12",
+        "--max-images-per-class",
+        "130",
+        "--out",
+        str(out),
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     summary = json.loads((out / "accuracy.json").read_text())["summary"]
-    assert set(summary) == {"softmax", "decoupled_balanced_softmax"}
+    assert set(summary) == {"softmax", "decoupled_balanced_softmax", "btm"}
     for method in summary.values():
-        assert set(method) == {"AP", "APr", "APc", "APf", "AP_box", "hmean", "gmean",
-                               "train_min"}
+        assert set(method) == {"AP", "APr", "APc", "APf", "AP_box", "hmean", "gmean", "train_min"}
         assert len(method["AP"]["runs"]) == 1
     assert "| decoupled_balanced_softmax |" in (out / "accuracy.md").read_text()
     # the decoupled run started from the softmax run of the same seed
     log = (out / "decoupled_balanced_softmax" / "seed0" / "stdout.txt").read_text()
     assert str(out / "softmax" / "seed0" / "model_final.pth") in log
+    # btm: 1 fine-tune per subset (3) and stage 2, from the same stage-1 model, evaluated
+    btm = out / "btm" / "seed0"
+    assert (
+        btm / "eval" / "btm+stage2" / "inference" / "synth_lt_val" / "lvis_metrics.json"
+    ).exists()
+    assert sorted(p.name for p in btm.glob("finetune_*")) == [
+        "finetune_0",
+        "finetune_1",
+        "finetune_2",
+    ]
+    assert str(out / "softmax" / "seed0" / "model_final.pth") in (btm / "stdout.txt").read_text()
+
+
+def _load_bench(name):
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(REPO, "benchmarks", f"{name}.py")
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_accuracy_training_time_adds_every_training(tmp_path):
+    bench = _load_bench("bench_accuracy")
+    args = argparse.Namespace(out=str(tmp_path))
+    metrics = {"segm": {"AP": 0.5, "APr": 0.25}, "bbox": {"AP": 0.4}}
+    logs = {
+        "softmax": ["0:04:10"],
+        "btm": ["0:00:40", "0:00:41", "0:00:39", "0:01:00"],
+        "decoupled_los": ["0:00:30"],
+    }
+    for method, times in logs.items():
+        d = tmp_path / method / "seed3"
+        d.mkdir(parents=True)
+        (d / "log.txt").write_text(
+            "".join(
+                f"[11/22 18:48:12] d2.engine.hooks INFO: Total training time: {t} (0:00:00 on "
+                "hooks)\n"
+                for t in times
+            )
+        )
+        m = pathlib.Path(bench.metrics_path(str(d), method))
+        m.parent.mkdir(parents=True)
+        m.write_text(json.dumps(metrics))
+    assert bench.collect(args, "softmax", 3)["train_min"] == 250 / 60
+    assert bench.collect(args, "decoupled_los", 3)["train_min"] == (250 + 30) / 60
+    row = bench.collect(args, "btm", 3)  # stage 1 + 3 fine-tunes + stage 2
+    assert row["train_min"] == (250 + 40 + 41 + 39 + 60) / 60
+    assert (row["AP"], row["APr"], row["AP_box"]) == (0.5, 0.25, 0.4)
+    assert math.isnan(row["APc"])
 
 
 def test_cost_benchmark_smoke(tmp_path):
-    cmd = [sys.executable, os.path.join(REPO, "benchmarks", "bench_cost.py"),
-           "--variants", "stock_d2_head", "balanced_softmax", "--steps", "1", "--warmup", "0",
-           "--mem-steps", "1", "--pool", "1", "--out", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "benchmarks", "bench_cost.py"),
+        "--variants",
+        "stock_d2_head",
+        "balanced_softmax",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--mem-steps",
+        "1",
+        "--pool",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     rows = json.loads((tmp_path / "cost.json").read_text())["rows"]

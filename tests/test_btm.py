@@ -5,6 +5,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from conftest import REPO, tiny_cfg
 from torch import nn
 
 from balms_det.data.balanced_subsets import (
@@ -15,15 +16,15 @@ from balms_det.data.balanced_subsets import (
     subset_statistics,
 )
 from balms_det.engine.btm import merge_checkpoints, merge_state_dicts
-from conftest import tiny_cfg
 
 K = 12
 
 
 @pytest.fixture(scope="module")
 def tiny_train():
-    import balms_det  # noqa: F401  (registers the tiny synthetic set)
     from detectron2.data import DatasetCatalog
+
+    import balms_det  # noqa: F401  (registers the tiny synthetic set)
 
     return DatasetCatalog.get("synth_lt_tiny_train")
 
@@ -128,8 +129,9 @@ def test_merged_tensor_is_exactly_the_mean():
             # dyadic inputs: the float32 mean is exact, whatever the summation order
             assert torch.equal(v, (sds[0][k] + sds[1][k] + sds[2][k]) / 3)
     # BatchNorm running statistics are averaged like weights
-    assert torch.equal(merged["1.running_mean"],
-                       torch.stack([s["1.running_mean"] for s in sds]).mean(0))
+    assert torch.equal(
+        merged["1.running_mean"], torch.stack([s["1.running_mean"] for s in sds]).mean(0)
+    )
     # counters (not floating point) come from the first checkpoint
     assert merged["1.num_batches_tracked"].item() == 10
 
@@ -206,16 +208,30 @@ def test_tiny_pipeline_merges_evaluates_and_resumes(tmp_path, monkeypatch):
 
     fast = ["TEST.DETECTIONS_PER_IMAGE", "20", "MODEL.ROI_BOX_HEAD.BALMS.DIAGNOSTICS_PERIOD", "0"]
     cfg = tiny_cfg(
-        "MODEL.ROI_BOX_HEAD.BALMS.LOSS", "balanced_softmax",
-        "BALMS.BTM.NUM_SUBSETS", "2", "BALMS.BTM.SHOTS", "2", "BALMS.BTM.ITERS", "2",
-        *fast, output_dir=tmp_path / "s1",
+        "MODEL.ROI_BOX_HEAD.BALMS.LOSS",
+        "balanced_softmax",
+        "BALMS.BTM.NUM_SUBSETS",
+        "2",
+        "BALMS.BTM.SHOTS",
+        "2",
+        "BALMS.BTM.ITERS",
+        "2",
+        *fast,
+        output_dir=tmp_path / "s1",
     )
     # a stage-1 checkpoint (untrained: the pipeline, not the accuracy, is under test)
     model = BalmsTrainer.build_model(cfg)
     stage1 = tmp_path / "stage1.pth"
     torch.save({"model": model.state_dict(), "iteration": 2}, stage1)
-    stage2 = tiny_cfg("BALMS.TRAINABLE_PARAMS", "['cls_score']", "SOLVER.MAX_ITER", "1",
-                      "MODEL.ROI_BOX_HEAD.BALMS.LOSS", "balanced_softmax", *fast)
+    stage2 = tiny_cfg(
+        "BALMS.TRAINABLE_PARAMS",
+        "['cls_score']",
+        "SOLVER.MAX_ITER",
+        "1",
+        "MODEL.ROI_BOX_HEAD.BALMS.LOSS",
+        "balanced_softmax",
+        *fast,
+    )
     out = tmp_path / "btm"
 
     calls = []
@@ -265,3 +281,33 @@ def test_tiny_pipeline_merges_evaluates_and_resumes(tmp_path, monkeypatch):
     calls.clear()
     again = btm.run_btm_pipeline(cfg, out, **kwargs)
     assert calls == [] and again["table"] == res["table"]
+
+
+def test_btm_tool_refuses_stage2_on_another_synthetic_dataset():
+    """The stage-2 config must describe the same synthetic dataset as the pipeline's (setting
+    it up used to re-register the default dataset over the pipeline's)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("btm_tool", os.path.join(REPO, "tools", "btm.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    syn = os.path.join(REPO, "configs", "synthetic")
+    with pytest.raises(ValueError, match="BALMS.SYNTHETIC.NUM_TRAIN_IMAGES is 1000 vs 160"):
+        tool.main(
+            [
+                "--config-file",
+                os.path.join(syn, "btm.yaml"),
+                "--stage2-config",
+                os.path.join(syn, "btm_stage2.yaml"),
+                "BALMS.SYNTHETIC.NUM_TRAIN_IMAGES",
+                "160",
+            ]
+        )
+    from detectron2.data import MetadataCatalog
+
+    from balms_det.data.datasets import SYNTHETIC_DEFAULT, register_synthetic_lt
+
+    try:  # the pipeline's dataset is the one registered
+        assert MetadataCatalog.get("synth_lt_train").synthetic_config.num_train_images == 160
+    finally:
+        register_synthetic_lt("synth_lt", SYNTHETIC_DEFAULT)

@@ -32,7 +32,10 @@ def test_counts_from_annotation_file_by_hand(tmp_path):
     info, n = counts_from_annotation_file(str(_ann_file(tmp_path)))
     assert n == 4
     assert [(c["id"], c["image_count"], c["instance_count"]) for c in info] == [
-        (1, 2, 3), (2, 1, 1), (3, 0, 0)]
+        (1, 2, 3),
+        (2, 1, 1),
+        (3, 0, 0),
+    ]
 
 
 def test_cat_info_round_trip_and_errors(tmp_path):
@@ -70,10 +73,10 @@ def test_counts_from_dataset_dicts():
 
 
 def test_counts_of_the_registered_synthetic_set_match_its_json():
+    from conftest import tiny_cfg
     from detectron2.data import MetadataCatalog
 
     from balms_det.class_counts import class_counts_from_cfg
-    from conftest import tiny_cfg
 
     cfg = tiny_cfg()
     c = class_counts_from_cfg(cfg)

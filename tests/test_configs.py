@@ -2,10 +2,10 @@ import glob
 import os
 
 import pytest
+from conftest import CONFIGS
 from detectron2.config import get_cfg
 
 from balms_det import add_balms_config
-from conftest import CONFIGS
 
 YAMLS = sorted(glob.glob(os.path.join(CONFIGS, "**", "*.yaml"), recursive=True))
 
@@ -54,8 +54,10 @@ def test_lvis_config_builds_the_model_and_fails_only_for_missing_files(tmp_path,
     assert cfg.SOLVER.MAX_ITER == 22000 and cfg.BALMS.TRAINABLE_PARAMS == ["cls_score"]
     model = BalmsTrainer.build_model(cfg)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert trainable == ["roi_heads.box_predictor.cls_score.weight",
-                         "roi_heads.box_predictor.cls_score.bias"]
+    assert trainable == [
+        "roi_heads.box_predictor.cls_score.weight",
+        "roi_heads.box_predictor.cls_score.bias",
+    ]
     with pytest.raises(FileNotFoundError) as e:
         BalmsTrainer.build_train_loader(cfg)
     msg = str(e.value)

@@ -1,24 +1,36 @@
 import pytest
 import torch
+from conftest import tiny_cfg
 
 from balms_det.engine.decoupled import FrozenNormHook, freeze_except
-from conftest import tiny_cfg
 
 
 def test_stage2_trains_exactly_the_classifier(tmp_path):
     from balms_det.engine.trainer import BalmsTrainer
 
-    cfg = tiny_cfg("BALMS.TRAINABLE_PARAMS", "['cls_score']", "SOLVER.MAX_ITER", "3",
-                   "MODEL.ROI_BOX_HEAD.BALMS.LOSS", "balanced_softmax", "TEST.EVAL_PERIOD", "0",
-                   "DATASETS.TEST", "()", output_dir=tmp_path)
+    cfg = tiny_cfg(
+        "BALMS.TRAINABLE_PARAMS",
+        "['cls_score']",
+        "SOLVER.MAX_ITER",
+        "3",
+        "MODEL.ROI_BOX_HEAD.BALMS.LOSS",
+        "balanced_softmax",
+        "TEST.EVAL_PERIOD",
+        "0",
+        "DATASETS.TEST",
+        "()",
+        output_dir=tmp_path,
+    )
     trainer = BalmsTrainer(cfg)
     model = trainer.model
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     trainer.train()
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed == {"roi_heads.box_predictor.cls_score.weight",
-                       "roi_heads.box_predictor.cls_score.bias"}
+    assert changed == {
+        "roi_heads.box_predictor.cls_score.weight",
+        "roi_heads.box_predictor.cls_score.bias",
+    }
     # frozen BatchNorm layers stayed in eval mode: running stats did not move (checked above)
     # and the hook reports them
     assert any(isinstance(h, FrozenNormHook) for h in trainer._hooks)

@@ -1,4 +1,5 @@
 """balms_det.evaluation.fast_lvis must equal lvis-api 0.5.3 (run under the numpy shim)."""
+
 import copy
 import json
 import math
@@ -39,9 +40,17 @@ def make_dataset(seed, n_img=30, n_cat=8, adversarial=False):
     for i, cid in enumerate(cat_ids):
         f = freqs[i % 3]
         img_count = {"r": 5, "c": 50, "f": 500}[f]
-        cats.append({"id": cid, "name": "cat%d" % cid, "synonyms": [], "def": "",
-                     "frequency": f, "image_count": img_count,
-                     "instance_count": img_count * 2})
+        cats.append(
+            {
+                "id": cid,
+                "name": "cat%d" % cid,
+                "synonyms": [],
+                "def": "",
+                "frequency": f,
+                "image_count": img_count,
+                "instance_count": img_count * 2,
+            }
+        )
     images, anns = [], []
     aid = 1
     img_ids = sorted(rng.choice(np.arange(1, 10 * n_img), n_img, replace=False).tolist())
@@ -50,11 +59,20 @@ def make_dataset(seed, n_img=30, n_cat=8, adversarial=False):
         n_pos = 0 if j % 7 == 3 else int(rng.integers(1, 4))  # some images without gt
         pos = rng.choice(cat_ids, n_pos, replace=False).tolist() if n_pos else []
         others = [c for c in cat_ids if c not in pos]
-        neg = rng.choice(others, int(rng.integers(0, min(4, len(others)) + 1)),
-                         replace=False).tolist()
+        neg = rng.choice(
+            others, int(rng.integers(0, min(4, len(others)) + 1)), replace=False
+        ).tolist()
         nel = [c for c in pos if rng.random() < 0.3]
-        images.append({"id": iid, "width": w, "height": h, "file_name": "%d.jpg" % iid,
-                       "neg_category_ids": neg, "not_exhaustive_category_ids": nel})
+        images.append(
+            {
+                "id": iid,
+                "width": w,
+                "height": h,
+                "file_name": "%d.jpg" % iid,
+                "neg_category_ids": neg,
+                "not_exhaustive_category_ids": nel,
+            }
+        )
         for c in pos:
             for _ in range(int(rng.integers(1, 5))):
                 # sizes spanning small / medium / large
@@ -67,8 +85,14 @@ def make_dataset(seed, n_img=30, n_cat=8, adversarial=False):
                     polys.append(_polygon(rng, x, y, bw / 2, bh / 2))
                 rle = mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
                 area = float(mask_utils.area(rle))
-                ann = {"id": aid, "image_id": iid, "category_id": c, "segmentation": polys,
-                       "bbox": [float(v) for v in mask_utils.toBbox(rle)], "area": area}
+                ann = {
+                    "id": aid,
+                    "image_id": iid,
+                    "category_id": c,
+                    "segmentation": polys,
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    "area": area,
+                }
                 if adversarial:
                     u = rng.random()
                     if u < 0.05:
@@ -78,13 +102,15 @@ def make_dataset(seed, n_img=30, n_cat=8, adversarial=False):
                     elif u < 0.15 and anns and anns[-1]["image_id"] == iid:
                         # duplicate of the previous ground truth: ties in IoU
                         prev = anns[-1]
-                        ann.update(category_id=prev["category_id"], bbox=list(prev["bbox"]),
-                                   segmentation=copy.deepcopy(prev["segmentation"]),
-                                   area=prev["area"])
+                        ann.update(
+                            category_id=prev["category_id"],
+                            bbox=list(prev["bbox"]),
+                            segmentation=copy.deepcopy(prev["segmentation"]),
+                            area=prev["area"],
+                        )
                 anns.append(ann)
                 aid += 1
-    return {"info": {}, "licenses": [], "images": images, "annotations": anns,
-            "categories": cats}
+    return {"info": {}, "licenses": [], "images": images, "annotations": anns, "categories": cats}
 
 
 def make_results(dataset, seed, dets_per_img=(0, 40), adversarial=False, big_image=None):
@@ -111,9 +137,16 @@ def make_results(dataset, seed, dets_per_img=(0, 40), adversarial=False, big_ima
                 y = gy + rng.normal(0, j * gh)
                 sx, sy = np.exp(rng.normal(0, j, 2))
                 bw, bh = max(1.0, gw * sx), max(1.0, gh * sy)
-                poly = [[round(float(v), 2) for v in np.stack(
-                    [x + (np.array(p[0::2]) - gx) * sx, y + (np.array(p[1::2]) - gy) * sy],
-                    1).ravel()] for p in g["segmentation"]]
+                poly = [
+                    [
+                        round(float(v), 2)
+                        for v in np.stack(
+                            [x + (np.array(p[0::2]) - gx) * sx, y + (np.array(p[1::2]) - gy) * sy],
+                            1,
+                        ).ravel()
+                    ]
+                    for p in g["segmentation"]
+                ]
                 c = g["category_id"] if rng.random() < 0.85 else int(rng.choice(cat_ids))
             else:
                 bw, bh = rng.uniform(3, w * 0.7), rng.uniform(3, h * 0.7)
@@ -129,20 +162,26 @@ def make_results(dataset, seed, dets_per_img=(0, 40), adversarial=False, big_ima
                 score = round(score, 1)  # ties
             if poly is None:
                 poly = [_polygon(rng, x, y, bw, bh)]
-            det = {"image_id": iid, "category_id": c,
-                   "bbox": [round(x, 2), round(y, 2), round(bw, 2), round(bh, 2)],
-                   "score": score}
+            det = {
+                "image_id": iid,
+                "category_id": c,
+                "bbox": [round(x, 2), round(y, 2), round(bw, 2), round(bh, 2)],
+                "score": score,
+            }
             r = rng.random()
             if adversarial and r < 0.05:
                 det["bbox"][2] = 0.0  # zero-area box: dropped (area = w * h)
             elif adversarial and r < 0.1:  # empty mask, non-empty box
-                det["segmentation"] = _rle_str(mask_utils.encode(np.zeros((h, w), np.uint8, order="F")))
+                det["segmentation"] = _rle_str(
+                    mask_utils.encode(np.zeros((h, w), np.uint8, order="F"))
+                )
             if "segmentation" not in det:
                 if adversarial and r > 0.8:
                     det["segmentation"] = poly  # polygons instead of RLE
                 else:
                     det["segmentation"] = _rle_str(
-                        mask_utils.merge(mask_utils.frPyObjects(poly, h, w)))
+                        mask_utils.merge(mask_utils.frPyObjects(poly, h, w))
+                    )
             results.append(det)
             if adversarial and rng.random() < 0.05:
                 results.append(copy.deepcopy(det))  # exact duplicate: ties everywhere
@@ -182,12 +221,14 @@ def _write(tmp_path, name, obj):
 
 
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
-@pytest.mark.parametrize("seed,adversarial,max_dets", [
-    (0, False, 300), (1, True, 300), (2, True, 15), (3, True, 300)])
+@pytest.mark.parametrize(
+    "seed,adversarial,max_dets", [(0, False, 300), (1, True, 300), (2, True, 15), (3, True, 300)]
+)
 def test_matches_lvis_api(tmp_path, iou_type, seed, adversarial, max_dets):
     ds = make_dataset(seed, adversarial=adversarial)
-    res = make_results(ds, seed + 100, adversarial=adversarial,
-                       big_image=320 if seed == 3 else None)
+    res = make_results(
+        ds, seed + 100, adversarial=adversarial, big_image=320 if seed == 3 else None
+    )
     gt_path = _write(tmp_path, "gt.json", ds)
     ds_before = copy.deepcopy(ds)
     res_before = copy.deepcopy(res)
@@ -228,8 +269,9 @@ def test_segmentation_only_results(tmp_path):
         del r["bbox"]
         if isinstance(r["segmentation"], list):
             im = next(i for i in ds["images"] if i["id"] == r["image_id"])
-            rle = mask_utils.merge(mask_utils.frPyObjects(r["segmentation"], im["height"],
-                                                          im["width"]))
+            rle = mask_utils.merge(
+                mask_utils.frPyObjects(r["segmentation"], im["height"], im["width"])
+            )
             r["segmentation"] = _rle_str(rle)
     gt_path = _write(tmp_path, "gt.json", ds)
     for iou_type in ("bbox", "segm"):
@@ -278,21 +320,29 @@ def test_unknown_category_and_image_ids(tmp_path):
     assert "my_results.json" in str(e.value) and "99999" in str(e.value)
 
 
-@pytest.mark.parametrize("segm", [
-    {"counts": "abc"},  # no size
-    {"size": [3, 4], "counts": "PP"},  # wrong size
-    [[1.0, 2.0, 3.0]],  # odd polygon
-    [],  # no polygon
-    "not a mask",
-    {"size": [1, 1], "counts": 7},
-])
+@pytest.mark.parametrize(
+    "segm",
+    [
+        {"counts": "abc"},  # no size
+        {"size": [3, 4], "counts": "PP"},  # wrong size
+        [[1.0, 2.0, 3.0]],  # odd polygon
+        [],  # no polygon
+        "not a mask",
+        {"size": [1, 1], "counts": 7},
+    ],
+)
 def test_malformed_segmentation(tmp_path, segm):
     ds = make_dataset(15, n_img=6)
     res = make_results(ds, 16, dets_per_img=(4, 8))
     # a detection of a category that has ground truth in its image, so it is evaluated
     a = ds["annotations"][0]
-    det = {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
-           "score": 0.5, "segmentation": segm}
+    det = {
+        "image_id": a["image_id"],
+        "category_id": a["category_id"],
+        "bbox": a["bbox"],
+        "score": 0.5,
+        "segmentation": segm,
+    }
     bad = res + [det]
     res_path = _write(tmp_path, "seg_results.json", bad)
     with pytest.raises(LVISInputError) as e:
@@ -342,32 +392,81 @@ def _rect(x, y, w, h):
 def test_handcrafted_ties_ignore_and_id_zero(tmp_path):
     """IoU ties between ground truth (the last one wins), ignored ground truth taken only
     when no regular one matches, ground truth with id 0, ties in score across images."""
-    cats = [{"id": 1, "name": "a", "frequency": "f", "image_count": 200, "instance_count": 400,
-             "synonyms": [], "def": ""},
-            {"id": 2, "name": "b", "frequency": "r", "image_count": 2, "instance_count": 2,
-             "synonyms": [], "def": ""}]
-    images = [{"id": i, "width": 64, "height": 48, "neg_category_ids": [],
-               "not_exhaustive_category_ids": []} for i in (1, 2, 3)]
+    cats = [
+        {
+            "id": 1,
+            "name": "a",
+            "frequency": "f",
+            "image_count": 200,
+            "instance_count": 400,
+            "synonyms": [],
+            "def": "",
+        },
+        {
+            "id": 2,
+            "name": "b",
+            "frequency": "r",
+            "image_count": 2,
+            "instance_count": 2,
+            "synonyms": [],
+            "def": "",
+        },
+    ]
+    images = [
+        {
+            "id": i,
+            "width": 64,
+            "height": 48,
+            "neg_category_ids": [],
+            "not_exhaustive_category_ids": [],
+        }
+        for i in (1, 2, 3)
+    ]
     images[2]["neg_category_ids"] = [2]
 
     def gt(aid, img, cat, box, **kw):
-        return dict({"id": aid, "image_id": img, "category_id": cat, "bbox": box,
-                     "area": float(box[2] * box[3]), "segmentation": _rect(*box)}, **kw)
+        return dict(
+            {
+                "id": aid,
+                "image_id": img,
+                "category_id": cat,
+                "bbox": box,
+                "area": float(box[2] * box[3]),
+                "segmentation": _rect(*box),
+            },
+            **kw,
+        )
 
-    anns = [gt(5, 1, 1, [0, 0, 10, 10]), gt(6, 1, 1, [2, 0, 10, 10]),  # tie for [1, 0, 10, 10]
-            gt(7, 2, 1, [0, 0, 10, 10]), gt(8, 2, 1, [1, 0, 10, 10], ignore=1),
-            gt(0, 3, 1, [20, 20, 12, 12]), gt(9, 2, 2, [30, 10, 20, 20])]
+    anns = [
+        gt(5, 1, 1, [0, 0, 10, 10]),
+        gt(6, 1, 1, [2, 0, 10, 10]),  # tie for [1, 0, 10, 10]
+        gt(7, 2, 1, [0, 0, 10, 10]),
+        gt(8, 2, 1, [1, 0, 10, 10], ignore=1),
+        gt(0, 3, 1, [20, 20, 12, 12]),
+        gt(9, 2, 2, [30, 10, 20, 20]),
+    ]
 
     def det(img, cat, box, score):
-        return {"image_id": img, "category_id": cat, "bbox": box, "score": score,
-                "segmentation": _rect(*box)}
+        return {
+            "image_id": img,
+            "category_id": cat,
+            "bbox": box,
+            "score": score,
+            "segmentation": _rect(*box),
+        }
 
-    res = [det(1, 1, [1, 0, 10, 10], 0.9), det(1, 1, [40, 30, 10, 10], 0.85),
-           det(1, 1, [0, 0, 10, 10], 0.8),
-           det(2, 1, [1, 0, 10, 10], 0.9), det(2, 1, [40, 30, 10, 10], 0.85),
-           det(2, 1, [0, 0, 10, 10], 0.8),
-           det(3, 1, [20, 20, 12, 12], 0.9), det(3, 2, [30, 10, 20, 20], 0.85),
-           det(2, 2, [30, 10, 20, 20], 0.85), det(1, 2, [0, 0, 5, 5], 0.95)]
+    res = [
+        det(1, 1, [1, 0, 10, 10], 0.9),
+        det(1, 1, [40, 30, 10, 10], 0.85),
+        det(1, 1, [0, 0, 10, 10], 0.8),
+        det(2, 1, [1, 0, 10, 10], 0.9),
+        det(2, 1, [40, 30, 10, 10], 0.85),
+        det(2, 1, [0, 0, 10, 10], 0.8),
+        det(3, 1, [20, 20, 12, 12], 0.9),
+        det(3, 2, [30, 10, 20, 20], 0.85),
+        det(2, 2, [30, 10, 20, 20], 0.85),
+        det(1, 2, [0, 0, 5, 5], 0.95),
+    ]
     ds = {"images": images, "annotations": anns, "categories": cats}
     gt_path = _write(tmp_path, "gt.json", ds)
     for iou_type in ("bbox", "segm"):

@@ -4,6 +4,7 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_cfg
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
@@ -13,7 +14,6 @@ from detectron2.structures import Boxes, Instances
 from balms_det import BalmsFastRCNNOutputLayers, add_balms_config
 from balms_det import losses as L
 from balms_det.modeling.roi_heads import convert_classifier_layout
-from conftest import tiny_cfg
 
 K = 5
 SHAPE = ShapeSpec(channels=16)
@@ -35,8 +35,14 @@ def _proposals(n_per_image=(6, 4), seed=0):
 
 def _predictor(loss, counts=(50, 20, 5, 1, 0), **kw):
     return BalmsFastRCNNOutputLayers(
-        SHAPE, box2box_transform=_b2b(), num_classes=K, loss=loss, class_counts=list(counts),
-        num_train_images=60, test_score_thresh=0.0, **kw,
+        SHAPE,
+        box2box_transform=_b2b(),
+        num_classes=K,
+        loss=loss,
+        class_counts=list(counts),
+        num_train_images=60,
+        test_score_thresh=0.0,
+        **kw,
     )
 
 
@@ -49,11 +55,16 @@ def _b2b():
 def test_softmax_head_is_numerically_the_stock_head():
     torch.manual_seed(0)
     ours = _predictor("softmax")
-    stock = FastRCNNOutputLayers(SHAPE, box2box_transform=_b2b(), num_classes=K,
-                                 test_score_thresh=0.0)
+    stock = FastRCNNOutputLayers(
+        SHAPE, box2box_transform=_b2b(), num_classes=K, test_score_thresh=0.0
+    )
     missing, unexpected = stock.load_state_dict(ours.state_dict(), strict=False)
     assert not missing and set(unexpected) == {
-        "class_counts", "num_train_images", "class_image_counts", "class_weights"}
+        "class_counts",
+        "num_train_images",
+        "class_image_counts",
+        "class_weights",
+    }
     x = torch.randn(10, 16, requires_grad=True)
     props = _proposals()
     p1, p2 = ours(x), stock(x)
@@ -69,11 +80,22 @@ def test_softmax_head_is_numerically_the_stock_head():
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("loss", ["balanced_softmax", "label_over_smooth", "sigmoid",
-                                  "balanced_sigmoid"])
+@pytest.mark.parametrize(
+    "loss",
+    [
+        "balanced_softmax",
+        "label_over_smooth",
+        "label_over_smooth_fg",
+        "sigmoid",
+        "balanced_sigmoid",
+    ],
+)
 def test_head_loss_is_the_pure_function(loss):
     torch.manual_seed(0)
-    pred = _predictor(loss, los_delta=0.5)
+    if loss == "label_over_smooth_fg":
+        pred = _predictor("label_over_smooth", los_delta=0.5, los_foreground_only=True)
+    else:
+        pred = _predictor(loss, los_delta=0.5)
     x = torch.randn(10, 16)
     props = _proposals()
     scores, deltas = pred(x)
@@ -83,6 +105,9 @@ def test_head_loss_is_the_pure_function(loss):
     expected = {
         "balanced_softmax": lambda: L.balanced_softmax_loss(scores, labels, counts),
         "label_over_smooth": lambda: L.label_over_smooth_loss(scores, labels, 0.5),
+        "label_over_smooth_fg": lambda: L.label_over_smooth_loss(
+            scores, labels, 0.5, foreground_only=True
+        ),
         "sigmoid": lambda: L.sigmoid_loss(scores[:, :K], labels),
         "balanced_sigmoid": lambda: L.balanced_sigmoid_loss(scores[:, :K], labels, counts, 60),
     }[loss]()
@@ -121,16 +146,18 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="3 entries but the model has 5 classes"):
         _predictor("balanced_softmax", counts=(1, 2, 3))
     with pytest.raises(ValueError, match="needs class_counts"):
-        BalmsFastRCNNOutputLayers(SHAPE, box2box_transform=_b2b(), num_classes=K,
-                                  loss="balanced_softmax")
+        BalmsFastRCNNOutputLayers(
+            SHAPE, box2box_transform=_b2b(), num_classes=K, loss="balanced_softmax"
+        )
     with pytest.raises(ValueError, match="USE_SIGMOID_CE"):
         _predictor("balanced_softmax", use_sigmoid_ce=True)
 
 
 def test_zero_count_class_is_clamped_and_named(caplog):
     with caplog.at_level(logging.WARNING):
-        pred = _predictor("balanced_softmax", counts=(5, 0, 3, 0, 1),
-                          class_names=["a", "zebra", "c", "yak", "e"])
+        pred = _predictor(
+            "balanced_softmax", counts=(5, 0, 3, 0, 1), class_names=["a", "zebra", "c", "yak", "e"]
+        )
     assert "zebra" in caplog.text and "yak" in caplog.text
     scores, deltas = pred(torch.randn(10, 16))
     loss = pred.losses((scores, deltas), _proposals())["loss_cls"]
@@ -154,8 +181,14 @@ def test_classifier_layout_conversion():
 
 
 def _tiny_model(loss):
-    cfg = tiny_cfg("MODEL.ROI_BOX_HEAD.BALMS.LOSS", loss, "MODEL.RPN.POST_NMS_TOPK_TRAIN", "40",
-                   "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32")
+    cfg = tiny_cfg(
+        "MODEL.ROI_BOX_HEAD.BALMS.LOSS",
+        loss,
+        "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+        "40",
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+        "32",
+    )
     torch.manual_seed(0)
     return cfg, build_model(cfg)
 
@@ -167,8 +200,10 @@ def _batch(cfg, n=2):
     return [mapper(d) for d in DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[:n]]
 
 
-@pytest.mark.parametrize("family", [("softmax", "balanced_softmax", "label_over_smooth"),
-                                    ("sigmoid", "balanced_sigmoid")])
+@pytest.mark.parametrize(
+    "family",
+    [("softmax", "balanced_softmax", "label_over_smooth"), ("sigmoid", "balanced_sigmoid")],
+)
 def test_head_in_full_model(family):
     outputs = []
     batch = None
@@ -185,8 +220,13 @@ def test_head_in_full_model(family):
         outputs.append(out[0]["instances"])
         model.train()
         losses = model(batch)
-        assert set(losses) == {"loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls",
-                               "loss_rpn_loc"}
+        assert set(losses) == {
+            "loss_cls",
+            "loss_box_reg",
+            "loss_mask",
+            "loss_rpn_cls",
+            "loss_rpn_loc",
+        }
         assert all(torch.isfinite(v) for v in losses.values())
         sum(losses.values()).backward()
         assert model.roi_heads.box_predictor.cls_score.weight.grad.abs().sum() > 0
@@ -225,15 +265,61 @@ def test_import_into_a_plain_detectron2_config():
 
 
 def test_cat_info_feeds_the_prior(tmp_path):
-    info = [{"id": i + 1, "name": f"c{i}", "image_count": 10 * (i + 1),
-             "instance_count": 11 * (i + 1)} for i in range(12)]
+    info = [
+        {"id": i + 1, "name": f"c{i}", "image_count": 10 * (i + 1), "instance_count": 11 * (i + 1)}
+        for i in range(12)
+    ]
     path = tmp_path / "cat_info.json"
     path.write_text(json.dumps({"num_images": 200, "categories": info}))
-    cfg = tiny_cfg("MODEL.ROI_BOX_HEAD.BALMS.LOSS", "balanced_sigmoid",
-                   "MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO", str(path),
-                   "MODEL.ROI_BOX_HEAD.BALMS.COUNT_TYPE", "instance_count")
+    cfg = tiny_cfg(
+        "MODEL.ROI_BOX_HEAD.BALMS.LOSS",
+        "balanced_sigmoid",
+        "MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO",
+        str(path),
+        "MODEL.ROI_BOX_HEAD.BALMS.COUNT_TYPE",
+        "instance_count",
+    )
     pred = build_model(cfg).roi_heads.box_predictor
     assert pred.class_counts.tolist() == [11.0 * (i + 1) for i in range(12)]
     assert pred.num_train_images.item() == 200
     # saved with the model
     assert "roi_heads.box_predictor.class_counts" in build_model(cfg).state_dict()
+
+
+def test_posthoc_logit_adjustment_hand_computed():
+    """Counts (3, 1) and zero logits: adjusted logits (-log 1.5, -log 0.5, 0), so the
+    probabilities are (2/3, 2, 1) / (11/3) = (2/11, 6/11, 3/11)."""
+    pred = BalmsFastRCNNOutputLayers(
+        SHAPE,
+        box2box_transform=_b2b(),
+        num_classes=2,
+        loss="softmax",
+        class_counts=[3, 1],
+        posthoc_tau=1.0,
+        test_score_thresh=0.0,
+    ).eval()
+    props = _proposals((1,))
+    probs = pred.predict_probs((torch.zeros(1, 3), torch.zeros(1, 8)), props)[0]
+    assert torch.allclose(probs, torch.tensor([[2 / 11, 6 / 11, 3 / 11]]), atol=1e-6)
+    # tau scales the shift; training losses are untouched (inference only)
+    pred.posthoc_tau = 0.5
+    logits = torch.randn(4, 3)
+    shift = 0.5 * torch.log(torch.tensor([1.5, 0.5, 1.0]))
+    assert torch.allclose(
+        pred.predict_probs((logits, torch.zeros(4, 8)), _proposals((4,)))[0],
+        F.softmax(logits - shift, dim=1),
+        atol=1e-6,
+    )
+    labels = torch.tensor([0, 1, 2, 1])
+    assert torch.allclose(
+        pred.classification_loss(logits, labels), F.cross_entropy(logits, labels), rtol=1e-6, atol=0
+    )
+
+
+def test_posthoc_logit_adjustment_needs_softmax_and_counts():
+    with pytest.raises(ValueError, match="POSTHOC_TAU adjusts softmax logits"):
+        _predictor("balanced_sigmoid", posthoc_tau=1.0)
+    with pytest.raises(ValueError, match="POSTHOC_TAU needs class_counts"):
+        BalmsFastRCNNOutputLayers(
+            SHAPE, box2box_transform=_b2b(), num_classes=K, loss="softmax", posthoc_tau=1.0
+        )

@@ -12,10 +12,11 @@ def test_import_without_detectron2_names_the_fix():
 
 
 def test_public_api_and_registration():
-    import balms_det
-    from balms_det import add_balms_config  # noqa: F401
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.modeling import ROI_HEADS_REGISTRY
+
+    import balms_det
+    from balms_det import add_balms_config  # noqa: F401
 
     assert ROI_HEADS_REGISTRY.get("BalmsROIHeads") is balms_det.BalmsROIHeads
     for name in ("synth_lt_train", "synth_lt_val", "synth_lt_tiny_train", "synth_lt_tiny_val"):

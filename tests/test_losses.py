@@ -188,6 +188,26 @@ def test_label_over_smooth_hand_computed():
     assert out.item() == pytest.approx((l0 + l1) / 2, rel=1e-12)
 
 
+def test_label_over_smooth_foreground_only_hand_computed():
+    # K = 2, delta = 0.5: the foreground ROI (label 0) gets 1 - 0.5 + 0.5/2 = 3/4 and 1/4 on the
+    # two foreground columns, 0 on background; the background ROI (label 2) stays one-hot
+    z0, z1 = SM_LOGITS
+    l0 = lse(*z0) - (3 / 4 * z0[0] + 1 / 4 * z0[1])
+    l1 = lse(*z1) - z1[2]
+    logits = _t(SM_LOGITS).requires_grad_()
+    none = label_over_smooth_loss(logits, _labels(), 0.5, reduction="none", foreground_only=True)
+    assert none.tolist() == pytest.approx([l0, l1], rel=1e-12)
+    # gradient = softmax - targets
+    none.sum().backward()
+    p = F.softmax(_t(SM_LOGITS), dim=1)
+    targets = torch.tensor([[0.75, 0.25, 0.0], [0.0, 0.0, 1.0]], dtype=p.dtype)
+    assert torch.allclose(logits.grad, p - targets, atol=1e-12)
+    # delta 0 is cross-entropy here too
+    assert label_over_smooth_loss(
+        _t(SM_LOGITS), _labels(), 0.0, foreground_only=True
+    ).item() == pytest.approx(F.cross_entropy(_t(SM_LOGITS), _labels()).item(), rel=1e-12)
+
+
 def test_softmax_hand_computed():
     z0, z1 = SM_LOGITS
     l0, l1 = lse(*z0) - z0[0], lse(*z1) - z1[2]

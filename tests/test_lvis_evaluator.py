@@ -46,15 +46,25 @@ def _rle(x, y, w, h):
 
 def _ann(aid, img, cat, box):
     x, y, w, h = box
-    return dict(id=aid, image_id=img, category_id=cat, bbox=[x, y, w, h], area=w * h,
-                segmentation=_poly(x, y, w, h))
+    return dict(
+        id=aid,
+        image_id=img,
+        category_id=cat,
+        bbox=[x, y, w, h],
+        area=w * h,
+        segmentation=_poly(x, y, w, h),
+    )
 
 
 # (image, category, box): small (< 32^2) and medium objects, no large one (APl undefined)
 GT_BOXES = [
-    (1, 1, (4, 4, 20, 20)), (1, 1, (30, 30, 34, 34)), (1, 2, (5, 40, 15, 15)),
-    (2, 1, (10, 10, 40, 40)), (2, 3, (50, 2, 10, 10)),
-    (3, 2, (0, 0, 50, 50)), (3, 3, (52, 52, 10, 10)),
+    (1, 1, (4, 4, 20, 20)),
+    (1, 1, (30, 30, 34, 34)),
+    (1, 2, (5, 40, 15, 15)),
+    (2, 1, (10, 10, 40, 40)),
+    (2, 3, (50, 2, 10, 10)),
+    (3, 2, (0, 0, 50, 50)),
+    (3, 3, (52, 52, 10, 10)),
     (4, 1, (8, 8, 12, 12)),
 ]
 
@@ -85,14 +95,28 @@ def tiny_results(seed=0, cat_ids=(1, 2, 3, 4), img_ids=(1, 2, 3, 4), gt=GT_BOXES
         for _ in range(2):
             dx, dy = rng.integers(-3, 4, size=2)
             box = [float(max(x + dx, 0)), float(max(y + dy, 0)), float(w), float(h)]
-            out.append(dict(image_id=img, category_id=cat, bbox=box, score=float(rng.random()),
-                            segmentation=_rle(*box)))
+            out.append(
+                dict(
+                    image_id=img,
+                    category_id=cat,
+                    bbox=box,
+                    score=float(rng.random()),
+                    segmentation=_rle(*box),
+                )
+            )
     for _ in range(12):
         x, y = rng.integers(0, 40, size=2)
         w, h = rng.integers(4, 24, size=2)
         box = [float(x), float(y), float(w), float(h)]
-        out.append(dict(image_id=int(rng.choice(img_ids)), category_id=int(rng.choice(cat_ids)),
-                        bbox=box, score=float(rng.random() * 0.8), segmentation=_rle(*box)))
+        out.append(
+            dict(
+                image_id=int(rng.choice(img_ids)),
+                category_id=int(rng.choice(cat_ids)),
+                bbox=box,
+                score=float(rng.random() * 0.8),
+                segmentation=_rle(*box),
+            )
+        )
     return out
 
 
@@ -134,8 +158,9 @@ def test_metrics_match_lvis_api_both_engines(tmp_path):
         for engine in ("lvis-api", "fast"):
             res, pc = evaluate_tasks(gt, results, [task], engine=engine)
             for k in SUMMARY_KEYS:
-                assert _same(res[task][k], float(summary[k] * 100) if summary[k] != -1
-                             else float("nan")), (engine, task, k)
+                assert _same(
+                    res[task][k], float(summary[k] * 100) if summary[k] != -1 else float("nan")
+                ), (engine, task, k)
             assert all(_same(pc[task][c], per_class[c]) for c in per_class), (engine, task)
             assert all(_same(res[task][k], expected[k]) for k in expected)
         # group means of per-class AP are lvis-api's APr/APc/APf, which the plots rely on
@@ -175,16 +200,39 @@ def _coco_train():
     anns = []
     for cid, n in TRAIN_IMAGES.items():
         for img in range(1, n + 1):
-            anns.append(dict(id=len(anns) + 1, image_id=img, category_id=cid, iscrowd=0,
-                             bbox=[1, 1, 10, 10], area=100, segmentation=_poly(1, 1, 10, 10)))
-    anns.append(dict(id=len(anns) + 1, image_id=1, category_id=2, iscrowd=0,
-                     bbox=[20, 20, 10, 10], area=100, segmentation=_poly(20, 20, 10, 10)))
+            anns.append(
+                dict(
+                    id=len(anns) + 1,
+                    image_id=img,
+                    category_id=cid,
+                    iscrowd=0,
+                    bbox=[1, 1, 10, 10],
+                    area=100,
+                    segmentation=_poly(1, 1, 10, 10),
+                )
+            )
+    anns.append(
+        dict(
+            id=len(anns) + 1,
+            image_id=1,
+            category_id=2,
+            iscrowd=0,
+            bbox=[20, 20, 10, 10],
+            area=100,
+            segmentation=_poly(20, 20, 10, 10),
+        )
+    )
     cats = [dict(id=c, name=f"c{c}") for c in COCO_IDS]
     return dict(images=images, annotations=anns, categories=cats)
 
 
-VAL_BOXES = [(1, 2, (4, 4, 20, 20)), (1, 7, (30, 30, 30, 30)), (2, 9, (10, 10, 16, 16)),
-             (2, 2, (40, 40, 12, 12)), (3, 5, (5, 5, 40, 40))]
+VAL_BOXES = [
+    (1, 2, (4, 4, 20, 20)),
+    (1, 7, (30, 30, 30, 30)),
+    (2, 9, (10, 10, 16, 16)),
+    (2, 2, (40, 40, 12, 12)),
+    (3, 5, (5, 5, 40, 40)),
+]
 
 
 def _coco_val():
@@ -224,8 +272,12 @@ def test_coco_format_groups_from_training_counts(coco_datasets, tmp_path):
     from detectron2.data import MetadataCatalog
 
     out = tmp_path / "eval"
-    ev = BalmsLVISEvaluator(coco_datasets["val_name"], distributed=False, output_dir=str(out),
-                            train_dataset_names=[coco_datasets["train_name"]])
+    ev = BalmsLVISEvaluator(
+        coco_datasets["val_name"],
+        distributed=False,
+        output_dir=str(out),
+        train_dataset_names=[coco_datasets["train_name"]],
+    )
     cats = {c["id"]: c["frequency"] for c in ev._lvis_api.dataset["categories"]}
     assert cats == EXPECTED_GROUPS
     # COCO images get exhaustive negatives: every category they do not hold
@@ -240,8 +292,9 @@ def test_coco_format_groups_from_training_counts(coco_datasets, tmp_path):
     assert set(res) == {"bbox", "segm"}
 
     # the same numbers as lvis-api on the prepared annotations
-    prepared = prepare_gt_dataset(_coco_val(), {c: {"image_count": n} for c, n in
-                                                TRAIN_IMAGES.items()})
+    prepared = prepare_gt_dataset(
+        _coco_val(), {c: {"image_count": n} for c, n in TRAIN_IMAGES.items()}
+    )
     ref, _ = evaluate_tasks(prepared, results, ["bbox", "segm"], engine="lvis-api")
     for task in ("bbox", "segm"):
         assert all(_same(res[task][k], ref[task][k]) for k in ref[task]), task
@@ -252,21 +305,38 @@ def test_coco_format_groups_from_training_counts(coco_datasets, tmp_path):
     assert {r["category_id"]: r["train_image_count"] for r in table} == TRAIN_IMAGES
     assert table[0]["train_instance_count"] == 102
     assert table[-1]["AP_segm"] is None  # category 11: no validation ground truth
-    for name in ("per_class_ap.csv", "lvis_metrics.json", "per_class_ap_bbox.png",
-                 "per_class_ap_segm.png", "instances_predictions.pth"):
+    for name in (
+        "per_class_ap.csv",
+        "lvis_metrics.json",
+        "per_class_ap_bbox.png",
+        "per_class_ap_segm.png",
+        "instances_predictions.pth",
+    ):
         assert (out / name).exists(), name
     csv_lines = (out / "per_class_ap.csv").read_text().splitlines()
-    assert csv_lines[0] == ("category_id,name,group,train_image_count,train_instance_count,"
-                            "AP_bbox,AP_segm")
+    assert csv_lines[0] == (
+        "category_id,name,group,train_image_count,train_instance_count," "AP_bbox,AP_segm"
+    )
     assert csv_lines[1].startswith("2,c2,f,101,102,")
 
     # the tool on the saved instances_predictions.pth: contiguous ids -> sorted COCO ids,
     # groups from --train-json; same outputs and numbers
     tool = _load_tool("evaluate_detections")
     out2 = tmp_path / "eval_tool"
-    res2 = tool.main(["--gt", coco_datasets["val"], "--dets",
-                      str(out / "instances_predictions.pth"), "--train-json",
-                      coco_datasets["train"], "--output-dir", str(out2), "--compare", str(out)])
+    res2 = tool.main(
+        [
+            "--gt",
+            coco_datasets["val"],
+            "--dets",
+            str(out / "instances_predictions.pth"),
+            "--train-json",
+            coco_datasets["train"],
+            "--output-dir",
+            str(out2),
+            "--compare",
+            str(out),
+        ]
+    )
     for task in ("bbox", "segm"):
         assert all(_same(res2[task][k], res[task][k]) for k in res[task]), task
     assert json.loads((out2 / "per_class_ap.json").read_text()) == table
@@ -306,8 +376,9 @@ def test_metrics_reach_event_storage_once(tmp_path):
 def test_empty_predictions(tmp_path, engine):
     gt_path = _write(tmp_path / "gt.json", tiny_lvis())
     dets = _write(tmp_path / "empty.json", [])
-    res, per_class, outputs = evaluate_detections_file(gt_path, dets, tmp_path / "out",
-                                                       engine=engine)
+    res, per_class, outputs = evaluate_detections_file(
+        gt_path, dets, tmp_path / "out", engine=engine
+    )
     assert set(res) == {"bbox", "segm"}
     for task, m in res.items():
         for k in SUMMARY_KEYS + ("AR",):
@@ -326,8 +397,9 @@ def test_empty_predictions(tmp_path, engine):
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
     DatasetCatalog.register(name, lambda: [])
-    MetadataCatalog.get(name).set(json_file=gt_path, thing_classes=["a", "b", "c", "d"],
-                                  evaluator_type="lvis")
+    MetadataCatalog.get(name).set(
+        json_file=gt_path, thing_classes=["a", "b", "c", "d"], evaluator_type="lvis"
+    )
     try:
         ev = BalmsLVISEvaluator(name, tasks=("bbox", "segm"), distributed=False, engine=engine)
         ev.reset()
@@ -381,8 +453,9 @@ def test_bad_detection_files(tmp_path):
     # Detectron2's saved predictions with a contiguous id beyond the dataset's 4 categories
     pth = tmp_path / "instances_predictions.pth"
     r = tiny_results()[0]
-    torch.save([{"image_id": 1, "instances": [dict(r, category_id=0), dict(r, category_id=9)]}],
-               pth)
+    torch.save(
+        [{"image_id": 1, "instances": [dict(r, category_id=0), dict(r, category_id=9)]}], pth
+    )
     with pytest.raises(DetectionFileError, match=r"instances_predictions.pth.*\[9\]"):
         evaluate_detections_file(gt_path, str(pth))
 
@@ -393,17 +466,48 @@ def test_tool_outputs_and_comparison(tmp_path, capsys):
     tool = _load_tool("evaluate_detections")
     a = _write(tmp_path / "a.json", tiny_results(0))
     b = _write(tmp_path / "b.json", tiny_results(3))
-    res_a = tool.main(["--gt", gt_path, "--dets", a, "--output-dir", str(tmp_path / "A"),
-                       "--iou-types", "segm", "--engine", "lvis-api"])
+    res_a = tool.main(
+        [
+            "--gt",
+            gt_path,
+            "--dets",
+            a,
+            "--output-dir",
+            str(tmp_path / "A"),
+            "--iou-types",
+            "segm",
+            "--engine",
+            "lvis-api",
+        ]
+    )
     assert list(res_a) == ["segm"]
     printed = capsys.readouterr().out
     assert "APr" in printed and "hmean" in printed
     ref, _ = _reference(gt_path, json.load(open(a)), "segm")
     assert res_a["segm"]["AP"] == pytest.approx(ref["AP"] * 100, abs=1e-9)
-    tool.main(["--gt", gt_path, "--dets", b, "--output-dir", str(tmp_path / "B"),
-               "--compare", str(tmp_path / "A"), "--labels", "a", "b"])
-    for name in ("per_class_ap.csv", "per_class_ap.json", "lvis_metrics.json",
-                 "per_class_ap_bbox.png", "per_class_ap_segm.png", "comparison_segm.png"):
+    tool.main(
+        [
+            "--gt",
+            gt_path,
+            "--dets",
+            b,
+            "--output-dir",
+            str(tmp_path / "B"),
+            "--compare",
+            str(tmp_path / "A"),
+            "--labels",
+            "a",
+            "b",
+        ]
+    )
+    for name in (
+        "per_class_ap.csv",
+        "per_class_ap.json",
+        "lvis_metrics.json",
+        "per_class_ap_bbox.png",
+        "per_class_ap_segm.png",
+        "comparison_segm.png",
+    ):
         assert (tmp_path / "B" / name).exists(), name
     assert not (tmp_path / "B" / "comparison_bbox.png").exists()  # A has no box AP
     assert (tmp_path / "B" / "comparison_segm.png").stat().st_size < 300_000

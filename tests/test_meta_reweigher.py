@@ -8,25 +8,54 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_cfg
 from torch.nn import functional as F
 
 from balms_det import losses as L
 from balms_det.data.meta_sampler import class_balanced_repeat_factors
 from balms_det.engine.meta_reweigher import MetaReweigher, lookahead_meta_loss, meta_gradient
-from conftest import tiny_cfg
 
 # Small and fast: no mask head, few ROIs, tiny batches (the CPU is shared).
-FAST = ["MODEL.MASK_ON", "False", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
-        "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50", "SOLVER.IMS_PER_BATCH", "2",
-        "BALMS.META.IMS_PER_BATCH", "2", "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()",
-        "INPUT.RANDOM_FLIP", "none", "SEED", "0", "INPUT.MIN_SIZE_TRAIN", "(64,)",
-        "INPUT.MAX_SIZE_TRAIN", "64", "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "200",
-        "MODEL.ROI_BOX_HEAD.FC_DIM", "64"]
+FAST = [
+    "MODEL.MASK_ON",
+    "False",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "32",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+    "50",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "BALMS.META.IMS_PER_BATCH",
+    "2",
+    "TEST.EVAL_PERIOD",
+    "0",
+    "DATASETS.TEST",
+    "()",
+    "INPUT.RANDOM_FLIP",
+    "none",
+    "SEED",
+    "0",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(64,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "64",
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN",
+    "200",
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    "64",
+]
 
 
 def meta_cfg(*opts, output_dir=None):
-    return tiny_cfg("BALMS.META.ENABLED", "True", "MODEL.ROI_BOX_HEAD.BALMS.LOSS",
-                    "balanced_softmax", *FAST, *opts, output_dir=output_dir)
+    return tiny_cfg(
+        "BALMS.META.ENABLED",
+        "True",
+        "MODEL.ROI_BOX_HEAD.BALMS.LOSS",
+        "balanced_softmax",
+        *FAST,
+        *opts,
+        output_dir=output_dir,
+    )
 
 
 def _hook(trainer):
@@ -59,20 +88,34 @@ def test_meta_gradient_matches_central_differences(layout, weight_fn, normalize)
     my = torch.tensor([0, 1, 2, 3, 4, 1, 2, 3, 4])
     W = 0.3 * torch.randn(C, D, generator=g, dtype=dt)
     b = 0.1 * torch.randn(C, generator=g, dtype=dt)
-    bufs = (0.05 * torch.randn(C, D, generator=g, dtype=dt),
-            0.05 * torch.randn(C, generator=g, dtype=dt))
+    bufs = (
+        0.05 * torch.randn(C, D, generator=g, dtype=dt),
+        0.05 * torch.randn(C, generator=g, dtype=dt),
+    )
     psi0 = 0.5 * torch.randn(K, generator=g, dtype=dt)
     if layout == "softmax":
+
         def train_loss(z, y, w):
             return L.balanced_softmax_loss(z, y, counts, weights=w)
+
         meta_loss = L.softmax_loss
     else:
+
         def train_loss(z, y, w):
             return L.balanced_sigmoid_loss(z, y, counts, 60, weights=w)
+
         meta_loss = L.sigmoid_loss
-    kw = dict(train_loss=train_loss, meta_loss=meta_loss, lr=0.5, num_classes=K,
-              weight_fn=weight_fn, normalize=normalize, weight_decay=1e-3, momentum=0.9,
-              momentum_buffers=bufs)
+    kw = dict(
+        train_loss=train_loss,
+        meta_loss=meta_loss,
+        lr=0.5,
+        num_classes=K,
+        weight_fn=weight_fn,
+        normalize=normalize,
+        weight_decay=1e-3,
+        momentum=0.9,
+        momentum_buffers=bufs,
+    )
     grad, _ = meta_gradient(psi0, tx, ty, mx, my, W, b, **kw)
     eps = 1e-6
     fd = torch.zeros(K, dtype=dt)
@@ -80,8 +123,10 @@ def test_meta_gradient_matches_central_differences(layout, weight_fn, normalize)
         e = torch.zeros(K, dtype=dt)
         e[c] = eps
         with torch.no_grad():
-            fd[c] = (lookahead_meta_loss(psi0 + e, tx, ty, mx, my, W, b, **kw)
-                     - lookahead_meta_loss(psi0 - e, tx, ty, mx, my, W, b, **kw)) / (2 * eps)
+            fd[c] = (
+                lookahead_meta_loss(psi0 + e, tx, ty, mx, my, W, b, **kw)
+                - lookahead_meta_loss(psi0 - e, tx, ty, mx, my, W, b, **kw)
+            ) / (2 * eps)
     assert grad.abs().max() > 1e-6  # a real signal
     rel = (grad - fd).norm() / fd.norm()
     assert rel < 1e-3, (grad, fd)
@@ -110,8 +155,9 @@ def test_meta_step_direction_hand_checked(normalize):
       minority one down.
     Classes absent from both batches get zero gradient and stay at 0 (Adam moves nothing).
     """
-    cfg = tiny_cfg("BALMS.META.ENABLED", "True", "BALMS.META.NORMALIZE", str(normalize),
-                   "DATASETS.TEST", "()")
+    cfg = tiny_cfg(
+        "BALMS.META.ENABLED", "True", "BALMS.META.NORMALIZE", str(normalize), "DATASETS.TEST", "()"
+    )
     model = _toy_model(cfg)
     pred = model.roi_heads.box_predictor
     with torch.no_grad():
@@ -125,9 +171,20 @@ def test_meta_step_direction_hand_checked(normalize):
     x[:, 0] = 1.0
     y = torch.tensor([0, 0, 0, 1])
 
-    grad, _ = meta_gradient(hook.psi, x, y, x, y, pred.cls_score.weight, pred.cls_score.bias,
-                            train_loss=hook.train_loss, meta_loss=hook.meta_loss, lr=lr,
-                            num_classes=K, normalize=normalize)
+    grad, _ = meta_gradient(
+        hook.psi,
+        x,
+        y,
+        x,
+        y,
+        pred.cls_score.weight,
+        pred.cls_score.bias,
+        train_loss=hook.train_loss,
+        meta_loss=hook.meta_loss,
+        lr=lr,
+        num_classes=K,
+        normalize=normalize,
+    )
     if normalize:
         expected = torch.tensor([-1.5, 1.5]) * lr / 16
     else:
@@ -181,8 +238,9 @@ def test_meta_features_keep_bn_stats_and_cache(tmp_path, one_thread):
     hook = MetaReweigher(cfg, model)
     mapper = DatasetMapper(cfg, True)
     batch = [mapper(copy.deepcopy(d)) for d in DatasetCatalog.get("synth_lt_tiny_train")[:2]]
-    bn_before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k
-                 or "num_batches" in k}
+    bn_before = {
+        k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k
+    }
     x1, y1 = hook.meta_features(batch)
     x2, y2 = hook.meta_features(batch)
     assert len(hook.cache) == 2 and torch.equal(x1, x2) and torch.equal(y1, y2)
@@ -199,8 +257,13 @@ def test_meta_features_keep_bn_stats_and_cache(tmp_path, one_thread):
 def test_loss_that_cannot_take_weights_is_rejected(tmp_path):
     from balms_det.engine.trainer import BalmsTrainer
 
-    cfg = meta_cfg("MODEL.ROI_BOX_HEAD.BALMS.LOSS", "softmax",
-                   "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE", "True", output_dir=tmp_path)
+    cfg = meta_cfg(
+        "MODEL.ROI_BOX_HEAD.BALMS.LOSS",
+        "softmax",
+        "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE",
+        "True",
+        output_dir=tmp_path,
+    )
     with pytest.raises(ValueError, match="USE_SIGMOID_CE"):
         BalmsTrainer(cfg)
 
@@ -284,10 +347,16 @@ def _ddp_worker(out_dir, iters):
     trainer.train()
     hook = _hook(trainer)
     pred = trainer.model.module.roi_heads.box_predictor
-    torch.save({"psi": hook.psi.detach().clone(), "w": pred.class_weights.clone(),
-                "adam": copy.deepcopy(hook.meta_optimizer.state_dict()),
-                "steps": hook.meta_steps, "world": comm.get_world_size()},
-               os.path.join(out_dir, f"rank{comm.get_rank()}.pt"))
+    torch.save(
+        {
+            "psi": hook.psi.detach().clone(),
+            "w": pred.class_weights.clone(),
+            "adam": copy.deepcopy(hook.meta_optimizer.state_dict()),
+            "steps": hook.meta_steps,
+            "world": comm.get_world_size(),
+        },
+        os.path.join(out_dir, f"rank{comm.get_rank()}.pt"),
+    )
 
 
 def test_two_process_weights_bitwise_identical(tmp_path):
@@ -349,7 +418,7 @@ def _resumable_trainer(cfg, kill_after=None):
             mapper = DatasetMapper(cfg, True)
             dicts = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[:8]
             mapped = [mapper(d) for d in dicts]
-            return _IterBatches([mapped[i:i + 2] for i in range(0, 8, 2)])
+            return _IterBatches([mapped[i : i + 2] for i in range(0, 8, 2)])
 
         def build_hooks(self):
             hooks = super().build_hooks()

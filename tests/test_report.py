@@ -51,16 +51,26 @@ def test_per_class_table_counts_from_categories_or_given():
     assert list(rows[0]) == list(TABLE_FIELDS)
     r1 = rows[0]
     assert (r1["name"], r1["group"], r1["train_image_count"], r1["train_instance_count"]) == (
-        "head", "f", 300, 900)
+        "head",
+        "f",
+        300,
+        900,
+    )
     assert r1["AP_bbox"] == pytest.approx(50.0) and r1["AP_segm"] == pytest.approx(40.0)
     assert rows[3]["AP_bbox"] is None and rows[3]["AP_segm"] is None  # NaN -> None
 
     # given training counts win; a category they lack had no training image
-    counts = {1: {"image_count": 11, "instance_count": 12}, 2: {"image_count": 5,
-                                                                 "instance_count": 5}}
+    counts = {
+        1: {"image_count": 11, "instance_count": 12},
+        2: {"image_count": 5, "instance_count": 5},
+    }
     rows = per_class_table(GT, {"segm": PER_CLASS["segm"]}, counts)
     assert [(r["train_image_count"], r["train_instance_count"]) for r in rows] == [
-        (11, 12), (5, 5), (0, 0), (0, 0)]
+        (11, 12),
+        (5, 5),
+        (0, 0),
+        (0, 0),
+    ]
     assert all(r["AP_bbox"] is None for r in rows)  # bbox not evaluated
 
     # no counts anywhere: left empty
@@ -103,12 +113,22 @@ def test_plots_and_comparison(tmp_path):
     with pytest.raises(FileNotFoundError):
         write_report(str(tmp_path / "c"), GT, {}, better, compare_dirs=[str(tmp_path / "zz")])
     # the evaluator's mode: a bad compare folder only costs the comparison plot
-    c = write_report(str(tmp_path / "c"), GT, {}, better, compare_dirs=[str(tmp_path / "zz")],
-                     strict_compare=False)
+    c = write_report(
+        str(tmp_path / "c"),
+        GT,
+        {},
+        better,
+        compare_dirs=[str(tmp_path / "zz")],
+        strict_compare=False,
+    )
     assert "comparison_segm" not in c and os.path.exists(c["plot_segm"])
 
-    path = plot_comparison([str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c")],
-                           str(tmp_path / "cmp.png"), labels=["A", "B", "C"], task="bbox")
+    path = plot_comparison(
+        [str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c")],
+        str(tmp_path / "cmp.png"),
+        labels=["A", "B", "C"],
+        task="bbox",
+    )
     assert _png_ok(path)
     with pytest.raises(ValueError, match="two"):
         plot_comparison([str(tmp_path / "a")], str(tmp_path / "one.png"))
@@ -129,11 +149,21 @@ def test_compare_results_tool(tmp_path, capsys):
     for name, pc in (("x", PER_CLASS), ("y", {"segm": {1: 0.6, 2: 0.2, 3: 0.3, 7: NAN}})):
         write_report(str(tmp_path / name), GT, {}, pc)
     spec = importlib.util.spec_from_file_location(
-        "compare_results", os.path.join(REPO, "tools", "compare_results.py"))
+        "compare_results", os.path.join(REPO, "tools", "compare_results.py")
+    )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    table = tool.main([str(tmp_path / "x"), str(tmp_path / "y"), "--labels", "base", "new",
-                       "--output", str(tmp_path / "cmp.png")])
+    table = tool.main(
+        [
+            str(tmp_path / "x"),
+            str(tmp_path / "y"),
+            "--labels",
+            "base",
+            "new",
+            "--output",
+            str(tmp_path / "cmp.png"),
+        ]
+    )
     assert [t["label"] for t in table] == ["base", "new"]
     assert table[1]["APr"] == pytest.approx(30.0) and not math.isnan(table[1]["hmean"])
     assert "| new |" in capsys.readouterr().out

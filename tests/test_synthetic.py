@@ -8,8 +8,12 @@ import pytest
 from balms_det.data.synthetic import SyntheticLTConfig, class_image_counts, generate_synthetic_lt
 
 SMALL = SyntheticLTConfig(
-    num_classes=12, num_train_images=150, val_instances_per_class=3, image_size=64,
-    max_images_per_class=120, min_images_per_class=2,
+    num_classes=12,
+    num_train_images=150,
+    val_instances_per_class=3,
+    image_size=64,
+    max_images_per_class=120,
+    min_images_per_class=2,
 )
 
 
@@ -30,7 +34,9 @@ def test_generator_is_deterministic(tmp_path):
     )
     assert not mismatch and not errors
     # another seed gives another dataset
-    c = generate_synthetic_lt(str(tmp_path / "c"), SyntheticLTConfig(**{**SMALL.__dict__, "seed": 1}))
+    c = generate_synthetic_lt(
+        str(tmp_path / "c"), SyntheticLTConfig(**{**SMALL.__dict__, "seed": 1})
+    )
     assert _load(c, "train")["annotations"] != _load(a, "train")["annotations"]
     # re-use: a second call does not rewrite the files
     mtime = os.path.getmtime(a["train_json"])
@@ -105,7 +111,9 @@ def test_missing_dataset_file_names_the_path(tmp_path):
     missing = str(tmp_path / "lvis" / "lvis_v1_train.json")
     if name not in DatasetCatalog.list():
         DatasetCatalog.register(name, lambda: [])
-    MetadataCatalog.get(name).set(json_file=missing, image_root=str(tmp_path), evaluator_type="lvis")
+    MetadataCatalog.get(name).set(
+        json_file=missing, image_root=str(tmp_path), evaluator_type="lvis"
+    )
     with pytest.raises(FileNotFoundError, match="lvis_v1_train.json") as e:
         check_dataset_files([name])
     assert "datasets/README.md" in str(e.value)

@@ -1,7 +1,6 @@
 import math
 
 import torch
-
 from conftest import tiny_cfg
 
 

@@ -19,6 +19,7 @@ every finished step: a crash after k fine-tunes continues with fine-tune k+1.
 Trailing KEY VALUE pairs override the stage-1/BTM config (e.g. BALMS.BTM.NUM_SUBSETS 3).
 """
 
+import shlex
 import sys
 
 from detectron2.engine import default_argument_parser
@@ -26,26 +27,51 @@ from detectron2.engine import default_argument_parser
 
 def build_parser():
     p = default_argument_parser(epilog=__doc__)
-    p.add_argument("--stage1-weights", default="",
-                   help="stage-1 checkpoint (default: MODEL.WEIGHTS of --config-file)")
+    p.add_argument(
+        "--stage1-weights",
+        default="",
+        help="stage-1 checkpoint (default: MODEL.WEIGHTS of --config-file)",
+    )
     p.add_argument("--output-dir", default="", help="default: OUTPUT_DIR of --config-file")
-    p.add_argument("--stage2-config", default="",
-                   help="stage-2 config (classifier re-training, any balanced-head loss); "
-                        "empty: stop after merging")
-    p.add_argument("--stage2-opts", default="",
-                   help="overrides of the stage-2 config, one quoted string: 'KEY VALUE ...'")
-    p.add_argument("--finetune-opts", default="",
-                   help="overrides applied to every fine-tune, one quoted string")
-    p.add_argument("--finetune-loss", default="plain",
-                   help="'plain' (default: softmax/sigmoid, the subsets are balanced), 'same' "
-                        "(stage 1's loss) or a MODEL.ROI_BOX_HEAD.BALMS.LOSS name")
-    p.add_argument("--subset-mode", choices=("fill", "independent"), default="fill",
-                   help="how images already in a subset count for later classes (see docs)")
-    p.add_argument("--stage2-baseline", action="store_true",
-                   help="also run stage 2 from the stage-1 model (the control without BTM)")
+    p.add_argument(
+        "--stage2-config",
+        default="",
+        help="stage-2 config (classifier re-training, any balanced-head loss); "
+        "empty: stop after merging",
+    )
+    p.add_argument(
+        "--stage2-opts",
+        default="",
+        help="overrides of the stage-2 config, one quoted string: 'KEY VALUE ...'",
+    )
+    p.add_argument(
+        "--finetune-opts",
+        default="",
+        help="overrides applied to every fine-tune, one quoted string",
+    )
+    p.add_argument(
+        "--finetune-loss",
+        default="plain",
+        help="'plain' (default: softmax/sigmoid, the subsets are balanced), 'same' "
+        "(stage 1's loss) or a MODEL.ROI_BOX_HEAD.BALMS.LOSS name",
+    )
+    p.add_argument(
+        "--subset-mode",
+        choices=("fill", "independent"),
+        default="fill",
+        help="how images already in a subset count for later classes (see docs)",
+    )
+    p.add_argument(
+        "--stage2-baseline",
+        action="store_true",
+        help="also run stage 2 from the stage-1 model (the control without BTM)",
+    )
     p.add_argument("--no-eval-stage1", action="store_true", help="do not evaluate stage 1")
-    p.add_argument("--no-eval-finetunes", action="store_true",
-                   help="do not evaluate the individual fine-tuned models")
+    p.add_argument(
+        "--no-eval-finetunes",
+        action="store_true",
+        help="do not evaluate the individual fine-tuned models",
+    )
     return p
 
 
@@ -53,13 +79,28 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     print("Command Line Args:", args)
     if args.eval_only or args.resume:
-        print("tools/btm.py: --eval-only/--resume are not used (re-running resumes by itself)",
-              file=sys.stderr)
+        print(
+            "tools/btm.py: --eval-only/--resume are not used (re-running resumes by itself)",
+            file=sys.stderr,
+        )
     from balms_det.engine.btm import run_btm_pipeline
     from balms_det.engine.trainer import setup_cfg
 
+    stage2 = None
+    if args.stage2_config:
+        stage2 = setup_cfg(args.stage2_config, shlex.split(args.stage2_opts))
+    # set up last: its synthetic-dataset parameters are the ones registered for the pipeline
     cfg = setup_cfg(args.config_file, args.opts)
-    stage2 = setup_cfg(args.stage2_config) if args.stage2_config else None
+    if stage2 is not None and stage2.BALMS.SYNTHETIC != cfg.BALMS.SYNTHETIC:
+        diff = [
+            k for k in cfg.BALMS.SYNTHETIC if cfg.BALMS.SYNTHETIC[k] != stage2.BALMS.SYNTHETIC[k]
+        ]
+        raise ValueError(
+            f"--stage2-config {args.stage2_config} (with --stage2-opts) describes another "
+            f"synthetic dataset than --config-file {args.config_file}: BALMS.SYNTHETIC."
+            f"{diff[0]} is {stage2.BALMS.SYNTHETIC[diff[0]]!r} vs {cfg.BALMS.SYNTHETIC[diff[0]]!r}"
+            "; pass the same BALMS.SYNTHETIC.* overrides in --stage2-opts"
+        )
     out = run_btm_pipeline(
         cfg,
         args.output_dir or cfg.OUTPUT_DIR,

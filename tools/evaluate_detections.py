@@ -32,24 +32,49 @@ def build_parser():
     )
     p.add_argument("--gt", required=True, help="LVIS or COCO-format annotation file")
     p.add_argument(
-        "--dets", required=True,
+        "--dets",
+        required=True,
         help="LVIS results JSON or Detectron2's instances_predictions.pth",
     )
     p.add_argument("--output-dir", default=None, help="where tables and plots go")
-    p.add_argument("--iou-types", nargs="+", choices=("bbox", "segm"), default=None,
-                   help="tasks to evaluate (default: all the detections support)")
-    p.add_argument("--engine", choices=("fast", "lvis-api"), default="fast",
-                   help="fast (balms_det.evaluation.fast_lvis) or lvis-api (the reference)")
-    p.add_argument("--train-json", default=None,
-                   help="training annotation file: groups and counts of a non-LVIS --gt")
-    p.add_argument("--compare", nargs="+", default=(), metavar="DIR",
-                   help="earlier result folders (with per_class_ap.json) to compare with")
-    p.add_argument("--labels", nargs="+", default=None,
-                   help="labels of the --compare folders and of this run, in that order")
+    p.add_argument(
+        "--iou-types",
+        nargs="+",
+        choices=("bbox", "segm"),
+        default=None,
+        help="tasks to evaluate (default: all the detections support)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("fast", "lvis-api"),
+        default="fast",
+        help="fast (balms_det.evaluation.fast_lvis) or lvis-api (the reference)",
+    )
+    p.add_argument(
+        "--train-json",
+        default=None,
+        help="training annotation file: groups and counts of a non-LVIS --gt",
+    )
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        default=(),
+        metavar="DIR",
+        help="earlier result folders (with per_class_ap.json) to compare with",
+    )
+    p.add_argument(
+        "--labels",
+        nargs="+",
+        default=None,
+        help="labels of the --compare folders and of this run, in that order",
+    )
     p.add_argument("--max-dets", type=int, default=300, help="detections kept per image")
-    p.add_argument("--category-mapping", default="auto",
-                   help="for .pth: auto/sorted (index into the sorted category ids), plus1, or a "
-                   "JSON file mapping contiguous ids to dataset ids")
+    p.add_argument(
+        "--category-mapping",
+        default="auto",
+        help="for .pth: auto/sorted (index into the sorted category ids), plus1, or a "
+        "JSON file mapping contiguous ids to dataset ids",
+    )
     return p
 
 

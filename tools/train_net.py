@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Train and evaluate Mask R-CNN with balms-det (Detectron2's DefaultTrainer pattern).
 
-    python tools/train_net.py --config-file configs/synthetic/mask_rcnn_r18_softmax.yaml
-    python tools/train_net.py --config-file configs/lvis_balms_r50.yaml --num-gpus 8
-    python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS path/to/model.pth
+python tools/train_net.py --config-file configs/synthetic/mask_rcnn_r18_softmax.yaml
+python tools/train_net.py --config-file configs/lvis_balms_r50.yaml --num-gpus 8
+python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS path/to/model.pth
 """
 
 import logging

@@ -115,8 +115,9 @@ def _rng(seed, index):
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
 
 
-def sample_balanced_subset(dataset_dicts, num_classes, shots, seed=0, index=0, mode="fill",
-                           class_images=None):
+def sample_balanced_subset(
+    dataset_dicts, num_classes, shots, seed=0, index=0, mode="fill", class_images=None
+):
     """Draw subset ``index`` of seed ``seed`` (see the module docstring for the rule).
 
     Args:
@@ -228,9 +229,15 @@ def format_subset_statistics(stats, groups=None):
         present = inst[np.asarray(s["available_images"]) > 0]
         lo = int(present.min()) if present.size else 0
         hi = int(present.max()) if present.size else 0
-        row = [str(i), str(s["num_images"]), str(int(inst.sum())), str(lo),
-               f"{float(np.median(present)) if present.size else 0:.1f}", str(hi),
-               f"{hi / lo:.1f}" if lo else "inf"]
+        row = [
+            str(i),
+            str(s["num_images"]),
+            str(int(inst.sum())),
+            str(lo),
+            f"{float(np.median(present)) if present.size else 0:.1f}",
+            str(hi),
+            f"{hi / lo:.1f}" if lo else "inf",
+        ]
         for g in gnames:
             sel = np.asarray([gg == g for gg in groups]) & (np.asarray(s["available_images"]) > 0)
             row.append(f"{inst[sel].mean():.1f}" if sel.any() else "-")

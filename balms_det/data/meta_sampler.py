@@ -46,8 +46,11 @@ logger = logging.getLogger(__name__)
 
 
 def _image_classes(dataset_dict):
-    return {int(a["category_id"]) for a in dataset_dict.get("annotations", ())
-            if not a.get("iscrowd", 0)}
+    return {
+        int(a["category_id"])
+        for a in dataset_dict.get("annotations", ())
+        if not a.get("iscrowd", 0)
+    }
 
 
 def class_image_frequency(dataset_dicts):
@@ -72,8 +75,7 @@ def class_balanced_repeat_factors(dataset_dicts, normalize=True):
         annotated image (1 before rescaling), so it is drawn as often as the most common class.
     """
     freq = class_image_frequency(dataset_dicts)
-    factors = [max((1.0 / freq[c] for c in _image_classes(d)), default=1.0)
-               for d in dataset_dicts]
+    factors = [max((1.0 / freq[c] for c in _image_classes(d)), default=1.0) for d in dataset_dicts]
     out = torch.tensor(factors, dtype=torch.float64)
     if normalize and len(out):
         out = out * (len(out) / out.sum())
@@ -118,9 +120,7 @@ def meta_dataset_dicts(cfg):
         names = [name]
     else:
         names = list(cfg.DATASETS.TRAIN)
-    return get_detection_dataset_dicts(
-        names, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
-    )
+    return get_detection_dataset_dicts(names, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
 
 
 def build_meta_loader(cfg, dataset_dicts, seed, skip_batches=0):

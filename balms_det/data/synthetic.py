@@ -95,8 +95,15 @@ def _class_specs(K, hue_step=14.0):
             # members alternate texture; hues step around the group's base hue
             texture = "stripes" if m % 2 else "solid"
             hue_offset = ((m // 2) - (size // 2 - 1) / 2.0) * hue_step / 360.0
-            specs.append(dict(shape=_SHAPES[g], hue=(base_hue + hue_offset) % 1.0,
-                              texture=texture, group=g, member=m))
+            specs.append(
+                dict(
+                    shape=_SHAPES[g],
+                    hue=(base_hue + hue_offset) % 1.0,
+                    texture=texture,
+                    group=g,
+                    member=m,
+                )
+            )
     return specs
 
 
@@ -129,8 +136,22 @@ def _shape_polygon(shape, cx, cy, radius, angle, rng):
         rad = radius * np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
     elif shape == "cross":
         a, b = radius, radius * 0.38
-        pts = np.array([(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b), (b, a), (-b, a),
-                        (-b, b), (-a, b), (-a, -b), (-b, -b)])
+        pts = np.array(
+            [
+                (-b, -a),
+                (b, -a),
+                (b, -b),
+                (a, -b),
+                (a, b),
+                (b, b),
+                (b, a),
+                (-b, a),
+                (-b, b),
+                (-a, b),
+                (-a, -b),
+                (-b, -b),
+            ]
+        )
         t = np.arctan2(pts[:, 1], pts[:, 0])
         rad = np.hypot(pts[:, 0], pts[:, 1])
     else:  # pragma: no cover - _SHAPES is closed
@@ -205,18 +226,33 @@ def _render_split(cfg, rng, split, image_classes, out_dir, first_ann_id):
             x0, y0 = float(xs.min()), float(ys.min())
             bbox = [x0, y0, float(xs.max() + 1) - x0, float(ys.max() + 1) - y0]
             poly = np.clip(poly, 0, size)
-            anns.append(dict(id=ann_id, image_id=image_id, category_id=int(cls), bbox=bbox,
-                             area=float(area), iscrowd=0,
-                             segmentation=[np.round(poly, 2).reshape(-1).tolist()]))
+            anns.append(
+                dict(
+                    id=ann_id,
+                    image_id=image_id,
+                    category_id=int(cls),
+                    bbox=bbox,
+                    area=float(area),
+                    iscrowd=0,
+                    segmentation=[np.round(poly, 2).reshape(-1).tolist()],
+                )
+            )
             ann_id += 1
             present.add(int(cls))
         img = np.clip(img + rng.normal(0, 3, size=img.shape), 0, 255).astype(np.uint8)
         file_name = f"{image_id:06d}.png"
         cv2.imwrite(os.path.join(out_dir, split, file_name), img)
-        images.append(dict(id=image_id, width=size, height=size, file_name=file_name,
-                           coco_url=f"synthetic://{split}/{file_name}",
-                           neg_category_ids=sorted(all_ids - present),
-                           not_exhaustive_category_ids=[]))
+        images.append(
+            dict(
+                id=image_id,
+                width=size,
+                height=size,
+                file_name=file_name,
+                coco_url=f"synthetic://{split}/{file_name}",
+                neg_category_ids=sorted(all_ids - present),
+                not_exhaustive_category_ids=[],
+            )
+        )
     return images, anns
 
 
@@ -269,8 +305,17 @@ def _categories(cfg, anns, num_images_with):
         s = specs[c - 1]
         n_img = num_images_with.get(c, 0)
         freq = "r" if n_img <= 10 else ("c" if n_img <= 100 else "f")
-        cats.append(dict(id=c, name=name, synset=name, frequency=freq, image_count=n_img,
-                         instance_count=anns.get(c, 0), group=s["group"]))
+        cats.append(
+            dict(
+                id=c,
+                name=name,
+                synset=name,
+                frequency=freq,
+                image_count=n_img,
+                instance_count=anns.get(c, 0),
+                group=s["group"],
+            )
+        )
     return cats
 
 
@@ -282,8 +327,12 @@ def generate_synthetic_lt(root, cfg: SyntheticLTConfig = SyntheticLTConfig(), na
         expects), ``train_json`` and ``val_json``.
     """
     out = os.path.join(root, f"{name}-{cfg.key()}")
-    paths = dict(dir=out, image_root=out + os.sep, train_json=os.path.join(out, "train.json"),
-                 val_json=os.path.join(out, "val.json"))
+    paths = dict(
+        dir=out,
+        image_root=out + os.sep,
+        train_json=os.path.join(out, "train.json"),
+        val_json=os.path.join(out, "val.json"),
+    )
     if os.path.exists(paths["train_json"]) and os.path.exists(paths["val_json"]):
         return paths
     t0 = time.perf_counter()
@@ -315,6 +364,9 @@ def generate_synthetic_lt(root, cfg: SyntheticLTConfig = SyntheticLTConfig(), na
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info(
         "Generated synthetic long-tailed dataset in %s (%d train / %d val images, %.1f s)",
-        out, len(train_imgs), len(val_imgs), time.perf_counter() - t0,
+        out,
+        len(train_imgs),
+        len(val_imgs),
+        time.perf_counter() - t0,
     )
     return paths

@@ -403,8 +403,11 @@ def _eval_worker(cfg_file, weights, result_file, log_dir):
     res = BalmsTrainer.test(cfg, model)
     if comm.is_main_process():
         _atomic_json(
-            {"weights": os.path.abspath(weights), "weights_mtime": os.path.getmtime(weights),
-             "results": _per_dataset(res, cfg.DATASETS.TEST)},
+            {
+                "weights": os.path.abspath(weights),
+                "weights_mtime": os.path.getmtime(weights),
+                "results": _per_dataset(res, cfg.DATASETS.TEST),
+            },
             result_file,
         )
     comm.synchronize()
@@ -480,20 +483,19 @@ def prepare_subsets(cfg, output_dir, mode="fill"):
     Returns (path of subsets.json, registered names, statistics).
     """
     from ..data.balanced_subsets import (
+        _load_source,
         format_subset_statistics,
         load_subsets,
         register_balanced_subsets,
         sample_balanced_subsets,
         save_subsets,
         subset_statistics,
-        _load_source,
     )
 
     btm = cfg.BALMS.BTM
     source = list(cfg.DATASETS.TRAIN)
     K = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    params = dict(seed=int(btm.SEED), shots=int(btm.SHOTS), mode=mode, source=source,
-                  num_classes=K)
+    params = dict(seed=int(btm.SEED), shots=int(btm.SHOTS), mode=mode, source=source, num_classes=K)
     path = os.path.join(output_dir, "subsets.json")
     n = int(btm.NUM_SUBSETS)
     subsets = stats = None
@@ -520,22 +522,35 @@ def prepare_subsets(cfg, output_dir, mode="fill"):
 
         names = MetadataCatalog.get(source[0]).get("thing_classes", None)
         with open(os.path.join(output_dir, "subsets.md"), "w") as f:
-            f.write(f"# BTM subsets of {source}: N_D={n}, N_C={btm.SHOTS}, seed={btm.SEED}, "
-                    f"mode={mode}\n\nAchieved non-crowd instances per class (classes with "
-                    f"training images), mean per frequency group:\n\n")
+            f.write(
+                f"# BTM subsets of {source}: N_D={n}, N_C={btm.SHOTS}, seed={btm.SEED}, "
+                f"mode={mode}\n\nAchieved non-crowd instances per class (classes with "
+                f"training images), mean per frequency group:\n\n"
+            )
             f.write(format_subset_statistics(stats, groups) + "\n\n")
-            f.write("Per class (available / selected images / achieved images / achieved "
-                    "instances), one column per subset:\n\n")
+            f.write(
+                "Per class (available / selected images / achieved images / achieved "
+                "instances), one column per subset:\n\n"
+            )
             head = ["class", "group", "available"] + [f"s{i}" for i in range(n)]
             f.write("| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n")
             for c in range(K):
-                cells = [names[c] if names else str(c), groups[c],
-                         str(stats[0]["available_images"][c])]
-                cells += [f"{s['selected_images'][c]}/{s['images'][c]}/{s['instances'][c]}"
-                          for s in stats]
+                cells = [
+                    names[c] if names else str(c),
+                    groups[c],
+                    str(stats[0]["available_images"][c]),
+                ]
+                cells += [
+                    f"{s['selected_images'][c]}/{s['images'][c]}/{s['instances'][c]}" for s in stats
+                ]
                 f.write("| " + " | ".join(cells) + " |\n")
-        logger.info("BTM: %d subsets of %s written to %s:\n%s", n, source, path,
-                    format_subset_statistics(stats, groups))
+        logger.info(
+            "BTM: %d subsets of %s written to %s:\n%s",
+            n,
+            source,
+            path,
+            format_subset_statistics(stats, groups),
+        )
     reg = register_balanced_subsets(source, subsets)
     return path, reg, stats
 
@@ -599,8 +614,14 @@ def run_btm_pipeline(
     main = machine_rank == 0
 
     def run(fn, *args):
-        launch(fn, num_gpus, num_machines=num_machines, machine_rank=machine_rank,
-               dist_url=dist_url, args=args)
+        launch(
+            fn,
+            num_gpus,
+            num_machines=num_machines,
+            machine_rank=machine_rank,
+            dist_url=dist_url,
+            args=args,
+        )
 
     def train(run_cfg, subsets_file, what):
         out = run_cfg.OUTPUT_DIR
@@ -631,8 +652,9 @@ def run_btm_pipeline(
         if os.path.exists(path):
             with open(path) as f:
                 cached = json.load(f)
-            if (cached.get("weights") == os.path.abspath(weights)
-                    and cached.get("weights_mtime") == os.path.getmtime(weights)):
+            if cached.get("weights") == os.path.abspath(weights) and cached.get(
+                "weights_mtime"
+            ) == os.path.getmtime(weights):
                 results[label] = cached["results"]
                 logger.info("BTM: evaluation of %s cached (%s)", label, path)
                 return
@@ -661,8 +683,10 @@ def run_btm_pipeline(
     # 3. merge
     merged = os.path.join(output_dir, "merged.pth")
     weights, total = _normalize_weights(list(btm.MERGE_WEIGHTS), n)
-    want = {"sources": [os.path.abspath(p) for p in ft_weights],
-            "weights": [w / total for w in weights]}
+    want = {
+        "sources": [os.path.abspath(p) for p in ft_weights],
+        "weights": [w / total for w in weights],
+    }
     have = None
     if os.path.exists(merged):
         have = torch.load(merged, map_location="cpu").get("btm_merge")
@@ -710,10 +734,18 @@ def run_btm_pipeline(
     table = results_table(list(results.items()))
     md = format_results_table(table)
     if main:
-        _atomic_json({"table": table, "results": results},
-                     os.path.join(output_dir, "btm_results.json"))
+        _atomic_json(
+            {"table": table, "results": results}, os.path.join(output_dir, "btm_results.json")
+        )
         with open(os.path.join(output_dir, "btm_results.md"), "w") as f:
             f.write(md + "\n")
         print(f"\nBTM results ({output_dir}):\n\n{md}\n", flush=True)
-    return dict(table=table, markdown=md, results=results, merged=merged, final=final,
-                subsets=subsets_file, finetunes=ft_weights)
+    return dict(
+        table=table,
+        markdown=md,
+        results=results,
+        merged=merged,
+        final=final,
+        subsets=subsets_file,
+        finetunes=ft_weights,
+    )

@@ -17,7 +17,12 @@ __all__ = ["freeze_except", "frozen_norm_layers", "FrozenNormHook"]
 
 logger = logging.getLogger(__name__)
 
-_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+_NORMS = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
 
 
 def freeze_except(model, patterns):
@@ -48,7 +53,8 @@ def freeze_except(model, patterns):
         )
     logger.info(
         "Decoupled training: %d parameter tensors trainable (%s), the rest frozen",
-        len(trainable), ", ".join(trainable[:8]) + (" ..." if len(trainable) > 8 else ""),
+        len(trainable),
+        ", ".join(trainable[:8]) + (" ..." if len(trainable) > 8 else ""),
     )
     return trainable
 

@@ -100,8 +100,20 @@ def _pair(v):
 
 
 def lookahead_classifier(
-    train_x, train_y, weight, bias, class_weights, *, train_loss, lr, num_classes,
-    normalize=True, weight_decay=0.0, momentum=0.0, dampening=0.0, nesterov=False,
+    train_x,
+    train_y,
+    weight,
+    bias,
+    class_weights,
+    *,
+    train_loss,
+    lr,
+    num_classes,
+    normalize=True,
+    weight_decay=0.0,
+    momentum=0.0,
+    dampening=0.0,
+    nesterov=False,
     momentum_buffers=None,
 ):
     """One differentiable SGD step of the classifier on the weighted training loss.
@@ -129,8 +141,14 @@ def lookahead_classifier(
     bufs = momentum_buffers if momentum_buffers is not None else (None, None)
     out = []
     for p, g, lr_, wd, mu, damp, nest, buf in zip(
-        params, grads, _pair(lr), _pair(weight_decay), _pair(momentum), _pair(dampening),
-        _pair(nesterov), bufs,
+        params,
+        grads,
+        _pair(lr),
+        _pair(weight_decay),
+        _pair(momentum),
+        _pair(dampening),
+        _pair(nesterov),
+        bufs,
     ):
         p = p.detach()
         d = g + wd * p if wd else g
@@ -142,8 +160,21 @@ def lookahead_classifier(
 
 
 def lookahead_meta_loss(
-    psi, train_x, train_y, meta_x, meta_y, weight, bias, *, train_loss, meta_loss, lr,
-    num_classes, weight_fn="sigmoid", normalize=True, **sgd,
+    psi,
+    train_x,
+    train_y,
+    meta_x,
+    meta_y,
+    weight,
+    bias,
+    *,
+    train_loss,
+    meta_loss,
+    lr,
+    num_classes,
+    weight_fn="sigmoid",
+    normalize=True,
+    **sgd,
 ):
     """Meta loss of the looked-ahead classifier, as a differentiable function of ``psi``.
 
@@ -152,8 +183,16 @@ def lookahead_meta_loss(
     """
     w = class_weights_from_psi(psi, weight_fn)
     w1, b1 = lookahead_classifier(
-        train_x, train_y, weight, bias, w, train_loss=train_loss, lr=lr,
-        num_classes=num_classes, normalize=normalize, **sgd,
+        train_x,
+        train_y,
+        weight,
+        bias,
+        w,
+        train_loss=train_loss,
+        lr=lr,
+        num_classes=num_classes,
+        normalize=normalize,
+        **sgd,
     )
     return meta_loss(F.linear(meta_x, w1, b1), meta_y)
 
@@ -190,16 +229,23 @@ def classifier_losses(predictor, meta_loss="plain"):
     if meta_loss == "plain":
         meta = L.sigmoid_loss if sigmoid else L.softmax_loss
     elif sigmoid:
+
         def meta(z, y):
             return L.balanced_sigmoid_loss(
-                z, y, predictor.class_counts, predictor.num_train_images,
+                z,
+                y,
+                predictor.class_counts,
+                predictor.num_train_images,
                 min_count=predictor.min_count,
             )
+
     else:
+
         def meta(z, y):
             return L.balanced_softmax_loss(
                 z, y, predictor.class_counts, tau=predictor.tau, min_count=predictor.min_count
             )
+
     return train_loss, meta
 
 
@@ -210,8 +256,10 @@ def sgd_settings(optimizer, params):
     ``nesterov``, ``momentum_buffers`` for :func:`lookahead_classifier`. A parameter the
     optimizer does not hold raises ValueError. A non-SGD optimizer gives plain SGD with its lr.
     """
-    out = {k: [] for k in ("lr", "weight_decay", "momentum", "dampening", "nesterov",
-                           "momentum_buffers")}
+    out = {
+        k: []
+        for k in ("lr", "weight_decay", "momentum", "dampening", "nesterov", "momentum_buffers")
+    }
     sgd = isinstance(optimizer, torch.optim.SGD)
     for p in params:
         group = next((g for g in optimizer.param_groups if any(q is p for q in g["params"])), None)
@@ -253,16 +301,24 @@ def _norm_stats_kept(model, eval_norms=False):
                 m.train()
         return
     saved = [
-        (m, [b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked)
-             if b is not None])
-        for m in bns if m.track_running_stats
+        (
+            m,
+            [
+                b.clone()
+                for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+                if b is not None
+            ],
+        )
+        for m in bns
+        if m.track_running_stats
     ]
     try:
         yield
     finally:
         for m, bufs in saved:
-            live = [b for b in (m.running_mean, m.running_var, m.num_batches_tracked)
-                    if b is not None]
+            live = [
+                b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None
+            ]
             for b, s in zip(live, bufs):
                 b.copy_(s)
 
@@ -281,7 +337,8 @@ def _training_proposals(rpn, images, features, gt_instances):
     logits = [s.permute(0, 2, 3, 1).flatten(1) for s in logits]
     box_dim = rpn.anchor_generator.box_dim
     deltas = [
-        x.view(x.shape[0], -1, box_dim, x.shape[-2], x.shape[-1]).permute(0, 3, 4, 1, 2)
+        x.view(x.shape[0], -1, box_dim, x.shape[-2], x.shape[-1])
+        .permute(0, 3, 4, 1, 2)
         .flatten(1, -2)
         for x in deltas
     ]
@@ -345,11 +402,13 @@ class MetaReweigher(HookBase):
     def __init__(self, cfg, model, optimizer=None, dataset_dicts=None):
         mc = cfg.BALMS.META
         if mc.WEIGHT_FN not in WEIGHT_FNS:
-            raise ValueError(f"BALMS.META.WEIGHT_FN must be one of {WEIGHT_FNS}, got "
-                             f"'{mc.WEIGHT_FN}'")
+            raise ValueError(
+                f"BALMS.META.WEIGHT_FN must be one of {WEIGHT_FNS}, got " f"'{mc.WEIGHT_FN}'"
+            )
         if mc.META_LOSS not in META_LOSSES:
-            raise ValueError(f"BALMS.META.META_LOSS must be one of {META_LOSSES}, got "
-                             f"'{mc.META_LOSS}'")
+            raise ValueError(
+                f"BALMS.META.META_LOSS must be one of {META_LOSSES}, got " f"'{mc.META_LOSS}'"
+            )
         if int(mc.PERIOD) < 1:
             raise ValueError(f"BALMS.META.PERIOD must be >= 1, got {mc.PERIOD}")
         if not mc.LR > 0:
@@ -382,16 +441,20 @@ class MetaReweigher(HookBase):
         if mc.CACHE_FEATURES:
             trainable = [
                 f"{prefix}.{n}"
-                for prefix, mod in (("backbone", m.backbone),
-                                    ("proposal_generator", m.proposal_generator),
-                                    ("roi_heads.box_head", m.roi_heads.box_head))
-                for n, p in mod.named_parameters() if p.requires_grad
+                for prefix, mod in (
+                    ("backbone", m.backbone),
+                    ("proposal_generator", m.proposal_generator),
+                    ("roi_heads.box_head", m.roi_heads.box_head),
+                )
+                for n, p in mod.named_parameters()
+                if p.requires_grad
             ]
             if trainable:
                 raise ValueError(
                     "BALMS.META.CACHE_FEATURES needs everything before the classifier frozen "
                     "(e.g. BALMS.TRAINABLE_PARAMS: ['cls_score']); trainable: "
-                    + ", ".join(trainable[:5]) + (" ..." if len(trainable) > 5 else "")
+                    + ", ".join(trainable[:5])
+                    + (" ..." if len(trainable) > 5 else "")
                 )
             self.cache = {}
 
@@ -421,7 +484,9 @@ class MetaReweigher(HookBase):
         if missing:
             logger.warning(
                 "The meta set (%s) has no image of %d classes; their weights stay at their "
-                "initial value: %s", mc.DATASET or "DATASETS.TRAIN", len(missing),
+                "initial value: %s",
+                mc.DATASET or "DATASETS.TRAIN",
+                len(missing),
                 ", ".join(f"{names[c]} ({c})" for c in missing[:50])
                 + (" ..." if len(missing) > 50 else ""),
             )
@@ -431,8 +496,10 @@ class MetaReweigher(HookBase):
         self.seed = int(cfg.SEED) if cfg.SEED >= 0 else int(comm.shared_random_seed())
 
         counts = predictor.class_image_counts.detach().cpu()
-        self._groups = {g: torch.tensor([x == g for x in frequency_groups(counts.tolist())])
-                        for g in ("r", "c", "f")}
+        self._groups = {
+            g: torch.tensor([x == g for x in frequency_groups(counts.tolist())])
+            for g in ("r", "c", "f")
+        }
         self._rarest = int(torch.argmin(counts))
         self._most_frequent = int(torch.argmax(counts))
 
@@ -494,8 +561,10 @@ class MetaReweigher(HookBase):
 
     def after_step(self):
         if self._pending is not None and not self._warned_unused:
-            logger.warning("The Meta Reweigher prepared a meta batch but the box predictor's "
-                           "classification loss never asked for it (no meta step)")
+            logger.warning(
+                "The Meta Reweigher prepared a meta batch but the box predictor's "
+                "classification loss never asked for it (no meta step)"
+            )
             self._warned_unused = True
         self._pending = None
         if self._stepped:
@@ -541,20 +610,35 @@ class MetaReweigher(HookBase):
         if self.optimizer is not None:
             sgd = sgd_settings(self.optimizer, params)
             if not isinstance(self.optimizer, torch.optim.SGD) and not self._warned_optimizer:
-                logger.warning("Meta Reweigher: optimizer %s is not SGD; the look-ahead is a "
-                               "plain SGD step with its lr", type(self.optimizer).__name__)
+                logger.warning(
+                    "Meta Reweigher: optimizer %s is not SGD; the look-ahead is a "
+                    "plain SGD step with its lr",
+                    type(self.optimizer).__name__,
+                )
                 self._warned_optimizer = True
         else:
             sgd = {"lr": self.cfg.SOLVER.BASE_LR}
         dtype = cls.weight.dtype
-        amp_off = (torch.autocast(cls.weight.device.type, enabled=False)
-                   if cls.weight.device.type in ("cuda", "cpu") else nullcontext())
+        amp_off = (
+            torch.autocast(cls.weight.device.type, enabled=False)
+            if cls.weight.device.type in ("cuda", "cpu")
+            else nullcontext()
+        )
         with amp_off:
             g, loss = meta_gradient(
-                self.psi, train_x.to(dtype), train_y, meta_x.to(dtype), meta_y,
-                cls.weight, cls.bias, train_loss=self.train_loss, meta_loss=self.meta_loss,
-                num_classes=self.num_classes, weight_fn=self.weight_fn,
-                normalize=self.normalize, **sgd,
+                self.psi,
+                train_x.to(dtype),
+                train_y,
+                meta_x.to(dtype),
+                meta_y,
+                cls.weight,
+                cls.bias,
+                train_loss=self.train_loss,
+                meta_loss=self.meta_loss,
+                num_classes=self.num_classes,
+                weight_fn=self.weight_fn,
+                normalize=self.normalize,
+                **sgd,
             )
         g = g.to(self.psi.dtype) * self.class_mask
         world = comm.get_world_size()
@@ -562,8 +646,10 @@ class MetaReweigher(HookBase):
             dist.all_reduce(g)
             g /= world
         if not bool(torch.isfinite(g).all()):
-            logger.warning("Meta Reweigher: non-finite meta-gradient at iteration %s, step "
-                           "skipped", self._iter())
+            logger.warning(
+                "Meta Reweigher: non-finite meta-gradient at iteration %s, step " "skipped",
+                self._iter(),
+            )
             return loss
         self.psi.grad = g
         self.meta_optimizer.step()
@@ -622,6 +708,7 @@ class MetaReweigher(HookBase):
         self.seed = int(state.get("seed", self.seed))
         self._write_buffer()
         if self._meta_iter is not None:
-            logger.warning("Meta Reweigher state loaded after training started: the meta "
-                           "sampler is not rewound")
-
+            logger.warning(
+                "Meta Reweigher state loaded after training started: the meta "
+                "sampler is not rewound"
+            )

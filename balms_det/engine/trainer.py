@@ -68,8 +68,10 @@ class BalmsTrainer(DefaultTrainer):
             hooks.insert(0, FrozenNormHook(self.model))
         if self.cfg.BALMS.META.ENABLED:
             # after FrozenNormHook (norm modes) and IterationTimer (the meta step is timed)
-            pos = next((i + 1 for i, h in enumerate(hooks)
-                        if isinstance(h, d2_hooks.IterationTimer)), len(hooks))
+            pos = next(
+                (i + 1 for i, h in enumerate(hooks) if isinstance(h, d2_hooks.IterationTimer)),
+                len(hooks),
+            )
             hooks.insert(pos, MetaReweigher(self.cfg, self.model, self.optimizer))
         return hooks
 

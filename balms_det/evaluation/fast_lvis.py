@@ -26,6 +26,7 @@ Protocol details of lvis-api 0.5.3 reproduced here (see lvis/eval.py, lvis/resul
 Main entry point: :func:`evaluate_lvis`. :class:`LVISGroundTruth` can be built once and
 reused for several evaluations (e.g. bbox and segm of the same results).
 """
+
 import contextlib
 import gc
 import itertools
@@ -54,7 +55,7 @@ __all__ = [
 # Exactly lvis.eval.Params.
 IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
-AREA_RNG = [[0 ** 2, 1e5 ** 2], [0 ** 2, 32 ** 2], [32 ** 2, 96 ** 2], [96 ** 2, 1e5 ** 2]]
+AREA_RNG = [[0**2, 1e5**2], [0**2, 32**2], [32**2, 96**2], [96**2, 1e5**2]]
 AREA_RNG_LBL = ["all", "small", "medium", "large"]
 FREQ_LBL = ["r", "c", "f"]
 
@@ -97,12 +98,17 @@ def _as_int_ids(values, what, source):
         bad = np.flatnonzero(~ok)
     else:
         for i, v in enumerate(values):
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
-                    or (isinstance(v, float) and not float(v).is_integer()):
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float, np.integer, np.floating))
+                or (isinstance(v, float) and not float(v).is_integer())
+            ):
                 bad.append(i)
     raise LVISInputError(
         "{}: non-integer values{} at positions {}: {}".format(
-            what, _where(source), _fmt_examples(bad), _fmt_examples([values[i] for i in bad])))
+            what, _where(source), _fmt_examples(bad), _fmt_examples([values[i] for i in bad])
+        )
+    )
 
 
 def _lookup(sorted_ids, values):
@@ -172,7 +178,8 @@ def _check_segm(segm, h, w, strict=True):
             return None
         return "RLE counts must be a string or a list, not {}".format(type(counts).__name__)
     return "segmentation must be a list of polygons or an RLE dict, not {}".format(
-        type(segm).__name__)
+        type(segm).__name__
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -208,8 +215,9 @@ class LVISGroundTruth:
             raise TypeError("Unsupported ground truth type {}".format(type(gt)))
         for key in ("images", "annotations", "categories"):
             if key not in dataset:
-                raise LVISInputError("the LVIS dataset{} has no {!r}".format(
-                    _where(self.source), key))
+                raise LVISInputError(
+                    "the LVIS dataset{} has no {!r}".format(_where(self.source), key)
+                )
         self.dataset = dataset
         self._rle_cache = {}
         self._boxes = None
@@ -245,8 +253,11 @@ class LVISGroundTruth:
         for k, c in enumerate(self.cats):
             freq = c.get("frequency")
             if freq not in FREQ_LBL:
-                raise LVISInputError("category {}{} has frequency {!r}, not one of r/c/f".format(
-                    c["id"], _where(src), freq))
+                raise LVISInputError(
+                    "category {}{} has frequency {!r}, not one of r/c/f".format(
+                        c["id"], _where(src), freq
+                    )
+                )
             self.freq_groups[FREQ_LBL.index(freq)].append(k)
 
         # Per-image category lists -> sorted cell keys (img_idx * ncat + cat_idx).
@@ -304,7 +315,8 @@ class LVISGroundTruth:
         for name in ("g_ann", "g_img", "g_cat", "g_key", "g_area", "g_ignore", "g_id_nonzero"):
             setattr(self, name, getattr(self, name)[order])
         self.cell_keys, self.cell_start, self.cell_count = np.unique(
-            self.g_key, return_index=True, return_counts=True)
+            self.g_key, return_index=True, return_counts=True
+        )
 
         # per (category, area range): ground truth not ignored
         g_ig = self.gt_ignore_by_area()
@@ -329,8 +341,11 @@ class LVISGroundTruth:
         for i in self.g_ann.tolist():
             b = anns[i].get("bbox")
             if not isinstance(b, (list, tuple)) or len(b) != 4:
-                raise LVISInputError("annotation id {}{}: bbox must be [x, y, w, h], not {!r}".format(
-                    anns[i].get("id"), _where(self.source), b))
+                raise LVISInputError(
+                    "annotation id {}{}: bbox must be [x, y, w, h], not {!r}".format(
+                        anns[i].get("id"), _where(self.source), b
+                    )
+                )
             out.append(b)
         return np.array(out, dtype=np.float64).reshape(-1, 4)
 
@@ -357,7 +372,9 @@ class LVISGroundTruth:
                 if reason is not None:
                     raise LVISInputError(
                         "annotation id {} (image {}){}: malformed segmentation: {}".format(
-                            anns[i].get("id"), img_id, _where(self.source), reason))
+                            anns[i].get("id"), img_id, _where(self.source), reason
+                        )
+                    )
                 if isinstance(segm, list) and len(segm[0]) > 4:
                     batch.extend(segm)  # one frPyObjects call per image for polygons
                     owners.append((i, len(segm)))
@@ -367,18 +384,21 @@ class LVISGroundTruth:
                 except Exception as e:
                     raise LVISInputError(
                         "annotation id {} (image {}){}: malformed segmentation: {}".format(
-                            anns[i].get("id"), img_id, _where(self.source), e)) from None
+                            anns[i].get("id"), img_id, _where(self.source), e
+                        )
+                    ) from None
             if batch:
                 try:
                     rles = mask_utils.frPyObjects(batch, h, w)
                 except Exception as e:
                     raise LVISInputError(
                         "annotations {} (image {}){}: malformed polygons: {}".format(
-                            [anns[i].get("id") for i, _ in owners], img_id,
-                            _where(self.source), e)) from None
+                            [anns[i].get("id") for i, _ in owners], img_id, _where(self.source), e
+                        )
+                    ) from None
                 p = 0
                 for i, npoly in owners:
-                    part = rles[p:p + npoly]
+                    part = rles[p : p + npoly]
                     p += npoly
                     # merge of a single RLE is a copy (rleMerge, n == 1)
                     self._rle_cache[i] = part[0] if npoly == 1 else mask_utils.merge(part)
@@ -407,7 +427,7 @@ def _iter_json_list(path, chunk_chars=1 << 23):
             except json.JSONDecodeError as e:
                 raise LVISInputError("malformed JSON in {}: {}".format(path, e)) from None
             raise LVISInputError("{} does not hold a list of detections".format(path))
-        buf = buf[i + 1:]
+        buf = buf[i + 1 :]
         eof = False
         while True:
             if not eof:
@@ -431,7 +451,7 @@ def _iter_json_list(path, chunk_chars=1 << 23):
                 marks = [m for m in _BOUNDARY.finditer(buf)]
             for m in reversed(marks[-8:]):
                 try:
-                    items = json.loads("[" + buf[:m.start() + 1] + "]")
+                    items = json.loads("[" + buf[: m.start() + 1] + "]")
                 except json.JSONDecodeError:
                     continue  # not between two top-level elements: try an earlier one
                 cut = m.end() - 1
@@ -457,22 +477,30 @@ def _extract_batch(batch, base, gt, keep_segm, source, sink):
     except (KeyError, TypeError):
         for i, d in enumerate(batch):
             if not isinstance(d, dict):
-                raise LVISInputError("detection #{}{} is a {}, not a dict".format(
-                    base + i, _where(source), type(d).__name__)) from None
+                raise LVISInputError(
+                    "detection #{}{} is a {}, not a dict".format(
+                        base + i, _where(source), type(d).__name__
+                    )
+                ) from None
             for key in ("image_id", "category_id", "score"):
                 if key not in d:
-                    raise LVISInputError("detection #{}{} has no {!r}".format(
-                        base + i, _where(source), key)) from None
+                    raise LVISInputError(
+                        "detection #{}{} has no {!r}".format(base + i, _where(source), key)
+                    ) from None
         raise
     img = _as_int_ids(img, "detection image_id", source)
     cat = _as_int_ids(cat, "detection category_id", source)
     try:
         score = np.array(score, dtype=np.float64).reshape(n)
     except (TypeError, ValueError):
-        bad = [base + i for i, s in enumerate(score)
-               if isinstance(s, bool) or not isinstance(s, (int, float))]
-        raise LVISInputError("detections{} with a non-numeric score: {}".format(
-            _where(source), _fmt_examples(bad))) from None
+        bad = [
+            base + i
+            for i, s in enumerate(score)
+            if isinstance(s, bool) or not isinstance(s, (int, float))
+        ]
+        raise LVISInputError(
+            "detections{} with a non-numeric score: {}".format(_where(source), _fmt_examples(bad))
+        ) from None
     iidx, ifound = _lookup(gt.img_ids, img)
     cidx, cfound = _lookup(gt.cat_ids, cat)
     if not ifound.all():
@@ -492,20 +520,33 @@ def _extract_batch(batch, base, gt, keep_segm, source, sink):
     # boxes (and segmentations) only of detections that lvis-api will evaluate
     rel_idx = np.flatnonzero(rel).tolist()
     rel_has = has_box[rel]
-    boxes = [box_any[i] for i in (rel_idx if rel_has.all() else
-                                  np.flatnonzero(rel & has_box).tolist())]
+    boxes = [
+        box_any[i] for i in (rel_idx if rel_has.all() else np.flatnonzero(rel & has_box).tolist())
+    ]
     del box_any
     try:
         if set(map(len, boxes)) - {4}:
             raise ValueError
         vals = np.fromiter(itertools.chain.from_iterable(boxes), np.float64, 4 * len(boxes))
     except (TypeError, ValueError):
-        bad = [base + i for i in rel_idx if "bbox" in batch[i] and (
-            not isinstance(batch[i]["bbox"], (list, tuple)) or len(batch[i]["bbox"]) != 4
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                       for v in batch[i]["bbox"]))]
-        raise LVISInputError("detections{} with a malformed bbox (need [x, y, w, h]): {}".format(
-            _where(source), _fmt_examples(bad))) from None
+        bad = [
+            base + i
+            for i in rel_idx
+            if "bbox" in batch[i]
+            and (
+                not isinstance(batch[i]["bbox"], (list, tuple))
+                or len(batch[i]["bbox"]) != 4
+                or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool)
+                    for v in batch[i]["bbox"]
+                )
+            )
+        ]
+        raise LVISInputError(
+            "detections{} with a malformed bbox (need [x, y, w, h]): {}".format(
+                _where(source), _fmt_examples(bad)
+            )
+        ) from None
     if rel_has.all():
         box_arr = vals.reshape(-1, 4)
     else:
@@ -539,19 +580,24 @@ def _load_detections(results, gt, iou_type, max_dets):
     elif isinstance(results, (list, tuple)):
         step = 1 << 16
         for s in range(0, len(results), step):
-            _extract_batch(results[s:s + step], s, gt, keep_segm, None, sink)
+            _extract_batch(results[s : s + step], s, gt, keep_segm, None, sink)
         base = len(results)
     else:
         raise TypeError("results must be a list of dicts or a path, not {}".format(type(results)))
 
     problems = []
     if sink["bad_img"]:
-        problems.append("{} detections have image ids absent from the annotation file{}: {}".format(
-            sink["bad_img_n"], _where(gt.source), _fmt_examples(sorted(sink["bad_img"]))))
+        problems.append(
+            "{} detections have image ids absent from the annotation file{}: {}".format(
+                sink["bad_img_n"], _where(gt.source), _fmt_examples(sorted(sink["bad_img"]))
+            )
+        )
     if sink["bad_cat"]:
         problems.append(
             "{} detections have category ids absent from the annotation file{}: {}".format(
-                sink["bad_cat_n"], _where(gt.source), _fmt_examples(sorted(sink["bad_cat"]))))
+                sink["bad_cat_n"], _where(gt.source), _fmt_examples(sorted(sink["bad_cat"]))
+            )
+        )
     if problems:
         raise LVISInputError("bad detections{}: {}".format(_where(source), "; ".join(problems)))
 
@@ -584,8 +630,11 @@ def _load_detections(results, gt, iou_type, max_dets):
     if n and first_has_box:
         lacking = np.flatnonzero(keep & ~has_box)
         if len(lacking):
-            raise LVISInputError("detections{} without a bbox while others have one: {}".format(
-                _where(source), _fmt_examples(lacking.tolist())))
+            raise LVISInputError(
+                "detections{} without a bbox while others have one: {}".format(
+                    _where(source), _fmt_examples(lacking.tolist())
+                )
+            )
     idx = np.flatnonzero(keep & rel)
     rel_pos = np.cumsum(rel) - 1
     sub_img = img[idx]
@@ -617,9 +666,12 @@ def _load_detections(results, gt, iou_type, max_dets):
         """Validate; return the positions of segmentations that are not compressed RLEs."""
         try:  # fast path: all compressed RLEs (str counts) of the image's size
             sizes = np.array([s["size"] for s in sub_segs], dtype=np.int64)
-            if sizes.shape == (len(sub_segs), 2) and (sizes[:, 0] == h).all() \
-                    and (sizes[:, 1] == w).all() \
-                    and all(s["counts"].__class__ is str for s in sub_segs):
+            if (
+                sizes.shape == (len(sub_segs), 2)
+                and (sizes[:, 0] == h).all()
+                and (sizes[:, 1] == w).all()
+                and all(s["counts"].__class__ is str for s in sub_segs)
+            ):
                 return []
         except (TypeError, KeyError, ValueError, IndexError):
             pass
@@ -640,9 +692,13 @@ def _load_detections(results, gt, iou_type, max_dets):
             elif not (isinstance(s, dict) and isinstance(s["counts"], (str, bytes))):
                 other.append(j)
         if bad:
-            raise LVISInputError("detections{} with a malformed segmentation: {}".format(
-                _where(source), "; ".join("#{}: {}".format(i, r) for i, r in bad[:_EXAMPLES])
-                + (" ... ({} in all)".format(len(bad)) if len(bad) > _EXAMPLES else "")))
+            raise LVISInputError(
+                "detections{} with a malformed segmentation: {}".format(
+                    _where(source),
+                    "; ".join("#{}: {}".format(i, r) for i, r in bad[:_EXAMPLES])
+                    + (" ... ({} in all)".format(len(bad)) if len(bad) > _EXAMPLES else ""),
+                )
+            )
         return other
 
     sub_box = box[rel_pos[idx]]
@@ -659,12 +715,14 @@ def _load_detections(results, gt, iou_type, max_dets):
     else:
         # LVISResults: area of the mask, bbox from the mask when absent
         if sub_segs is None:
-            raise LVISInputError("detections{} have neither bbox nor segmentation".format(
-                _where(source)))
+            raise LVISInputError(
+                "detections{} have neither bbox nor segmentation".format(_where(source))
+            )
         check_segs(True)
         rles = [_poly_or_rle_to_rle(s, int(hh), int(ww)) for s, hh, ww in zip(sub_segs, h, w)]
-        area = np.asarray(mask_utils.area(rles), dtype=np.float64).reshape(-1) if rles else \
-            np.zeros(0)
+        area = (
+            np.asarray(mask_utils.area(rles), dtype=np.float64).reshape(-1) if rles else np.zeros(0)
+        )
         nob = np.flatnonzero(~has_box[idx])
         if len(nob):
             sub_box[nob] = np.asarray(mask_utils.toBbox([rles[j] for j in nob.tolist()]))
@@ -745,7 +803,7 @@ def _greedy_match(items, nz_out, igm_out, max_cells=2048):
         ms = np.array([len(items[i][0]) for i in members])
         members = members[np.argsort(-ms, kind="stable")]
         for c0 in range(0, len(members), max_cells):
-            chunk = members[c0:c0 + max_cells]
+            chunk = members[c0 : c0 + max_cells]
             C = len(chunk)
             M = np.array([len(items[i][0]) for i in chunk])
             off = np.r_[0, np.cumsum(M)[:-1]]
@@ -759,14 +817,14 @@ def _greedy_match(items, nz_out, igm_out, max_cells=2048):
             for c, i in enumerate(chunk.tolist()):
                 rows, ious, gig, gnz = items[i]
                 G = ious.shape[1]
-                IOU[off[c]:off[c] + M[c], :G] = ious[:, ::-1]
+                IOU[off[c] : off[c] + M[c], :G] = ious[:, ::-1]
                 GIGA[c, :, :G] = gig[:, ::-1]
                 nu = nonuni[i]
                 if len(nu):
                     GIGP[c, 1:, :G] = gig[nu, ::-1]
                     PMAP[c, nu] = np.arange(1, len(nu) + 1)
                 GNZ[c, :G] = gnz[::-1]
-                ROWS[off[c]:off[c] + M[c]] = rows
+                ROWS[off[c] : off[c] + M[c]] = rows
             matched = np.zeros((C, P, _NT, gb), bool)
             active = np.searchsorted(-M, -np.arange(M[0]), side="left")  # cells with M > j
             for j in range(int(M[0])):
@@ -803,8 +861,9 @@ def _greedy_match(items, nz_out, igm_out, max_cells=2048):
 class LVISEvalResult:
     """What lvis-api's LVISEval holds after run(), plus per-category helpers."""
 
-    def __init__(self, iou_type, max_dets, cat_ids, img_ids, precision, recall, freq_groups,
-                 timings=None):
+    def __init__(
+        self, iou_type, max_dets, cat_ids, img_ids, precision, recall, freq_groups, timings=None
+    ):
         self.iou_type = iou_type
         self.max_dets = max_dets
         self.cat_ids = [int(c) for c in cat_ids]
@@ -853,7 +912,8 @@ class LVISEvalResult:
         r["AR@{}".format(self.max_dets)] = self._summarize("ar")
         for area_rng in ["small", "medium", "large"]:
             r["AR{}@{}".format(area_rng[0], self.max_dets)] = self._summarize(
-                "ar", area_rng=area_rng)
+                "ar", area_rng=area_rng
+            )
         return r
 
     def get_results(self):
@@ -869,8 +929,9 @@ class LVISEvalResult:
         return out
 
     def summary_str(self):
-        template = (" {:<18} {} @[ IoU={:<9} | area={:>6s} | maxDets={:>3d} catIds={:>3s}]"
-                    " = {:0.3f}")
+        template = (
+            " {:<18} {} @[ IoU={:<9} | area={:>6s} | maxDets={:>3d} catIds={:>3s}]" " = {:0.3f}"
+        )
         lines = []
         for key, value in self.results.items():
             if "AP" in key:
@@ -1010,17 +1071,17 @@ def _evaluate(gt, results, iou_type, max_dets):
         # ground-truth masks of these cells, converted an image at a time
         starts, counts = gt.cell_start[gi], gt.cell_count[gi]
         need = np.repeat(starts - np.r_[0, np.cumsum(counts)[:-1]], counts) + np.arange(
-            counts.sum())
+            counts.sum()
+        )
         gt.rles(need)
     for c in range(len(both)):
         ds, dn = int(d_start[di[c]]), int(d_count[di[c]])
         gs, gn = int(gt.cell_start[gi[c]]), int(gt.cell_count[gi[c]])
         gsl = slice(gs, gs + gn)
         if iou_type == "bbox":
-            ious = mask_utils.iou(d.box[ds:ds + dn], gt.boxes(gsl), [0] * gn)
+            ious = mask_utils.iou(d.box[ds : ds + dn], gt.boxes(gsl), [0] * gn)
         else:
-            ious = mask_utils.iou(d.segs[ds:ds + dn], gt.rles(gsl),
-                                  [0] * gn)
+            ious = mask_utils.iou(d.segs[ds : ds + dn], gt.rles(gsl), [0] * gn)
         ious = np.asarray(ious, dtype=np.float64).reshape(dn, gn)
         m = np.flatnonzero(ious.max(1) >= thr0)
         if len(m):
@@ -1038,10 +1099,12 @@ def _evaluate(gt, results, iou_type, max_dets):
     del dt_ig, nz
     precision, recall = _accumulate(gt, d, tp, fp)
     t5 = time.perf_counter()
-    timings = OrderedDict(gt=t1 - t0, detections=t2 - t1, iou=t3 - t2, match=t4 - t3,
-                          accumulate=t5 - t4)
-    return LVISEvalResult(iou_type, max_dets, gt.cat_ids, gt.img_ids, precision, recall,
-                          gt.freq_groups, timings)
+    timings = OrderedDict(
+        gt=t1 - t0, detections=t2 - t1, iou=t3 - t2, match=t4 - t3, accumulate=t5 - t4
+    )
+    return LVISEvalResult(
+        iou_type, max_dets, gt.cat_ids, gt.img_ids, precision, recall, gt.freq_groups, timings
+    )
 
 
 class FastLVISEval:

@@ -6,6 +6,7 @@ the alias was removed in numpy 1.24, so ``LVISEval.run()`` crashes there.
 :func:`run_lvis_api` is the reference evaluator (and the fallback of
 :mod:`balms_det.evaluation.fast_lvis`).
 """
+
 import contextlib
 import threading
 

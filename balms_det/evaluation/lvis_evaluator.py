@@ -153,8 +153,9 @@ def prepare_gt_dataset(dataset, train_counts=None, source=None, hint=""):
             )
         assign_frequency(cats, {cid: v["image_count"] for cid, v in counts.items()})
     images = dataset["images"]
-    if any("neg_category_ids" not in im or "not_exhaustive_category_ids" not in im
-           for im in images):
+    if any(
+        "neg_category_ids" not in im or "not_exhaustive_category_ids" not in im for im in images
+    ):
         all_ids = sorted(c["id"] for c in cats)
         present = {}
         for a in dataset["annotations"]:
@@ -416,7 +417,9 @@ def evaluate_detections_file(
         info, _ = counts_from_annotation_file(os.fspath(train_json))
         train_counts = {c["id"]: c for c in info}
     prepare_gt_dataset(
-        gt, train_counts, gt_json,
+        gt,
+        train_counts,
+        gt_json,
         hint="pass --train-json (the training annotation file) to derive them",
     )
     results = load_lvis_detections(detections, gt, category_mapping, gt_json)
@@ -437,8 +440,13 @@ def evaluate_detections_file(
         tasks = tasks_of_results(results)
         if not results and any("segmentation" in a for a in gt["annotations"]):
             tasks = ("bbox", "segm")
-    log.info("Evaluating %d detections of '%s' against '%s' (%s)", len(results), detections,
-             gt_json, ", ".join(tasks))
+    log.info(
+        "Evaluating %d detections of '%s' against '%s' (%s)",
+        len(results),
+        detections,
+        gt_json,
+        ", ".join(tasks),
+    )
     res, per_class = evaluate_tasks(gt, results, tasks, max_dets, engine, log)
     outputs = {}
     if output_dir:
@@ -515,7 +523,8 @@ class BalmsLVISEvaluator(LVISEvaluator):
         if derive:
             self._logger.info(
                 "Frequency groups of '%s' derived from training image counts of %s",
-                dataset_name, self._train_dataset_names or "its categories",
+                dataset_name,
+                self._train_dataset_names or "its categories",
             )
 
     def _train_counts(self):
@@ -576,14 +585,23 @@ class BalmsLVISEvaluator(LVISEvaluator):
             self._logger.info("Annotations are not available for evaluation.")
             return
         results, per_class = evaluate_tasks(
-            self._lvis_api.dataset, lvis_results, tasks, self._max_dets_per_image, self._engine,
+            self._lvis_api.dataset,
+            lvis_results,
+            tasks,
+            self._max_dets_per_image,
+            self._engine,
             self._logger,
         )
         self._results.update(results)
         self._per_class = per_class
         if self._output_dir:
             write_report(
-                self._output_dir, self._lvis_api.dataset, results, per_class,
-                self._table_counts(), self._compare_dirs, logger=self._logger,
+                self._output_dir,
+                self._lvis_api.dataset,
+                results,
+                per_class,
+                self._table_counts(),
+                self._compare_dirs,
+                logger=self._logger,
                 strict_compare=False,
             )

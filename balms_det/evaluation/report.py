@@ -199,12 +199,25 @@ def plot_per_class_ap(rows, path, task="segm"):
             continue
         x = [r.get("train_image_count") or 0 for r in pts]
         y = [r[key] for r in pts]
-        ax.scatter(x, y, s=14, alpha=0.75, color=_GROUP_COLORS[g], edgecolors="none",
-                   label=f"{_GROUP_NAMES[g]} ({len(pts)})")
-        ax.axhline(means[g], color=_GROUP_COLORS[g], linestyle="--", linewidth=1.2,
-                   label=f"AP{g} = {means[g]:.1f}")
-    ax.axhline(means["all"], color="black", linestyle=":", linewidth=1.0,
-               label=f"AP = {means['all']:.1f}")
+        ax.scatter(
+            x,
+            y,
+            s=14,
+            alpha=0.75,
+            color=_GROUP_COLORS[g],
+            edgecolors="none",
+            label=f"{_GROUP_NAMES[g]} ({len(pts)})",
+        )
+        ax.axhline(
+            means[g],
+            color=_GROUP_COLORS[g],
+            linestyle="--",
+            linewidth=1.2,
+            label=f"AP{g} = {means[g]:.1f}",
+        )
+    ax.axhline(
+        means["all"], color="black", linestyle=":", linewidth=1.0, label=f"AP = {means['all']:.1f}"
+    )
     ax.set_xscale("symlog", linthresh=1.0, linscale=0.3)
     xmax = max((r.get("train_image_count") or 0) for r in data)
     ax.set_xlim(0, max(xmax * 1.6, 2.0))
@@ -227,16 +240,16 @@ def _labels_for(result_dirs, labels):
     if labels is not None:
         labels = list(labels)
         if len(labels) != len(result_dirs):
-            raise ValueError(
-                f"{len(labels)} labels given for {len(result_dirs)} result folders"
-            )
+            raise ValueError(f"{len(labels)} labels given for {len(result_dirs)} result folders")
         return labels
     out = []
     for d in result_dirs:
         d = os.path.normpath(os.path.abspath(d))
         name = os.path.basename(d)
-        if sum(os.path.basename(os.path.normpath(os.path.abspath(x))) == name
-               for x in result_dirs) > 1:
+        if (
+            sum(os.path.basename(os.path.normpath(os.path.abspath(x))) == name for x in result_dirs)
+            > 1
+        ):
             name = os.path.join(os.path.basename(os.path.dirname(d)), name)
         out.append(name)
     return out
@@ -255,12 +268,19 @@ def compare_table(result_dirs, labels=None, task="segm"):
         key = f"AP_{task}"
         means = _group_means(rows, task)
         worst = worst_class_metrics([r[key] / 100.0 for r in rows if r.get(key) is not None])
-        out.append(OrderedDict(
-            label=label,
-            AP=means["all"], APr=means["r"], APc=means["c"], APf=means["f"],
-            hmean=worst["hmean"] * 100, gmean=worst["gmean"] * 100, min=worst["min"] * 100,
-            num_zero=worst["num_zero"],
-        ))
+        out.append(
+            OrderedDict(
+                label=label,
+                AP=means["all"],
+                APr=means["r"],
+                APc=means["c"],
+                APf=means["f"],
+                hmean=worst["hmean"] * 100,
+                gmean=worst["gmean"] * 100,
+                min=worst["min"] * 100,
+                num_zero=worst["num_zero"],
+            )
+        )
     return out
 
 
@@ -322,15 +342,23 @@ def plot_comparison(result_dirs, path, labels=None, task="segm"):
             pts = [
                 (base[r["category_id"]][key], r[key])
                 for r in tables[i]
-                if r.get(key) is not None and r.get("group") == g
+                if r.get(key) is not None
+                and r.get("group") == g
                 and base.get(r["category_id"], {}).get(key) is not None
             ]
             if not pts:
                 continue
             xs, ys = zip(*pts)
-            ax.scatter(xs, ys, s=14, alpha=0.7, color=_GROUP_COLORS[g], edgecolors="none",
-                       marker=markers[(i - 1) % len(markers)],
-                       label=f"{labels[i]}: {_GROUP_NAMES[g]}")
+            ax.scatter(
+                xs,
+                ys,
+                s=14,
+                alpha=0.7,
+                color=_GROUP_COLORS[g],
+                edgecolors="none",
+                marker=markers[(i - 1) % len(markers)],
+                label=f"{labels[i]}: {_GROUP_NAMES[g]}",
+            )
     ax.plot([0, 100], [0, 100], color="gray", linewidth=1, linestyle="--")
     ax.set_xlim(-2, 102)
     ax.set_ylim(-2, 102)
@@ -343,8 +371,17 @@ def plot_comparison(result_dirs, path, labels=None, task="segm"):
     return path
 
 
-def write_report(output_dir, gt_dataset, results, per_class_ap_by_task, train_counts=None,
-                 compare_dirs=(), compare_labels=None, logger=None, strict_compare=True):
+def write_report(
+    output_dir,
+    gt_dataset,
+    results,
+    per_class_ap_by_task,
+    train_counts=None,
+    compare_dirs=(),
+    compare_labels=None,
+    logger=None,
+    strict_compare=True,
+):
     """Write every output of an evaluation into ``output_dir``.
 
     Args:
@@ -364,8 +401,12 @@ def write_report(output_dir, gt_dataset, results, per_class_ap_by_task, train_co
     """
     rows = per_class_table(gt_dataset, per_class_ap_by_task, train_counts)
     csv_path, json_path = write_per_class_table(rows, output_dir)
-    out = {"rows": rows, "csv": csv_path, "json": json_path,
-           "metrics": write_metrics(results, output_dir)}
+    out = {
+        "rows": rows,
+        "csv": csv_path,
+        "json": json_path,
+        "metrics": write_metrics(results, output_dir),
+    }
     compare_tables = []
     if compare_dirs:
         try:
@@ -392,7 +433,9 @@ def write_report(output_dir, gt_dataset, results, per_class_ap_by_task, train_co
             continue
         out[f"comparison_{task}"] = plot_comparison(
             list(compare_dirs) + [output_dir],
-            os.path.join(output_dir, f"comparison_{task}.png"), compare_labels, task,
+            os.path.join(output_dir, f"comparison_{task}.png"),
+            compare_labels,
+            task,
         )
     if logger:
         logger.info("Per-class table and plots written to %s", output_dir)

@@ -105,7 +105,9 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         num_train_images=0,
         class_image_counts=None,
         tau=1.0,
+        posthoc_tau=0.0,
         los_delta=0.9,
+        los_foreground_only=False,
         prior_prob=0.001,
         min_count=1.0,
         class_names=None,
@@ -123,7 +125,12 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
             class_image_counts (sequence of K numbers): training image counts, used for the
                 frequency-group diagnostics; defaults to ``class_counts``.
             tau (float): prior exponent of balanced softmax.
+            posthoc_tau (float): inference-time logit adjustment of the softmax family: the
+                foreground logits minus ``posthoc_tau * log(K * n_j / sum n)`` (needs
+                ``class_counts``); 0 = off.
             los_delta (float): Label Over-Smoothing strength.
+            los_foreground_only (bool): smooth foreground ROIs over the foreground classes
+                only, background ROIs one-hot (see ``losses.label_over_smooth_loss``).
             prior_prob (float): initial foreground probability of sigmoid classifiers.
             min_count (float): counts are clamped to at least this value.
             class_names (list[str]): names used in warnings.
@@ -145,9 +152,20 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         K = self.num_classes
         if loss in _NEEDS_COUNTS and class_counts is None:
             raise ValueError(f"LOSS '{loss}' needs class_counts of length {K}")
-        counts = torch.ones(K) if class_counts is None else torch.as_tensor(
-            class_counts, dtype=torch.float32
-        ).flatten()
+        if posthoc_tau:
+            if loss in SIGMOID_LOSSES or self.use_sigmoid_ce or self.use_fed_loss:
+                raise ValueError(
+                    "MODEL.ROI_BOX_HEAD.BALMS.POSTHOC_TAU adjusts softmax logits: it needs a "
+                    f"softmax-family LOSS (got '{loss}') without Detectron2's USE_SIGMOID_CE / "
+                    "USE_FED_LOSS"
+                )
+            if class_counts is None:
+                raise ValueError(f"POSTHOC_TAU needs class_counts of length {K}")
+        counts = (
+            torch.ones(K)
+            if class_counts is None
+            else torch.as_tensor(class_counts, dtype=torch.float32).flatten()
+        )
         if counts.numel() != K:
             raise ValueError(
                 f"class_counts has {counts.numel()} entries but the model has {K} classes "
@@ -158,14 +176,22 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
             names = [class_names[i] if class_names else str(i) for i in low]
             logger.warning(
                 "%d classes have fewer than %g training samples and are clamped to %g in the "
-                "prior: %s", len(low), min_count, min_count, ", ".join(names[:50]),
+                "prior: %s",
+                len(low),
+                min_count,
+                min_count,
+                ", ".join(names[:50]),
             )
-        image_counts = counts if class_image_counts is None else torch.as_tensor(
-            class_image_counts, dtype=torch.float32
+        image_counts = (
+            counts
+            if class_image_counts is None
+            else torch.as_tensor(class_image_counts, dtype=torch.float32)
         )
         self.loss_name = loss
         self.tau = tau
+        self.posthoc_tau = float(posthoc_tau)
         self.los_delta = los_delta
+        self.los_foreground_only = bool(los_foreground_only)
         self.min_count = min_count
         self.diagnostics_period = diagnostics_period
         self.register_buffer("class_counts", counts)
@@ -199,13 +225,16 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         ret.update(
             loss=b.LOSS,
             tau=b.TAU,
+            posthoc_tau=b.POSTHOC_TAU,
             los_delta=b.LOS_DELTA,
+            los_foreground_only=b.LOS_FOREGROUND_ONLY,
             prior_prob=b.PRIOR_PROB,
             min_count=b.MIN_COUNT,
             diagnostics_period=b.DIAGNOSTICS_PERIOD,
             normalize_class_weights=cfg.BALMS.META.NORMALIZE,
         )
-        if b.LOSS in _NEEDS_COUNTS or (b.DIAGNOSTICS_PERIOD > 0 and cfg.DATASETS.TRAIN):
+        needs_counts = b.LOSS in _NEEDS_COUNTS or b.POSTHOC_TAU != 0
+        if needs_counts or (b.DIAGNOSTICS_PERIOD > 0 and cfg.DATASETS.TRAIN):
             try:
                 counts = class_counts_from_cfg(cfg)
             except FileNotFoundError as e:
@@ -213,10 +242,11 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
                     raise
                 # the training data is not on this machine (evaluation of a saved model, or a
                 # training run that will stop at its data loader naming the missing files)
-                if b.LOSS in _NEEDS_COUNTS:
+                if needs_counts:
                     logger.warning(
                         "Class counts unavailable (%s): the predictor starts with counts of 1 "
-                        "and relies on the checkpoint's class_counts buffer", e,
+                        "and relies on the checkpoint's class_counts buffer",
+                        e,
                     )
                     ret["class_counts"] = [1.0] * cfg.MODEL.ROI_HEADS.NUM_CLASSES
                 return ret
@@ -301,12 +331,22 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
             return L.softmax_loss(logits, gt_classes, weights=weights, class_weights=class_weights)
         if name == "balanced_softmax":
             return L.balanced_softmax_loss(
-                logits, gt_classes, self.class_counts, tau=self.tau, min_count=self.min_count,
-                weights=weights, class_weights=class_weights,
+                logits,
+                gt_classes,
+                self.class_counts,
+                tau=self.tau,
+                min_count=self.min_count,
+                weights=weights,
+                class_weights=class_weights,
             )
         if name == "label_over_smooth":
             return L.label_over_smooth_loss(
-                logits, gt_classes, self.los_delta, weights=weights, class_weights=class_weights
+                logits,
+                gt_classes,
+                self.los_delta,
+                weights=weights,
+                class_weights=class_weights,
+                foreground_only=self.los_foreground_only,
             )
         fg_logits = logits[:, :-1]
         if name == "sigmoid":
@@ -314,11 +354,26 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
                 fg_logits, gt_classes, weights=weights, class_weights=class_weights
             )
         return L.balanced_sigmoid_loss(
-            fg_logits, gt_classes, self.class_counts, self.num_train_images,
-            min_count=self.min_count, weights=weights, class_weights=class_weights,
+            fg_logits,
+            gt_classes,
+            self.class_counts,
+            self.num_train_images,
+            min_count=self.min_count,
+            weights=weights,
+            class_weights=class_weights,
         )
 
+    def posthoc_adjust(self, scores):
+        """(R, K+1) softmax-layout logits with ``posthoc_tau`` times the balanced-softmax shift
+        subtracted from the K foreground columns (the background column is kept)."""
+        shift = L.balanced_softmax_shift(self.class_counts, self.posthoc_tau, self.min_count)
+        shift = torch.cat([shift, shift.new_zeros(1)]).to(scores)
+        return scores - shift
+
     def predict_probs(self, predictions, proposals):
+        if self.posthoc_tau:
+            scores, deltas = predictions
+            predictions = (self.posthoc_adjust(scores), deltas)
         if self.loss_name == "softmax" and (self._stock_sigmoid_ce or not self.use_sigmoid_ce):
             return super().predict_probs(predictions, proposals)
         scores, _ = predictions
