@@ -218,6 +218,10 @@ def run_method(args, method, seed):
         *opts,
     ]
     os.makedirs(d, exist_ok=True)
+    if tool == "train_net.py" and os.path.exists(os.path.join(d, "log.txt")):
+        # a fresh run (Detectron2 appends to log.txt; the training time is read from it).
+        # tools/btm.py resumes its finished trainings, whose times stay in its log.
+        os.remove(os.path.join(d, "log.txt"))
     print(f"[bench] {method} seed {seed}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.time()
     with open(os.path.join(d, "stdout.txt"), "w") as f:
@@ -317,14 +321,30 @@ def main():
     p.add_argument("--out", default=os.path.join(REPO, "output", "bench_accuracy"))
     args = p.parse_args()
     args.out = os.path.abspath(args.out)
-    rows = {}
+    rows, failed = {}, {}
     for method in args.methods:
-        for s in args.seeds:
-            run_method(args, method, s)
+        # a failed run is reported and the others go on (its dependants are skipped)
+        stage1 = METHODS[method][2]
+        if stage1 in failed:
+            failed[method] = f"its stage 1 ({stage1}) failed"
+            continue
+        try:
+            for s in args.seeds:
+                run_method(args, method, s)
+        except SystemExit as e:
+            failed[method] = str(e)
+            print(str(e), flush=True)
+            continue
         rows[method] = [collect(args, method, s) for s in args.seeds]
     summary = summarize(rows)
     md = markdown(summary, args.seeds)
-    write_outputs(args.out, "accuracy", md, {"args": vars(args), "summary": summary})
+    if failed:
+        md += "\n\nFailed: " + "; ".join(f"{m}: {why}" for m, why in failed.items())
+    write_outputs(
+        args.out, "accuracy", md, {"args": vars(args), "summary": summary, "failed": failed}
+    )
+    if failed:
+        raise SystemExit(f"[bench] {len(failed)} method(s) failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

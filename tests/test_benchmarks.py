@@ -9,6 +9,7 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 
@@ -122,3 +123,32 @@ def test_cost_benchmark_smoke(tmp_path):
     rows = json.loads((tmp_path / "cost.json").read_text())["rows"]
     assert [r["variant"] for r in rows] == ["stock_d2_head", "balanced_softmax"]
     assert rows[0]["time_ratio"] == 1.0 and rows[1]["median_step_s"] > 0
+
+
+def test_accuracy_failed_method_is_reported_and_the_rest_goes_on(tmp_path, monkeypatch):
+    bench = _load_bench("bench_accuracy")
+    ran = []
+
+    def fake_run(args, method, seed):
+        ran.append((method, seed))
+        if method == "sigmoid":
+            raise SystemExit(f"[bench] {method} seed {seed} failed; see x/stdout.txt")
+        return str(tmp_path)
+
+    row = dict(AP=1.0, APr=2.0, APc=3.0, APf=4.0, AP_box=5.0, hmean=6.0, gmean=7.0, train_min=8.0)
+    monkeypatch.setattr(bench, "run_method", fake_run)
+    monkeypatch.setattr(bench, "collect", lambda args, method, seed: dict(row))
+    methods = ["sigmoid", "decoupled_balanced_sigmoid", "softmax"]
+    monkeypatch.setattr(
+        sys, "argv", ["bench", "--methods", *methods, "--seeds", "0", "1", "--out", str(tmp_path)]
+    )
+    with pytest.raises(SystemExit, match="2 method"):
+        bench.main()
+    # the sigmoid failure stops its seeds and skips its dependant, softmax still runs
+    assert ran == [("sigmoid", 0), ("softmax", 0), ("softmax", 1)]
+    out = json.loads((tmp_path / "accuracy.json").read_text())
+    assert set(out["summary"]) == {"softmax"}
+    assert out["summary"]["softmax"]["APr"]["runs"] == [2.0, 2.0]
+    assert set(out["failed"]) == {"sigmoid", "decoupled_balanced_sigmoid"}
+    md = (tmp_path / "accuracy.md").read_text()
+    assert "Failed: sigmoid" in md and "its stage 1 (sigmoid) failed" in md

@@ -119,3 +119,49 @@ def test_missing_dataset_file_names_the_path(tmp_path):
     assert "datasets/README.md" in str(e.value)
     with pytest.raises(KeyError, match="not_registered_xyz"):
         check_dataset_files(["not_registered_xyz"])
+
+
+def test_federated_loss_model_builds_on_synthetic_data():
+    """Detectron2's federated loss reads class_image_count when the model is built, before
+    any data is loaded: setup_cfg provides it for the synthetic dataset, with the JSON's image
+    counts, for the stock head and for the balms head."""
+    import torch
+    from conftest import REPO
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.modeling import build_model
+
+    from balms_det.data.datasets import SYNTHETIC_DEFAULT, register_synthetic_lt
+    from balms_det.engine.trainer import setup_cfg
+
+    base = os.path.join(REPO, "configs", "synthetic", "Base-Synthetic-R18.yaml")
+    tiny = [
+        "BALMS.SYNTHETIC.NUM_TRAIN_IMAGES",
+        "160",
+        "BALMS.SYNTHETIC.NUM_CLASSES",
+        "12",
+        "MODEL.ROI_HEADS.NUM_CLASSES",
+        "12",
+        "BALMS.SYNTHETIC.MAX_IMAGES_PER_CLASS",
+        "130",
+        "BALMS.SYNTHETIC.IMAGE_SIZE",
+        "96",
+        "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE",
+        "True",
+        "MODEL.ROI_BOX_HEAD.USE_FED_LOSS",
+        "True",
+        "MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES",
+        "3",
+    ]
+    try:
+        for head in ("StandardROIHeads", "BalmsROIHeads"):
+            # a fresh registration: nothing loaded yet
+            register_synthetic_lt("synth_lt", SYNTHETIC_DEFAULT)
+            cfg = setup_cfg(base, tiny + ["MODEL.ROI_HEADS.NAME", head])
+            pred = build_model(cfg).roi_heads.box_predictor
+            with open(MetadataCatalog.get("synth_lt_train").json_file) as f:
+                cats = sorted(json.load(f)["categories"], key=lambda c: c["id"])
+            counts = torch.tensor([float(c["image_count"]) for c in cats])
+            # Detectron2's weights: image counts ** FED_LOSS_FREQ_WEIGHT_POWER (0.5)
+            assert torch.allclose(pred.fed_loss_cls_weights, counts**0.5)
+    finally:
+        register_synthetic_lt("synth_lt", SYNTHETIC_DEFAULT)

@@ -97,6 +97,13 @@ def register_synthetic_from_cfg(cfg):
     )
     if params != MetadataCatalog.get("synth_lt_train").get("synthetic_config", None):
         register_synthetic_lt("synth_lt", params, s.ROOT or None)
+    if cfg.MODEL.ROI_BOX_HEAD.USE_FED_LOSS:
+        # Detectron2's federated loss reads the class_image_count metadata when the model is
+        # built, before any data is loaded; a synthetic dataset sets it when loaded
+        for name in cfg.DATASETS.TRAIN:
+            meta = MetadataCatalog.get(name)
+            if meta.get("synthetic_config", None) and not meta.get("class_image_count", None):
+                DatasetCatalog.get(name)
     return params
 
 
