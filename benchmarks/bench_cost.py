@@ -26,43 +26,33 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import write_outputs  # noqa: E402
-from bench_meta_overhead import _PeakRSS, _pin_mmap_threshold  # noqa: E402
+from _common import PeakRSS, pin_mmap_threshold, write_outputs  # noqa: E402
 
 BASE = os.path.join(REPO, "configs", "synthetic", "Base-Synthetic-R18.yaml")
+_LOSS = "MODEL.ROI_BOX_HEAD.BALMS.LOSS"
+
+
+def _meta(period, meta_images=None):
+    """Balanced softmax with the Meta Reweigher every ``period`` steps."""
+    opts = [_LOSS, "balanced_softmax", "BALMS.META.ENABLED", "True", "BALMS.META.PERIOD", period]
+    return opts + (["BALMS.META.IMS_PER_BATCH", meta_images] if meta_images else [])
+
+
 VARIANTS = {
     "stock_d2_head": ["MODEL.ROI_HEADS.NAME", "StandardROIHeads"],
-    "softmax": ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", "softmax"],
-    "balanced_softmax": ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", "balanced_softmax"],
-    "sigmoid": ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", "sigmoid"],
-    "balanced_sigmoid": ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", "balanced_sigmoid"],
-    "label_over_smooth": ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", "label_over_smooth"],
-    "balms_meta_p1": [
-        "MODEL.ROI_BOX_HEAD.BALMS.LOSS",
-        "balanced_softmax",
-        "BALMS.META.ENABLED",
-        "True",
-        "BALMS.META.PERIOD",
-        "1",
-    ],
-    "balms_meta_p1_meta4img": [
-        "MODEL.ROI_BOX_HEAD.BALMS.LOSS",
-        "balanced_softmax",
-        "BALMS.META.ENABLED",
-        "True",
-        "BALMS.META.PERIOD",
-        "1",
-        "BALMS.META.IMS_PER_BATCH",
-        "4",
-    ],
-    "balms_meta_p10": [
-        "MODEL.ROI_BOX_HEAD.BALMS.LOSS",
-        "balanced_softmax",
-        "BALMS.META.ENABLED",
-        "True",
-        "BALMS.META.PERIOD",
-        "10",
-    ],
+    **{
+        loss: [_LOSS, loss]
+        for loss in (
+            "softmax",
+            "balanced_softmax",
+            "sigmoid",
+            "balanced_sigmoid",
+            "label_over_smooth",
+        )
+    },
+    "balms_meta_p1": _meta("1"),
+    "balms_meta_p1_meta4img": _meta("1", "4"),
+    "balms_meta_p10": _meta("10"),
 }
 
 
@@ -154,8 +144,8 @@ def main():
             for v in order:
                 if r >= args.warmup + args.steps:
                     if r == args.warmup + args.steps and v is order[0]:
-                        _pin_mmap_threshold()
-                    with _PeakRSS() as m:
+                        pin_mmap_threshold()
+                    with PeakRSS() as m:
                         v.step(r, storage)
                     mem[v.name].append((m.peak, m.peak - m.start))
                     continue
