@@ -107,7 +107,7 @@ def _check_inputs(logits: torch.Tensor, labels: torch.Tensor, num_classes: int, 
         raise ValueError(f"{fn}: labels must be an integer tensor, got {labels.dtype}")
     labels = labels.to(device=logits.device, dtype=torch.int64)
     if labels.numel() > 0:
-        lo, hi = int(labels.min()), int(labels.max())
+        lo, hi = torch.stack(torch.aminmax(labels)).tolist()  # one device sync
         if lo < 0 or hi > num_classes:
             raise ValueError(
                 f"{fn}: labels must lie in [0, {num_classes}] ({num_classes} = "
@@ -376,7 +376,8 @@ def label_over_smooth_loss(
 # ------------------------------------------------------------------------------------------
 def _sigmoid_per_roi(logits: torch.Tensor, labels: torch.Tensor, K: int) -> torch.Tensor:
     """(R,) sum over the K classes of BCE-with-logits against one-hot / all-zero targets."""
-    targets = F.one_hot(labels, K + 1)[:, :K].to(logits.dtype)  # background rows: all zeros
+    # one-hot over K + 1 columns, background column dropped: background rows are all zeros
+    targets = logits.new_zeros(logits.shape[0], K + 1).scatter_(1, labels[:, None], 1.0)[:, :K]
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(dim=1)
 
 

@@ -33,6 +33,7 @@ Subsets are registered as Detectron2 datasets ``<train>_btm_s<seed>_<i>`` whose 
 the chosen dicts of the source dataset(s), with the source's metadata.
 """
 
+import copy
 import json
 import logging
 import os
@@ -172,28 +173,32 @@ def sample_balanced_subset(
     )
 
 
-def sample_balanced_subsets(dataset_dicts, num_classes, num_subsets, shots, seed=0, mode="fill"):
-    """``num_subsets`` subsets (indices 0..N_D-1) of one seed: list[BalancedSubset]."""
+def sample_balanced_subsets(
+    dataset_dicts, num_classes, num_subsets, shots, seed=0, mode="fill", class_images=None
+):
+    """``num_subsets`` subsets (indices 0..N_D-1) of one seed: list[BalancedSubset].
+    ``class_images``: precomputed :func:`images_per_class` (optional)."""
     if num_subsets < 1:
         raise ValueError(f"BALMS.BTM.NUM_SUBSETS must be >= 1, got {num_subsets}")
-    class_images = images_per_class(dataset_dicts, num_classes)
+    if class_images is None:
+        class_images = images_per_class(dataset_dicts, num_classes)
     return [
         sample_balanced_subset(dataset_dicts, num_classes, shots, seed, i, mode, class_images)
         for i in range(num_subsets)
     ]
 
 
-def subset_statistics(dataset_dicts, subset, num_classes):
+def subset_statistics(dataset_dicts, subset, num_classes, class_images=None):
     """Per-class counts of one subset, as a dict of K-long integer lists.
 
     ``available_images``: training images containing the class; ``selected_images``: images
     selected for it (``min(N_C, available)``); ``images`` / ``instances``: images of the subset
     that contain the class and its non-crowd instances in the subset (what training sees).
+    ``class_images``: precomputed :func:`images_per_class` (optional).
     """
-    available = np.zeros(num_classes, np.int64)
-    for d in dataset_dicts:
-        for c in _classes_of(d):
-            available[c] += 1
+    if class_images is None:
+        class_images = images_per_class(dataset_dicts, num_classes)
+    available = np.array([len(c) for c in class_images], np.int64)
     images = np.zeros(num_classes, np.int64)
     instances = np.zeros(num_classes, np.int64)
     for i in subset.indices:
@@ -262,7 +267,11 @@ def _load_source(source_names):
 
 
 def _subset_loader(source_names, indices, image_ids, name):
+    cache = []  # the chosen dicts: the source is loaded and checked once per registration
+
     def load():
+        if cache:
+            return copy.deepcopy(cache[0])
         dicts = _load_source(source_names)
         out = []
         for i, image_id in zip(indices, image_ids):
@@ -273,7 +282,8 @@ def _subset_loader(source_names, indices, image_ids, name):
                     "Draw the subsets again (a new output directory)."
                 )
             out.append(dicts[i])
-        return out
+        cache.append(out)
+        return copy.deepcopy(out)
 
     return load
 

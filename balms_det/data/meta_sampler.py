@@ -7,8 +7,9 @@ proportional to
     r(I) = max over classes c in I of 1 / f(c)
 
 (repeat-factor sampling with threshold 1 and no square root; Detectron2's
-``RepeatFactorTrainingSampler.repeat_factors_from_category_frequency`` takes a square root and
-clamps at 1, so it is not used). The factors are rescaled to mean 1 before they go to
+``RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(..., sqrt=False)`` computes
+the same factors but counts crowd annotations, needs an ``annotations`` key in every dict and
+logs one line per category, so the few lines here are used instead). The factors are rescaled to mean 1 before they go to
 Detectron2's ``RepeatFactorTrainingSampler``: its stochastic rounding keeps the expected
 frequencies, and an "epoch" then holds about as many indices as the set has images (unscaled
 LVIS factors reach 10^5 per image and would make epochs of 10^8 indices).

@@ -323,13 +323,13 @@ def _flatten(node, prefix=""):
     return out
 
 
-def _write_cfg(cfg, path):
-    """Write ``cfg`` to ``path``; when ``path`` exists with different values, return the first
-    differing key (the file is left as is) else None."""
+def _write_cfg(cfg, path, overwrite=False):
+    """Write ``cfg`` to ``path``; when ``path`` exists with different values (and not
+    ``overwrite``), return the first differing key (the file is left as is) else None."""
     import yaml
 
     text = cfg.dump()
-    if os.path.exists(path):
+    if os.path.exists(path) and not overwrite:
         with open(path) as f:
             old = _flatten(yaml.safe_load(f) or {})
         new = _flatten(yaml.safe_load(text))
@@ -470,21 +470,17 @@ def _split_opts(opts):
     return list(opts or ())
 
 
-def _frequency_groups(dicts, num_classes):
-    from ..class_counts import counts_from_dataset_dicts, frequency_groups
-
-    return frequency_groups(counts_from_dataset_dicts(dicts, num_classes).image_count)
-
-
 def prepare_subsets(cfg, output_dir, mode="fill"):
     """Draw (or reload) the ``BALMS.BTM.NUM_SUBSETS`` subsets of ``cfg.DATASETS.TRAIN``, write
     ``subsets.json`` and ``subsets.md`` (achieved counts) and register them.
 
     Returns (path of subsets.json, registered names, statistics).
     """
+    from ..class_counts import frequency_groups
     from ..data.balanced_subsets import (
         _load_source,
         format_subset_statistics,
+        images_per_class,
         load_subsets,
         register_balanced_subsets,
         sample_balanced_subsets,
@@ -514,9 +510,10 @@ def prepare_subsets(cfg, output_dir, mode="fill"):
             subsets, stats = saved[:n], data.get("statistics", [])[:n]
     if subsets is None:
         dicts = _load_source(source)
-        subsets = sample_balanced_subsets(dicts, K, n, btm.SHOTS, btm.SEED, mode)
-        stats = [subset_statistics(dicts, s, K) for s in subsets]
-        groups = _frequency_groups(dicts, K)
+        class_images = images_per_class(dicts, K)  # one scan of the training set
+        subsets = sample_balanced_subsets(dicts, K, n, btm.SHOTS, btm.SEED, mode, class_images)
+        stats = [subset_statistics(dicts, s, K, class_images) for s in subsets]
+        groups = frequency_groups([len(c) for c in class_images])
         save_subsets(path, source, K, subsets, stats, params)
         from detectron2.data import MetadataCatalog
 
@@ -635,8 +632,7 @@ def run_btm_pipeline(
                     f"{new!r}: use another output directory (or delete {out}) to retrain it"
                 )
             logger.warning("BTM: %s restarts with new settings (%s: %r -> %r)", what, k, old, new)
-            os.remove(os.path.join(out, "btm_config.yaml"))
-            _write_cfg(run_cfg, os.path.join(out, "btm_config.yaml"))
+            _write_cfg(run_cfg, os.path.join(out, "btm_config.yaml"), overwrite=True)
         if done:
             logger.info("BTM: %s already done (%s), skipped", what, out)
             return
@@ -660,9 +656,7 @@ def run_btm_pipeline(
                 return
         ecfg = eval_cfg(model_cfg, cfg, train_names, os.path.join(output_dir, "eval", label))
         cfg_file = os.path.join(output_dir, "eval", label, "btm_config.yaml")
-        if os.path.exists(cfg_file):
-            os.remove(cfg_file)
-        _write_cfg(ecfg, cfg_file)
+        _write_cfg(ecfg, cfg_file, overwrite=True)
         logger.info("BTM: evaluating %s (%s)", label, weights)
         run(_eval_worker, cfg_file, os.path.abspath(weights), path, output_dir)
         with open(path) as f:

@@ -137,7 +137,7 @@ def lookahead_classifier(
     with torch.enable_grad():  # the inner gradient is needed even under no_grad
         roi_w = class_roi_weights(train_y, class_weights, num_classes, normalize)
         loss = train_loss(F.linear(train_x, params[0], params[1]), train_y, roi_w)
-        grads = torch.autograd.grad(loss, params, create_graph=torch.is_grad_enabled())
+        grads = torch.autograd.grad(loss, params, create_graph=True)
     bufs = momentum_buffers if momentum_buffers is not None else (None, None)
     out = []
     for p, g, lr_, wd, mu, damp, nest, buf in zip(

@@ -24,6 +24,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from ..class_counts import read_json
 from .longtail import worst_class_metrics
 
 __all__ = [
@@ -121,13 +122,7 @@ def read_per_class_table(path):
     """Rows of a ``per_class_ap.json`` (a file, or the folder that holds it)."""
     if os.path.isdir(path):
         path = os.path.join(path, TABLE_JSON)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"Per-class table '{path}' does not exist")
-    try:
-        with open(path) as f:
-            rows = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"Per-class table '{path}' is not valid JSON: {e}") from e
+    rows = read_json(path, "Per-class table")
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise ValueError(f"Per-class table '{path}' must hold a list of rows")
     missing = [k for k in ("category_id", "group") if rows and k not in rows[0]]

@@ -19,7 +19,6 @@ import math
 
 import torch
 from detectron2.config import configurable
-from detectron2.layers import cat
 from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.utils.events import get_event_storage
@@ -274,7 +273,10 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         """Per-ROI weights from ``class_weights`` (None when they are all 1, or all equal and
         normalised); see :func:`class_roi_weights`."""
         w = self.class_weights
-        if bool((w == 1).all()) or (self.normalize_class_weights and bool((w == w[0]).all())):
+        trivial = (w == 1).all()
+        if self.normalize_class_weights:
+            trivial = trivial | (w == w[0]).all()
+        if bool(trivial):  # one device sync
             return None
         return class_roi_weights(gt_classes, w, self.num_classes, self.normalize_class_weights)
 
