@@ -1,56 +1,61 @@
-"""balms-det: Balanced Meta-Softmax for long-tailed instance segmentation, on Detectron2.
+"""balms-det: long-tailed instance segmentation on Detectron2 (Balanced Softmax, its sigmoid
+variant, the Meta Reweigher, decoupled training, Label Over-Smoothing, BTM, LVIS evaluation).
 
-Importing the package registers its ROI head (``BalmsROIHeads``) with Detectron2 and the
-synthetic long-tailed datasets (``synth_lt_train``/``synth_lt_val`` and the tiny
-``synth_lt_tiny_train``/``synth_lt_tiny_val``) with the DatasetCatalog.
+Use in a Detectron2 project::
+
+    from balms_det import add_balms_config
+    add_balms_config(cfg)                       # the BALMS keys; registers BalmsROIHeads
+    cfg.MODEL.ROI_HEADS.NAME = "BalmsROIHeads"
+
+The public names below are imported on first use (PEP 562), so ``import balms_det`` and the
+evaluation engine (``balms_det.evaluation.fast_lvis``) load neither torch nor Detectron2.
+``add_balms_config`` (or importing ``balms_det.modeling``) registers the ROI head with
+Detectron2; ``register_datasets_from_cfg`` / ``setup_cfg`` register the datasets.
 """
 
-from . import _check  # noqa: F401  (clear error when Detectron2 is missing)
-from . import losses
-from .class_counts import ClassCounts, class_counts_from_cfg, load_cat_info, write_cat_info
-from .config import add_balms_config
-from .data.balanced_subsets import (
-    register_balanced_subsets,
-    sample_balanced_subsets,
-    subset_statistics,
-)
-from .data.datasets import register_synthetic_lt
-from .data.meta_sampler import build_meta_loader, class_balanced_repeat_factors
-from .data.synthetic import SyntheticLTConfig, generate_synthetic_lt
-from .engine.btm import merge_checkpoints, merge_state_dicts, run_btm_pipeline
-from .engine.decoupled import FrozenNormHook, freeze_except
-from .engine.meta_reweigher import MetaReweigher, lookahead_meta_loss, meta_gradient
-from .evaluation.longtail import worst_class_metrics
-from .evaluation.lvis_evaluator import BalmsLVISEvaluator
-from .modeling.roi_heads import BalmsFastRCNNOutputLayers, BalmsROIHeads
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "add_balms_config",
-    "losses",
-    "BalmsROIHeads",
-    "BalmsFastRCNNOutputLayers",
-    "BalmsLVISEvaluator",
-    "ClassCounts",
-    "class_counts_from_cfg",
-    "load_cat_info",
-    "write_cat_info",
-    "freeze_except",
-    "FrozenNormHook",
-    "MetaReweigher",
-    "meta_gradient",
-    "lookahead_meta_loss",
-    "class_balanced_repeat_factors",
-    "build_meta_loader",
-    "sample_balanced_subsets",
-    "subset_statistics",
-    "register_balanced_subsets",
-    "merge_state_dicts",
-    "merge_checkpoints",
-    "run_btm_pipeline",
-    "SyntheticLTConfig",
-    "generate_synthetic_lt",
-    "register_synthetic_lt",
-    "worst_class_metrics",
-]
+# public name -> module that defines it
+_EXPORTS = {
+    # configuration and datasets
+    "add_balms_config": "config",
+    "setup_cfg": "engine.trainer",
+    "register_datasets_from_cfg": "data.datasets",
+    "register_synthetic_lt": "data.datasets",
+    "ClassCounts": "class_counts",
+    "write_cat_info": "class_counts",
+    # the head and its losses
+    "BalmsROIHeads": "modeling.roi_heads",
+    "BalmsFastRCNNOutputLayers": "modeling.roi_heads",
+    "losses": "losses",
+    # training: trainer and hooks
+    "BalmsTrainer": "engine.trainer",
+    "MetaReweigher": "engine.meta_reweigher",
+    "FrozenNormHook": "engine.decoupled",
+    "freeze_except": "engine.decoupled",
+    "merge_checkpoints": "engine.merging",
+    "run_btm_pipeline": "engine.btm",
+    # evaluation
+    "BalmsLVISEvaluator": "evaluation.lvis_evaluator",
+    "evaluate_detections_file": "evaluation.detections_io",
+    "evaluate_lvis": "evaluation.fast_lvis",
+    "worst_class_metrics": "evaluation.longtail",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'balms_det' has no attribute '{name}'")
+    mod = importlib.import_module(f".{module}", __name__)
+    value = mod if name == module else getattr(mod, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,6 +1,6 @@
 """Per-class training counts: from an annotation file, a cat-info JSON, or registered datasets.
 
-The counts are the prior of the balanced losses (REFERENCE.md section 8). They are computed once,
+The counts are the prior of the balanced losses (docs/METHODS.md). They are computed once,
 never hard-coded, and end up as a buffer of the box predictor.
 
 A cat-info JSON (written by ``tools/write_cat_info.py``) is a list of
@@ -9,10 +9,14 @@ A cat-info JSON (written by ``tools/write_cat_info.py``) is a list of
 
 import json
 import logging
+import math
 import os
 from collections import defaultdict
 
 import numpy as np
+
+from .evaluation.longtail import GROUPS, frequency_groups
+from .utils import read_json
 
 __all__ = [
     "ClassCounts",
@@ -21,7 +25,8 @@ __all__ = [
     "load_cat_info",
     "write_cat_info",
     "class_counts_from_cfg",
-    "frequency_groups",
+    "describe_counts",
+    "instance_classes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -48,23 +53,6 @@ class ClassCounts:
 
     def __len__(self):
         return len(self.image_count)
-
-
-def frequency_groups(image_counts):
-    """LVIS groups from training image counts: 'r' (<= 10), 'c' (11-100), 'f' (> 100)."""
-    return ["r" if n <= 10 else ("c" if n <= 100 else "f") for n in image_counts]
-
-
-def read_json(path, what, error=ValueError):
-    """Load a JSON file; a missing file raises FileNotFoundError and malformed content
-    ``error``, both naming ``what`` and the path."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{what} '{path}' does not exist")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise error(f"{what} '{path}' is not valid JSON: {e}") from e
 
 
 def counts_from_annotation_file(json_file):
@@ -149,6 +137,18 @@ def load_cat_info(path, num_classes, dataset_id_to_contiguous_id=None):
                 f"CAT_INFO file '{path}': category id {cid} is outside the model's "
                 f"{num_classes} classes (ids 1..{num_classes})"
             )
+        if k in seen:
+            raise ValueError(
+                f"CAT_INFO file '{path}': category id {cid} ({c.get('name', '?')}) appears "
+                "more than once"
+            )
+        for key in ("image_count", "instance_count"):
+            v = c.get(key, c["image_count"])
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise ValueError(
+                    f"CAT_INFO file '{path}': category id {cid} ({c.get('name', '?')}) has "
+                    f"{key} {v!r}; counts must be finite numbers"
+                )
         image_count[k] = c["image_count"]
         instance_count[k] = c.get("instance_count", c["image_count"])
         names[k] = c.get("name")
@@ -170,12 +170,18 @@ def load_cat_info(path, num_classes, dataset_id_to_contiguous_id=None):
     return ClassCounts(image_count, instance_count, num_images, names)
 
 
+def instance_classes(record):
+    """Category ids of the non-crowd instances of a Detectron2 dataset dict (one per
+    instance, in order); ``set(...)`` of it is the classes present in the image."""
+    return [int(a["category_id"]) for a in record.get("annotations", ()) if not a.get("iscrowd", 0)]
+
+
 def counts_from_dataset_dicts(dataset_dicts, num_classes):
     """ClassCounts of Detectron2-format dicts (contiguous category ids)."""
     image_count = np.zeros(num_classes)
     instance_count = np.zeros(num_classes)
     for d in dataset_dicts:
-        classes = [a["category_id"] for a in d.get("annotations", []) if not a.get("iscrowd", 0)]
+        classes = instance_classes(d)
         for k in classes:
             if not 0 <= k < num_classes:
                 raise ValueError(
@@ -187,40 +193,109 @@ def counts_from_dataset_dicts(dataset_dicts, num_classes):
     return ClassCounts(image_count, instance_count, len(dataset_dicts))
 
 
-def class_counts_from_cfg(cfg):
-    """ClassCounts for ``cfg``: from MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO if set, else computed from
-    the registered DATASETS.TRAIN (summed over the datasets)."""
+def _counts_from_metadata(meta, K):
+    """Image counts from Detectron2's ``class_image_count`` metadata (list of {id, image_count},
+    sorted by id, as in Detectron2's LVIS v1 metadata), or None."""
+    rows = meta.get("class_image_count", None)
+    if not rows or len(rows) != K:
+        return None
+    counts = [r["image_count"] for r in sorted(rows, key=lambda r: r["id"])]
+    return np.asarray(counts, dtype=np.float64)
+
+
+def class_counts_from_cfg(cfg, need_instances=False, need_num_images=False, read=True):
+    """ClassCounts of the training data of ``cfg`` and a sentence saying where they came from.
+
+    Sources, first that applies (never a read of the training set when a cheaper one serves):
+
+    1. ``MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO`` (a file by ``tools/write_cat_info.py``);
+    2. ``MetadataCatalog.get(train).class_image_count`` of every training dataset (Detectron2's
+       LVIS metadata carries it), when only image counts are needed (plus ``num_images``
+       metadata when the number of training images is needed);
+    3. computed once from ``DatasetCatalog.get(train)`` and cached in the metadata
+       (``balms_class_counts``), so later calls (every rank's model build, BTM runs) reuse it.
+
+    Args:
+        need_instances (bool): instance counts are needed (``COUNT_TYPE instance_count``).
+        need_num_images (bool): the number of training images is needed (balanced sigmoid).
+        read (bool): False returns ``(None, None)`` instead of reading the training set (a
+            logging knob never triggers a read).
+
+    Returns:
+        (ClassCounts, source)
+    """
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     K = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     names = list(cfg.DATASETS.TRAIN)
-    meta = MetadataCatalog.get(names[0]) if names else None
-    if cfg.MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO:
-        mapping = meta.get("thing_dataset_id_to_contiguous_id", None) if meta else None
-        counts = load_cat_info(cfg.MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO, K, mapping)
+    cat_info = cfg.MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO
+    if not cat_info and not names:
+        if not read:
+            return None, None
+        raise ValueError(
+            "The classification loss needs class counts, but there is no source: set "
+            "DATASETS.TRAIN to the registered training set, or MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO "
+            "to a file written by tools/write_cat_info.py"
+        )
+    from .data.datasets import check_registered
+
+    check_registered(names, "DATASETS.TRAIN")
+    metas = [MetadataCatalog.get(n) for n in names]
+    if cat_info:
+        mapping = metas[0].get("thing_dataset_id_to_contiguous_id", None) if metas else None
+        counts = load_cat_info(cat_info, K, mapping)
+        source = f"CAT_INFO file '{cat_info}'"
     else:
-        if not names:
-            raise ValueError(
-                "Balanced losses need class counts: set DATASETS.TRAIN or "
-                "MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO"
-            )
-        total = None
-        for name in names:
-            c = counts_from_dataset_dicts(DatasetCatalog.get(name), K)
-            if total is None:
-                total = c
-            else:
-                total = ClassCounts(
-                    total.image_count + c.image_count,
-                    total.instance_count + c.instance_count,
-                    total.num_images + c.num_images,
-                )
-        counts = total
-    if meta is not None and meta.get("thing_classes", None) is not None:
-        if len(meta.thing_classes) != K:
+        cached = [m.get("balms_class_counts", None) for m in metas]
+        from_meta = [_counts_from_metadata(m, K) for m in metas]
+        num_images = [m.get("num_images", None) for m in metas]
+        if all(c is not None for c in cached):
+            counts = _sum_counts(cached)
+            source = "DatasetCatalog " + ", ".join(names) + " (computed earlier, cached)"
+        elif (
+            not need_instances
+            and all(c is not None for c in from_meta)
+            and (not need_num_images or all(n for n in num_images))
+        ):
+            img = np.sum(from_meta, axis=0)
+            counts = ClassCounts(img, img, sum(n or 0 for n in num_images))
+            source = "class_image_count metadata of " + ", ".join(names)
+        elif not read:
+            return None, None
+        else:
+            parts = []
+            for name, meta in zip(names, metas):
+                c = counts_from_dataset_dicts(DatasetCatalog.get(name), K)
+                meta.set(balms_class_counts=c)
+                parts.append(c)
+            counts = _sum_counts(parts)
+            source = "DatasetCatalog " + ", ".join(names) + " (computed once, cached)"
+    if metas and metas[0].get("thing_classes", None) is not None:
+        if len(metas[0].thing_classes) != K:
             raise ValueError(
                 f"MODEL.ROI_HEADS.NUM_CLASSES is {K} but dataset '{names[0]}' has "
-                f"{len(meta.thing_classes)} classes"
+                f"{len(metas[0].thing_classes)} classes"
             )
-        counts.names = list(meta.thing_classes)
-    return counts
+        counts.names = list(metas[0].thing_classes)
+    return counts, source
+
+
+def _sum_counts(parts):
+    return ClassCounts(
+        np.sum([p.image_count for p in parts], axis=0),
+        np.sum([p.instance_count for p in parts], axis=0),
+        sum(p.num_images for p in parts),
+        parts[0].names,
+    )
+
+
+def describe_counts(counts, count_type, source):
+    """One log line: where the counts came from, their range and the r/c/f group sizes."""
+    c = counts.get(count_type)
+    groups = frequency_groups(counts.image_count.tolist())
+    sizes = ", ".join(f"{g} {groups.count(g)}" for g in GROUPS)
+    return (
+        f"Class counts ({count_type}) from {source}: {len(c)} classes, range "
+        f"{c.min():g}..{c.max():g}, {counts.num_images} training images; LVIS groups by "
+        f"image count: {sizes}"
+    )

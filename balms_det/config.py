@@ -5,30 +5,31 @@ Keys of the ROI head live under ``MODEL.ROI_BOX_HEAD.BALMS``; keys of training p
 No key outside these two nodes is added or changed.
 """
 
-from detectron2.config import CfgNode as CN
+from . import _check  # noqa: F401  (clear error when Detectron2 is missing)
+from detectron2.config import CfgNode as CN  # isort: skip
 
-__all__ = ["add_balms_config", "LOSSES", "SOFTMAX_LOSSES", "SIGMOID_LOSSES"]
-
-# Classification losses of BalmsFastRCNNOutputLayers. The softmax family uses K+1 logits
-# (background last, Detectron2's layout); the sigmoid family uses K logits (no background column,
-# the published BALMS detection layout).
-SOFTMAX_LOSSES = ("softmax", "balanced_softmax", "label_over_smooth")
-SIGMOID_LOSSES = ("sigmoid", "balanced_sigmoid")
-LOSSES = SOFTMAX_LOSSES + SIGMOID_LOSSES
+__all__ = ["add_balms_config"]
 
 
 def add_balms_config(cfg):
-    """Add the balms-det keys, with their defaults, to a Detectron2 config (in place)."""
+    """Add the balms-det keys, with their defaults, to a Detectron2 config (in place), and
+    register balms-det's ROI head (``BalmsROIHeads``) and the built-in synthetic datasets
+    (``synth_lt_{train,val}``, ``synth_lt_tiny_{train,val}``) with Detectron2."""
+    from . import modeling  # noqa: F401  (registers BalmsROIHeads)
+    from .data import datasets  # noqa: F401  (registers the synthetic datasets)
+
     _C = cfg
 
     # ---------------------------------------------------------------------------------------
     # The box predictor (BalmsFastRCNNOutputLayers)
     # ---------------------------------------------------------------------------------------
     _C.MODEL.ROI_BOX_HEAD.BALMS = CN()
-    # Classification loss: one of "softmax" (stock Detectron2 cross-entropy, K+1 logits),
-    # "balanced_softmax" (cross-entropy on prior-shifted logits, K+1 logits), "sigmoid"
-    # (per-class binary logistic loss, K logits), "balanced_sigmoid" (the published BALMS
-    # detection loss, K logits), "label_over_smooth" (Label Over-Smoothing, K+1 logits).
+    # Classification loss (docs/METHODS.md): "softmax" (Detectron2's cross-entropy),
+    # "balanced_softmax" (cross-entropy on prior-shifted logits), "label_over_smooth" (Label
+    # Over-Smoothing), "sigmoid" (per-class binary logistic loss), "balanced_sigmoid" (the
+    # published BALMS detection loss), "seesaw" (Seesaw loss), "eqlv2" (Equalization Loss v2).
+    # Every loss uses Detectron2's classifier layout (K+1 outputs, background last): the sigmoid
+    # family ignores the background column, seesaw reads it as the objectness logit.
     _C.MODEL.ROI_BOX_HEAD.BALMS.LOSS = "softmax"
     # Exponent of the prior in balanced softmax: 1.0 is Balanced Softmax, 0.25 the paper's
     # "Balanced Softmax 1/4", 0.0 plain cross-entropy.
@@ -58,8 +59,27 @@ def add_balms_config(cfg):
     # bias = -log((1 - p0) / p0).
     _C.MODEL.ROI_BOX_HEAD.BALMS.PRIOR_PROB = 0.001
     # Log per-frequency-group diagnostics (mean foreground score of each group) to the event
-    # storage every this many iterations; 0 turns them off.
+    # storage every this many iterations; 0 turns them off. They need class image counts from a
+    # source that costs no read of the training set (CAT_INFO, class_image_count metadata, or
+    # counts a balanced loss already computed); without one they stay off.
     _C.MODEL.ROI_BOX_HEAD.BALMS.DIAGNOSTICS_PERIOD = 20
+    # > 0: the classifier (cls_score) is a cosine classifier with this temperature (the
+    # normalized linear layer of the published Seesaw LVIS recipe uses 20); same parameters as
+    # the plain linear layer, so checkpoints load either way. 0: plain linear layer.
+    _C.MODEL.ROI_BOX_HEAD.BALMS.NORMED_CLASSIFIER_TAU = 0.0
+    # Seesaw loss (Wang et al. 2021): mitigation exponent P, compensation exponent Q, and EPS,
+    # the floor of the probabilities in the compensation ratio.
+    _C.MODEL.ROI_BOX_HEAD.BALMS.SEESAW = CN()
+    _C.MODEL.ROI_BOX_HEAD.BALMS.SEESAW.P = 0.8
+    _C.MODEL.ROI_BOX_HEAD.BALMS.SEESAW.Q = 2.0
+    _C.MODEL.ROI_BOX_HEAD.BALMS.SEESAW.EPS = 0.01
+    # Equalization Loss v2 (Tan et al. 2021): negative weight 1 / (1 + exp(-GAMMA (g - MU))),
+    # positive weight 1 + ALPHA (1 - negative weight), g = accumulated positive / negative
+    # gradient magnitude of the class.
+    _C.MODEL.ROI_BOX_HEAD.BALMS.EQLV2 = CN()
+    _C.MODEL.ROI_BOX_HEAD.BALMS.EQLV2.GAMMA = 12.0
+    _C.MODEL.ROI_BOX_HEAD.BALMS.EQLV2.MU = 0.8
+    _C.MODEL.ROI_BOX_HEAD.BALMS.EQLV2.ALPHA = 4.0
 
     # ---------------------------------------------------------------------------------------
     # Training procedures
@@ -137,4 +157,11 @@ def add_balms_config(cfg):
     _C.BALMS.SYNTHETIC.SEED = 0
     # Cache folder; empty = $BALMS_DATASETS, else <repo>/datasets/synthetic.
     _C.BALMS.SYNTHETIC.ROOT = ""
+
+    # Your own datasets, registered by file (COCO or LVIS format; evaluated with the LVIS
+    # protocol, groups from the training counts when the file has no "frequency").
+    _C.BALMS.DATASETS = CN()
+    # A list of [name, annotation_json, image_root] triples, e.g.
+    # [["mydata_train", "data/train.json", "data/images"], ["mydata_val", ...]].
+    _C.BALMS.DATASETS.REGISTER = []
     return cfg

@@ -15,7 +15,7 @@ from balms_det.data.balanced_subsets import (
     subset_dataset_name,
     subset_statistics,
 )
-from balms_det.engine.btm import merge_checkpoints, merge_state_dicts
+from balms_det.engine.merging import merge_checkpoints, merge_state_dicts
 
 K = 12
 
@@ -24,7 +24,7 @@ K = 12
 def tiny_train():
     from detectron2.data import DatasetCatalog
 
-    import balms_det  # noqa: F401  (registers the tiny synthetic set)
+    import balms_det.data.datasets  # noqa: F401  (registers the tiny synthetic set)
 
     return DatasetCatalog.get("synth_lt_tiny_train")
 
@@ -204,7 +204,9 @@ def test_merge_checkpoint_files(tmp_path):
 
 def test_tiny_pipeline_merges_evaluates_and_resumes(tmp_path, monkeypatch):
     from balms_det.engine import btm
-    from balms_det.engine.trainer import BalmsCheckpointer, BalmsTrainer
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from balms_det.engine.trainer import BalmsTrainer
 
     fast = ["TEST.DETECTIONS_PER_IMAGE", "20", "MODEL.ROI_BOX_HEAD.BALMS.DIAGNOSTICS_PERIOD", "0"]
     cfg = tiny_cfg(
@@ -265,7 +267,7 @@ def test_tiny_pipeline_merges_evaluates_and_resumes(tmp_path, monkeypatch):
 
     # the merged checkpoint loads (every key) and evaluates
     m = BalmsTrainer.build_model(cfg)
-    extra = BalmsCheckpointer(m).load(str(out / "merged.pth"))
+    extra = DetectionCheckpointer(m).load(str(out / "merged.pth"))
     assert set(extra) == {"btm_merge"}  # what the checkpointer did not consume
     assert set(m.state_dict()) == set(merged)
     assert all(torch.equal(v, merged[n]) for n, v in m.state_dict().items())

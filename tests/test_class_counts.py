@@ -79,7 +79,8 @@ def test_counts_of_the_registered_synthetic_set_match_its_json():
     from balms_det.class_counts import class_counts_from_cfg
 
     cfg = tiny_cfg()
-    c = class_counts_from_cfg(cfg)
+    c, source = class_counts_from_cfg(cfg, need_instances=True)
+    assert "synth_lt_tiny_train" in source
     with open(MetadataCatalog.get("synth_lt_tiny_train").json_file) as f:
         cats = sorted(json.load(f)["categories"], key=lambda x: x["id"])
     assert c.image_count.tolist() == [x["image_count"] for x in cats]

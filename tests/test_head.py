@@ -13,7 +13,6 @@ from detectron2.structures import Boxes, Instances
 
 from balms_det import BalmsFastRCNNOutputLayers, add_balms_config
 from balms_det import losses as L
-from balms_det.modeling.roi_heads import convert_classifier_layout
 
 K = 5
 SHAPE = ShapeSpec(channels=16)
@@ -64,6 +63,9 @@ def test_softmax_head_is_numerically_the_stock_head():
         "num_train_images",
         "class_image_counts",
         "class_weights",
+        "seesaw_counts",
+        "eqlv2_pos_grad",
+        "eqlv2_neg_grad",
     }
     x = torch.randn(10, 16, requires_grad=True)
     props = _proposals()
@@ -116,16 +118,21 @@ def test_head_loss_is_the_pure_function(loss):
     assert torch.isfinite(got["loss_box_reg"])
 
 
-def test_sigmoid_layout_and_prior_bias():
+def test_sigmoid_family_keeps_the_layout_and_ignores_background():
     pred = _predictor("balanced_sigmoid", prior_prob=0.01)
-    assert pred.cls_score.out_features == K
-    assert torch.allclose(pred.cls_score.bias, torch.full((K,), -torch.log(torch.tensor(99.0))))
+    assert pred.cls_score.out_features == K + 1  # Detectron2's layout, background last
+    assert torch.allclose(
+        pred.cls_score.bias[:K], torch.full((K,), -torch.log(torch.tensor(99.0)))
+    )
     x = torch.randn(10, 16)
-    scores, _ = pred(x)
-    assert torch.equal(scores[:, -1], torch.zeros(10))
     probs = torch.cat(pred.predict_probs(pred(x), _proposals()))
     assert torch.equal(probs[:, -1], torch.zeros(10))
-    assert torch.allclose(probs[:, :K], torch.sigmoid(pred.cls_score(x)))
+    assert torch.allclose(probs[:, :K], torch.sigmoid(pred.cls_score(x))[:, :K])
+    # the background column takes no part in the loss: its weights get no gradient
+    scores, deltas = pred(x)
+    pred.losses((scores, deltas), _proposals())["loss_cls"].backward()
+    assert torch.all(pred.cls_score.weight.grad[-1] == 0) and pred.cls_score.bias.grad[-1] == 0
+    assert pred.cls_score.weight.grad[:K].abs().sum() > 0
 
 
 def test_inference_ignores_the_prior():
@@ -145,7 +152,7 @@ def test_bad_inputs():
         _predictor("focal")
     with pytest.raises(ValueError, match="3 entries but the model has 5 classes"):
         _predictor("balanced_softmax", counts=(1, 2, 3))
-    with pytest.raises(ValueError, match="needs class_counts"):
+    with pytest.raises(ValueError, match="needs the training class counts.*CAT_INFO"):
         BalmsFastRCNNOutputLayers(
             SHAPE, box2box_transform=_b2b(), num_classes=K, loss="balanced_softmax"
         )
@@ -162,22 +169,6 @@ def test_zero_count_class_is_clamped_and_named(caplog):
     scores, deltas = pred(torch.randn(10, 16))
     loss = pred.losses((scores, deltas), _proposals())["loss_cls"]
     assert torch.isfinite(loss)
-
-
-def test_classifier_layout_conversion():
-    soft = _predictor("balanced_softmax")
-    sig = _predictor("balanced_sigmoid")
-    prefix = "roi_heads.box_predictor."
-    sd = {prefix + k: v.clone() for k, v in soft.state_dict().items()}
-    assert convert_classifier_layout(sd, sig, prefix)
-    assert torch.equal(sd[prefix + "cls_score.weight"], soft.cls_score.weight[:-1])
-    sd2 = {prefix + k: v.clone() for k, v in sig.state_dict().items()}
-    assert convert_classifier_layout(sd2, soft, prefix)
-    assert torch.equal(sd2[prefix + "cls_score.weight"][:-1], sig.cls_score.weight)
-    assert torch.equal(sd2[prefix + "cls_score.bias"][-1], torch.tensor(0.0))
-    sd3 = {prefix + "cls_score.weight": torch.zeros(3, 16)}
-    with pytest.raises(ValueError, match="number of classes differs"):
-        convert_classifier_layout(sd3, soft, prefix)
 
 
 def _tiny_model(loss):
@@ -240,8 +231,6 @@ def test_head_in_full_model(family):
 def test_import_into_a_plain_detectron2_config():
     """What another project does: get_cfg + add_balms_config + ROI_HEADS.NAME, nothing else."""
     from detectron2.data import MetadataCatalog
-
-    import balms_det  # noqa: F401  (registers the head)
 
     cfg = get_cfg()
     add_balms_config(cfg)
@@ -319,7 +308,7 @@ def test_posthoc_logit_adjustment_hand_computed():
 def test_posthoc_logit_adjustment_needs_softmax_and_counts():
     with pytest.raises(ValueError, match="POSTHOC_TAU adjusts softmax logits"):
         _predictor("balanced_sigmoid", posthoc_tau=1.0)
-    with pytest.raises(ValueError, match="POSTHOC_TAU needs class_counts"):
+    with pytest.raises(ValueError, match="POSTHOC_TAU needs the training class counts"):
         BalmsFastRCNNOutputLayers(
             SHAPE, box2box_transform=_b2b(), num_classes=K, loss="softmax", posthoc_tau=1.0
         )

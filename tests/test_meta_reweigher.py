@@ -216,17 +216,29 @@ def test_class_balanced_repeat_factors():
     torch.testing.assert_close(rn, r * 4 / r.sum())
 
 
-def test_routed_softmax_matches_cross_entropy_and_weights_apply():
+def test_softmax_with_class_weights_is_weighted_cross_entropy():
+    """LOSS softmax is Detectron2's cross-entropy until class weights are set; then each ROI's
+    cross-entropy is weighted (foreground weights renormalised to mean 1, background 1)."""
+    from detectron2.structures import Boxes, Instances
+
     cfg = tiny_cfg("BALMS.META.ENABLED", "True", "MODEL.ROI_BOX_HEAD.BALMS.LOSS", "softmax")
     model = _toy_model(cfg)
     pred = model.roi_heads.box_predictor
     MetaReweigher(cfg, model, dataset_dicts=[{"annotations": [{"category_id": 0}]}])
-    assert pred.use_sigmoid_ce  # routed through classification_loss
+    assert not pred.use_sigmoid_ce  # Detectron2's flag keeps its own meaning
     z = torch.randn(6, 13)
     y = torch.tensor([0, 3, 12, 5, 12, 0])
-    torch.testing.assert_close(pred.sigmoid_cross_entropy_loss(z, y), F.cross_entropy(z, y))
+    inst = Instances((32, 32))
+    inst.proposal_boxes = Boxes(torch.tensor([[0.0, 0, 8, 8]] * 6))
+    inst.gt_boxes = Boxes(torch.tensor([[1.0, 1, 8, 8]] * 6))
+    inst.gt_classes = y
+    deltas = torch.zeros(6, 12 * 4)
+    torch.testing.assert_close(pred.losses((z, deltas), [inst])["loss_cls"], F.cross_entropy(z, y))
     pred.class_weights[0] = 3.0
-    assert not torch.allclose(pred.sigmoid_cross_entropy_loss(z, y), F.cross_entropy(z, y))
+    w = torch.tensor([3.0, 1, 1, 1, 1, 3.0])
+    w[[0, 1, 3, 5]] *= 4 / w[[0, 1, 3, 5]].sum()  # mean foreground weight 1
+    expected = (F.cross_entropy(z, y, reduction="none") * w).mean()
+    torch.testing.assert_close(pred.losses((z, deltas), [inst])["loss_cls"], expected)
 
 
 def test_meta_features_keep_bn_stats_and_cache(tmp_path, one_thread):
@@ -326,21 +338,11 @@ def test_meta_set_missing_classes_stay_put_with_warning():
 # Distributed: two CPU processes (gloo) through Detectron2's launch
 # ------------------------------------------------------------------------------------------
 def _ddp_worker(out_dir, iters):
-    import detectron2.engine.defaults as d2_defaults
     from detectron2.utils import comm
 
     from balms_det.engine.trainer import BalmsTrainer
 
     torch.set_num_threads(1)
-    # Detectron2's create_ddp_model always passes device_ids=[local_rank], which DDP rejects
-    # for a CPU module; CPU DDP needs device_ids=None.
-    create = d2_defaults.create_ddp_model
-
-    def create_cpu_ddp(model, **kwargs):
-        kwargs.setdefault("device_ids", None)
-        return create(model, **kwargs)
-
-    d2_defaults.create_ddp_model = create_cpu_ddp
     cfg = meta_cfg("SOLVER.MAX_ITER", str(iters), output_dir=out_dir)
     torch.manual_seed(0)
     trainer = BalmsTrainer(cfg)

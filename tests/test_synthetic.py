@@ -117,8 +117,8 @@ def test_missing_dataset_file_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="lvis_v1_train.json") as e:
         check_dataset_files([name])
     assert "datasets/README.md" in str(e.value)
-    with pytest.raises(KeyError, match="not_registered_xyz"):
-        check_dataset_files(["not_registered_xyz"])
+    with pytest.raises(ValueError, match="DATASETS.TRAIN names 'not_registered_xyz'"):
+        check_dataset_files(["not_registered_xyz"], "DATASETS.TRAIN")
 
 
 def test_federated_loss_model_builds_on_synthetic_data():

@@ -1,39 +1,55 @@
 #!/usr/bin/env python
 """Train and evaluate Mask R-CNN with balms-det (Detectron2's DefaultTrainer pattern).
 
-python tools/train_net.py --config-file configs/synthetic/mask_rcnn_r18_softmax.yaml
+python tools/train_net.py --config-file configs/synthetic/main.yaml
 python tools/train_net.py --config-file configs/lvis_balms_r50.yaml --num-gpus 8
 python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS path/to/model.pth
+# check a multi-process set-up on CPU before renting GPUs:
+python tools/train_net.py --config-file configs/synthetic/tiny.yaml --num-gpus 2 MODEL.DEVICE cpu
 """
 
 import logging
 
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-from balms_det.engine.trainer import BalmsCheckpointer, BalmsTrainer, print_summary, setup_cfg
+from balms_det.engine.trainer import BalmsTrainer, print_summary, setup_cfg
 
 logger = logging.getLogger("balms_det")
+
+
+def evaluate(cfg, resume=False):
+    """Evaluate MODEL.WEIGHTS (or the last checkpoint of OUTPUT_DIR with ``resume``) on
+    DATASETS.TEST; every process runs inference, the main one writes results and metrics."""
+    model = BalmsTrainer.build_model(cfg)
+    checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    if not cfg.MODEL.WEIGHTS and not (resume and checkpointer.has_checkpoint()):
+        raise ValueError(
+            "--eval-only needs trained weights: MODEL.WEIGHTS is empty, so a randomly "
+            "initialised model would be evaluated. Pass MODEL.WEIGHTS path/to/model.pth (or "
+            "--resume with a checkpoint in OUTPUT_DIR)"
+        )
+    checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+    res = BalmsTrainer.test(cfg, model)
+    if comm.is_main_process():
+        verify_results(cfg, res)
+    return res
 
 
 def main(args):
     cfg = setup_cfg(args.config_file, args.opts, args)
     if args.eval_only:
-        model = BalmsTrainer.build_model(cfg)
-        BalmsCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
-        res = BalmsTrainer.test(cfg, model)
-        if comm.is_main_process():
-            verify_results(cfg, res)
-        print_summary(cfg, res)
-        return res
-
-    trainer = BalmsTrainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    res = trainer.train()
+        res = evaluate(cfg, resume=args.resume)
+    else:
+        trainer = BalmsTrainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        res = trainer.train()
     print_summary(cfg, res)
+    # no process leaves before the main one has written every file (results, metrics,
+    # checkpoints): a process that exits early takes the whole launch down with it
+    comm.synchronize()
     return res
 
 

@@ -1,4 +1,4 @@
-"""Class-balanced few-shot subsets of a detection training set (BTM, REFERENCE.md section 6).
+"""Class-balanced few-shot subsets of a detection training set (BTM; docs/METHODS.md).
 
 Balanced Training and Merging fine-tunes a stage-1 detector on ``N_D`` class-balanced few-shot
 subsets and averages the fine-tuned weights. In classification every sample has one label and a
@@ -40,6 +40,9 @@ import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from ..class_counts import instance_classes
+from ..utils import atomic_write_json
 
 __all__ = [
     "BalancedSubset",
@@ -94,15 +97,11 @@ class BalancedSubset:
         return cls(**d)
 
 
-def _classes_of(record):
-    return {a["category_id"] for a in record.get("annotations", []) if not a.get("iscrowd", 0)}
-
-
 def images_per_class(dataset_dicts, num_classes):
     """list of K sorted lists: positions of the images that contain each class (non-crowd)."""
     out = [[] for _ in range(num_classes)]
     for i, d in enumerate(dataset_dicts):
-        for c in _classes_of(d):
+        for c in set(instance_classes(d)):
             if not 0 <= c < num_classes:
                 raise ValueError(
                     f"Image '{d.get('file_name')}' has category id {c}, outside the "
@@ -203,7 +202,7 @@ def subset_statistics(dataset_dicts, subset, num_classes, class_images=None):
     instances = np.zeros(num_classes, np.int64)
     for i in subset.indices:
         d = dataset_dicts[i]
-        cls = [a["category_id"] for a in d.get("annotations", []) if not a.get("iscrowd", 0)]
+        cls = instance_classes(d)
         np.add.at(instances, cls, 1)
         np.add.at(images, sorted(set(cls)), 1)
     selected = np.zeros(num_classes, np.int64)
@@ -327,11 +326,7 @@ def save_subsets(path, source_names, num_classes, subsets, stats=None, params=No
         subsets=[s.to_json() for s in subsets],
         statistics=stats or [],
     )
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    atomic_write_json(data, path, indent=None)
     return data
 
 

@@ -1,15 +1,20 @@
-"""Registration of the synthetic long-tailed dataset, and checks of registered dataset files."""
+"""Dataset registration: the synthetic long-tailed set, COCO/LVIS-format files named in the
+config (``BALMS.DATASETS.REGISTER``), and checks of registered dataset names and files."""
 
 import json
 import logging
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets.coco import load_coco_json
 from detectron2.data.datasets.lvis import load_lvis_json
 
 from .synthetic import SyntheticLTConfig, class_names, generate_synthetic_lt
 
 __all__ = [
+    "register_datasets_from_cfg",
+    "register_file_dataset",
+    "check_registered",
     "register_synthetic_lt",
     "register_synthetic_from_cfg",
     "synthetic_root",
@@ -107,27 +112,100 @@ def register_synthetic_from_cfg(cfg):
     return params
 
 
-def check_dataset_files(dataset_names):
-    """Raise FileNotFoundError naming the missing annotation file or image folder of a registered
-    dataset (generated datasets are skipped: they are made on first use)."""
+def check_registered(dataset_names, key):
+    """Raise ValueError naming ``key`` (the config key) for a dataset that is not registered."""
+    registered = set(DatasetCatalog.list())
     for name in dataset_names:
-        if name not in DatasetCatalog.list():
-            raise KeyError(
-                f"Dataset '{name}' is not registered. Registered datasets include: "
-                f"{', '.join(sorted(n for n in DatasetCatalog.list() if 'synth' in n or 'lvis' in n))}"
+        if name not in registered:
+            raise ValueError(
+                f"{key} names '{name}', which is not a registered dataset. Register it in "
+                "Python (DatasetCatalog), or by file with BALMS.DATASETS.REGISTER "
+                "[[name, annotation_json, image_root]]; registered datasets include: "
+                + ", ".join(sorted(n for n in registered if "synth" in n or "lvis" in n))
             )
+
+
+def check_dataset_files(dataset_names, key="DATASETS"):
+    """Raise ValueError for an unregistered name (naming ``key``) and FileNotFoundError naming
+    the missing annotation file or image folder of a registered dataset (generated datasets are
+    skipped: they are made on first use)."""
+    check_registered(dataset_names, key)
+    for name in dataset_names:
         meta = MetadataCatalog.get(name)
         if meta.get("synthetic_config", None) is not None:
             continue
-        for key in ("json_file", "image_root"):
-            path = meta.get(key, None)
+        for field in ("json_file", "image_root"):
+            path = meta.get(field, None)
             if path and "://" not in str(path) and not os.path.exists(path):
                 raise FileNotFoundError(
-                    f"Dataset '{name}': {key} '{path}' does not exist. Put the data under "
+                    f"Dataset '{name}': {field} '{path}' does not exist. Put the data under "
                     f"$DETECTRON2_DATASETS (now "
                     f"'{os.environ.get('DETECTRON2_DATASETS', 'datasets')}') as described in "
-                    f"datasets/README.md."
+                    f"datasets/README.md, or fix its BALMS.DATASETS.REGISTER entry."
                 )
+
+
+def _load_file_dataset(name, json_file, image_root):
+    """Detectron2 dicts of a COCO- or LVIS-format file: Detectron2's COCO loader, or its LVIS
+    loader for LVIS-format images that carry ``coco_url`` instead of ``file_name``."""
+    what = f"Dataset '{name}' (BALMS.DATASETS.REGISTER): annotation file '{json_file}'"
+    try:
+        try:
+            return load_coco_json(json_file, image_root, name)
+        except KeyError as e:
+            if e.args != ("file_name",):
+                raise
+        dicts = load_lvis_json(json_file, image_root)  # category ids 1..K, file from coco_url
+        with open(json_file) as f:
+            cats = sorted(json.load(f)["categories"], key=lambda c: c["id"])
+        if [c["id"] for c in cats] != list(range(1, len(cats) + 1)):
+            raise ValueError(
+                f"{what}: images have no file_name (LVIS style), which needs category ids "
+                "1..K without gaps; add file_name to the images to use any ids"
+            )
+        MetadataCatalog.get(name).set(thing_classes=[c["name"] for c in cats])
+        return dicts
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{what} is not valid JSON: {e}") from e
+    except (KeyError, TypeError, AssertionError, IndexError) as e:
+        raise ValueError(f"{what} is not a COCO/LVIS annotation file ({e!r})") from e
+
+
+def register_file_dataset(name, json_file, image_root):
+    """Register a COCO- or LVIS-format dataset by file, evaluated with the LVIS protocol
+    (frequency groups from the training counts when its categories have no ``frequency``).
+
+    The files must exist; the annotation file is parsed when the dataset is first loaded.
+    Re-registering a name with the same files is a no-op, with other files an error.
+    """
+    for what, path in (("annotation file", json_file), ("image folder", image_root)):
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"BALMS.DATASETS.REGISTER entry '{name}': {what} '{path}' does not exist"
+            )
+    if name in DatasetCatalog.list():
+        meta = MetadataCatalog.get(name)
+        if (meta.get("json_file", None), meta.get("image_root", None)) == (json_file, image_root):
+            return
+        raise ValueError(
+            f"BALMS.DATASETS.REGISTER entry '{name}': a dataset of that name is already "
+            f"registered (annotation file {meta.get('json_file', None)!r}); choose another name"
+        )
+    DatasetCatalog.register(name, lambda: _load_file_dataset(name, json_file, image_root))
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="lvis")
+
+
+def register_datasets_from_cfg(cfg):
+    """Register the datasets of ``BALMS.DATASETS.REGISTER`` and the synthetic one with the
+    parameters of ``BALMS.SYNTHETIC``."""
+    for i, entry in enumerate(cfg.BALMS.DATASETS.REGISTER):
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 3):
+            raise ValueError(
+                f"BALMS.DATASETS.REGISTER[{i}] must be [name, annotation_json, image_root], "
+                f"got {entry!r}"
+            )
+        register_file_dataset(*(str(x) for x in entry))
+    return register_synthetic_from_cfg(cfg)
 
 
 def _register_defaults():

@@ -1,6 +1,6 @@
 """The meta set of the Meta Reweigher: class-balanced image sampling and its data loader.
 
-The meta batch is drawn class-balanced (REFERENCE.md section 3): with ``f(c)`` the fraction of
+The meta batch is drawn class-balanced: with ``f(c)`` the fraction of
 the meta set's images that contain class ``c``, image ``I`` is drawn with probability
 proportional to
 
@@ -34,6 +34,8 @@ from detectron2.data import (
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 from torch.utils.data import Sampler
 
+from ..class_counts import instance_classes
+
 __all__ = [
     "class_image_frequency",
     "class_balanced_repeat_factors",
@@ -46,19 +48,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _image_classes(dataset_dict):
-    return {
-        int(a["category_id"])
-        for a in dataset_dict.get("annotations", ())
-        if not a.get("iscrowd", 0)
-    }
-
-
 def class_image_frequency(dataset_dicts):
     """``{class id: fraction of the images that contain it}`` (classes absent: not listed)."""
     counts = Counter()
     for d in dataset_dicts:
-        counts.update(_image_classes(d))
+        counts.update(set(instance_classes(d)))
     n = max(len(dataset_dicts), 1)
     return {c: k / n for c, k in counts.items()}
 
@@ -76,7 +70,7 @@ def class_balanced_repeat_factors(dataset_dicts, normalize=True):
         annotated image (1 before rescaling), so it is drawn as often as the most common class.
     """
     freq = class_image_frequency(dataset_dicts)
-    factors = [max((1.0 / freq[c] for c in _image_classes(d)), default=1.0) for d in dataset_dicts]
+    factors = [max((1.0 / freq[c] for c in set(instance_classes(d))), default=1.0) for d in dataset_dicts]
     out = torch.tensor(factors, dtype=torch.float64)
     if normalize and len(out):
         out = out * (len(out) / out.sum())
@@ -87,7 +81,7 @@ def classes_in_dataset(dataset_dicts, num_classes):
     """(K,) bool tensor: class ``c`` is annotated in at least one image."""
     present = torch.zeros(num_classes, dtype=torch.bool)
     for d in dataset_dicts:
-        for c in _image_classes(d):
+        for c in set(instance_classes(d)):
             if 0 <= c < num_classes:
                 present[c] = True
     return present

@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from ..evaluation.longtail import frequency_group
+
 __all__ = ["SyntheticLTConfig", "generate_synthetic_lt", "class_image_counts", "class_names"]
 
 logger = logging.getLogger(__name__)
@@ -304,7 +306,7 @@ def _categories(cfg, anns, num_images_with):
     for c, name in enumerate(class_names(cfg), start=1):
         s = specs[c - 1]
         n_img = num_images_with.get(c, 0)
-        freq = "r" if n_img <= 10 else ("c" if n_img <= 100 else "f")
+        freq = frequency_group(n_img)
         cats.append(
             dict(
                 id=c,

@@ -1,4 +1,4 @@
-"""The Meta Reweigher: per-class loss weights learned by one-step look-ahead (REFERENCE.md s. 3).
+"""The Meta Reweigher: per-class loss weights learned by one-step look-ahead (docs/METHODS.md).
 
 One learnable scalar ``psi_c`` per foreground class; the weights ``w_c = WEIGHT_FN(psi_c)``
 ("sigmoid", published, or "exp") multiply the classification loss of
@@ -17,17 +17,21 @@ weights of a batch are renormalised to mean 1). Every ``BALMS.META.PERIOD`` iter
    code did: balanced softmax / balanced sigmoid with the predictor's counts).
 3. ``grad_psi`` of the meta loss, averaged over ranks (all-reduce; none on one process), zeroed
    for classes the meta set never shows; an Adam step (``BALMS.META.LR``) on ``psi``; the
-   predictor's ``class_weights`` buffer is set to ``WEIGHT_FN(psi)``. Then the normal training
-   step of the same iteration uses the new weights.
+   predictor's ``class_weights`` buffer is set to ``WEIGHT_FN(psi)``.
+
+When. The meta step runs in the hook's ``after_step``: it looks ahead from the classifier as the
+optimizer left it, on the training ROIs of the step that just ran, so its weights weight the
+training loss from the next iteration on (a one-iteration lag against the published code, which
+ran the meta step inside the same iteration's forward; the price of a model that never calls a
+hook).
 
 Cost. Only the classifier takes part in the look-ahead, so only ROI features are needed:
 
-* the training batch's box-head features are the ones the training step computes anyway: the
-  predictor keeps them (detached) in ``forward`` and hands them with the labels to the hook from
-  its classification loss (``set_roi_feature_hook``) -- the meta step runs there, inside the
-  training forward, before the weights are read;
-* the meta batch goes through backbone, RPN (its losses are not computed) and box head under
-  ``torch.no_grad()`` in ``before_step``. The model stays in train mode (training-time
+* the training batch's box-head features are the ones the training step computes anyway: with
+  the predictor's ``record_train_rois`` set, it keeps them (detached) with their labels in
+  ``last_train_features`` / ``last_train_labels``, which the hook reads after the step;
+* the meta batch goes through Detectron2's backbone, proposal generator (its losses are
+  discarded) and box head under ``torch.no_grad()``. The model stays in train mode (training-time
   proposals, batch statistics in BatchNorm, as the published full training forward on the meta
   batch), but BatchNorm running statistics are saved and restored around it, so the meta batch
   never moves them. Its event-storage writes (RPN / ROI sampling statistics) go to a throw-away
@@ -53,16 +57,16 @@ import torch
 import torch.distributed as dist
 from detectron2.engine import HookBase
 from detectron2.layers import cat
-from detectron2.modeling.proposal_generator.rpn import RPN
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage, get_event_storage
 from torch import nn
 from torch.nn import functional as F
 
 from .. import losses as L
-from ..class_counts import frequency_groups
+from ..evaluation.longtail import GROUPS, frequency_groups
 from ..data.meta_sampler import build_meta_loader, classes_in_dataset, meta_dataset_dicts
-from ..modeling.roi_heads import BalmsFastRCNNOutputLayers, class_roi_weights
+from ..modeling.roi_heads import LOSS_FAMILIES, BalmsFastRCNNOutputLayers, class_roi_weights
+from ..utils import format_examples
 
 __all__ = [
     "WEIGHT_FNS",
@@ -209,42 +213,35 @@ def meta_gradient(psi, *args, **kwargs):
 
 
 def classifier_losses(predictor, meta_loss="plain"):
-    """Loss callables on raw ``cls_score`` outputs for the look-ahead.
+    """Loss callables on raw (R, K+1) ``cls_score`` outputs for the look-ahead.
 
     Returns:
         ``train_loss(z, y, roi_weights)``: the predictor's configured classification loss;
-        ``meta_loss(z, y)``: "plain" (``softmax_loss`` / ``sigmoid_loss`` by layout) or
-        "balanced" (``balanced_softmax_loss`` with the predictor's tau / ``balanced_sigmoid_loss``).
+        ``meta_loss(z, y)``: "plain" (``softmax_loss``, or ``sigmoid_loss`` on the foreground
+        columns for the sigmoid family) or "balanced" (``balanced_softmax_loss`` with the
+        predictor's tau / ``balanced_sigmoid_loss``).
     """
     if meta_loss not in META_LOSSES:
         raise ValueError(f"BALMS.META.META_LOSS must be one of {META_LOSSES}, got '{meta_loss}'")
-    sigmoid = predictor.sigmoid_layout
-
-    def full(z):  # the predictor's losses take K+1 columns (a zero one in the sigmoid layout)
-        return torch.cat([z, z.new_zeros(z.shape[0], 1)], dim=1) if sigmoid else z
+    sigmoid = LOSS_FAMILIES[predictor.loss_name] == "sigmoid"
 
     def train_loss(z, y, w):
-        return predictor.classification_loss(full(z), y, weights=w)
+        return predictor.classification_loss(z, y, weights=w)
 
-    if meta_loss == "plain":
-        meta = L.sigmoid_loss if sigmoid else L.softmax_loss
-    elif sigmoid:
-
-        def meta(z, y):
+    def meta(z, y):
+        if meta_loss == "plain":
+            return L.sigmoid_loss(z[:, :-1], y) if sigmoid else L.softmax_loss(z, y)
+        if sigmoid:
             return L.balanced_sigmoid_loss(
-                z,
+                z[:, :-1],
                 y,
                 predictor.class_counts,
                 predictor.num_train_images,
                 min_count=predictor.min_count,
             )
-
-    else:
-
-        def meta(z, y):
-            return L.balanced_softmax_loss(
-                z, y, predictor.class_counts, tau=predictor.tau, min_count=predictor.min_count
-            )
+        return L.balanced_softmax_loss(
+            z, y, predictor.class_counts, tau=predictor.tau, min_count=predictor.min_count
+        )
 
     return train_loss, meta
 
@@ -327,32 +324,15 @@ def _unwrap(model):
     return getattr(model, "module", model)
 
 
-def _training_proposals(rpn, images, features, gt_instances):
-    """Training-time proposals of a standard RPN without its losses (anchor labelling)."""
-    if type(rpn) is not RPN:  # another generator: its own forward, losses dropped
-        return rpn(images, features, gt_instances)[0]
-    feats = [features[f] for f in rpn.in_features]
-    anchors = rpn.anchor_generator(feats)
-    logits, deltas = rpn.rpn_head(feats)
-    logits = [s.permute(0, 2, 3, 1).flatten(1) for s in logits]
-    box_dim = rpn.anchor_generator.box_dim
-    deltas = [
-        x.view(x.shape[0], -1, box_dim, x.shape[-2], x.shape[-1])
-        .permute(0, 3, 4, 1, 2)
-        .flatten(1, -2)
-        for x in deltas
-    ]
-    return rpn.predict_proposals(anchors, logits, deltas, images.image_sizes)
-
-
 @torch.no_grad()
 def meta_roi_features(model, batched_inputs, eval_norms=False):
     """Box-head features and labels of the sampled ROIs of ``batched_inputs``, no graph.
 
-    Runs backbone, proposal generator (training-time top-k, no losses), the ROI heads'
-    ``label_and_sample_proposals`` and box head of a GeneralizedRCNN in its current (train)
-    mode; BatchNorm running stats are left untouched (see module doc), event-storage writes
-    are discarded.
+    Runs a GeneralizedRCNN's own modules in their current (train) mode: ``preprocess_image``,
+    the backbone, the proposal generator's forward (training-time proposals; its losses are
+    discarded), the ROI heads' ``label_and_sample_proposals``, box pooler and box head.
+    BatchNorm running stats are left untouched (see module doc) and event-storage writes are
+    discarded.
 
     Returns:
         x (R, D), labels (R,) in [0, K], per-image ROI counts (list[int]).
@@ -366,7 +346,7 @@ def meta_roi_features(model, batched_inputs, eval_norms=False):
         images = m.preprocess_image(batched_inputs)
         gt = [x["instances"].to(m.device) for x in batched_inputs]
         features = m.backbone(images.tensor)
-        proposals = _training_proposals(m.proposal_generator, images, features, gt)
+        proposals, _ = m.proposal_generator(images, features, gt)
         heads = m.roi_heads
         proposals = heads.label_and_sample_proposals(proposals, gt)
         box = heads.box_pooler(
@@ -385,11 +365,104 @@ def _image_key(d):
 # ------------------------------------------------------------------------------------------
 # The hook
 # ------------------------------------------------------------------------------------------
+def _check_settings(mc):
+    if mc.WEIGHT_FN not in WEIGHT_FNS:
+        raise ValueError(f"BALMS.META.WEIGHT_FN must be one of {WEIGHT_FNS}, got '{mc.WEIGHT_FN}'")
+    if mc.META_LOSS not in META_LOSSES:
+        raise ValueError(
+            f"BALMS.META.META_LOSS must be one of {META_LOSSES}, got '{mc.META_LOSS}'"
+        )
+    if int(mc.PERIOD) < 1:
+        raise ValueError(f"BALMS.META.PERIOD must be >= 1, got {mc.PERIOD}")
+    if not mc.LR > 0:
+        raise ValueError(f"BALMS.META.LR must be > 0, got {mc.LR}")
+
+
+def _checked_predictor(m, mc):
+    """The model's BalmsFastRCNNOutputLayers, checked to suit the Meta Reweigher."""
+    predictor = getattr(getattr(m, "roi_heads", None), "box_predictor", None)
+    if not isinstance(predictor, BalmsFastRCNNOutputLayers):
+        raise ValueError(
+            "BALMS.META.ENABLED needs MODEL.ROI_HEADS.NAME 'BalmsROIHeads' (a "
+            f"BalmsFastRCNNOutputLayers box predictor), got {type(predictor).__name__}"
+        )
+    for attr in ("backbone", "proposal_generator", "preprocess_image"):
+        if getattr(m, attr, None) is None:
+            raise ValueError(f"BALMS.META.ENABLED needs a GeneralizedRCNN with a {attr}")
+    if not predictor.takes_class_weights:
+        raise ValueError(
+            "BALMS.META.ENABLED needs a classification loss that takes class weights: "
+            "MODEL.ROI_BOX_HEAD.BALMS.LOSS 'softmax' with Detectron2's USE_SIGMOID_CE / "
+            "USE_FED_LOSS cannot; turn those off or choose another BALMS.LOSS "
+            "(balanced_softmax, sigmoid, balanced_sigmoid, label_over_smooth)"
+        )
+    if predictor.loss_name in ("seesaw", "eqlv2"):
+        raise ValueError(
+            f"BALMS.META.ENABLED with LOSS '{predictor.loss_name}': the look-ahead would "
+            "differentiate through its running state; use a softmax or sigmoid family loss"
+        )
+    cls = predictor.cls_score
+    if type(cls) is not torch.nn.Linear:
+        raise ValueError(
+            "BALMS.META.ENABLED needs a plain linear classifier (the look-ahead is a linear "
+            "layer step); set MODEL.ROI_BOX_HEAD.BALMS.NORMED_CLASSIFIER_TAU to 0"
+        )
+    if not (cls.weight.requires_grad and cls.bias is not None and cls.bias.requires_grad):
+        raise ValueError(
+            "BALMS.META.ENABLED needs a trainable classifier with a bias (cls_score): it is "
+            "frozen (check BALMS.TRAINABLE_PARAMS)"
+        )
+    if mc.META_LOSS == "balanced":
+        if bool((predictor.class_counts == 1).all()) or float(predictor.num_train_images) <= 0:
+            raise ValueError(
+                "BALMS.META.META_LOSS 'balanced' needs the class counts of the training set; "
+                "the predictor has none (use a balanced LOSS or a CAT_INFO file)"
+            )
+    return predictor
+
+
+def _check_cacheable(m):
+    trainable = [
+        f"{prefix}.{n}"
+        for prefix, mod in (
+            ("backbone", m.backbone),
+            ("proposal_generator", m.proposal_generator),
+            ("roi_heads.box_head", m.roi_heads.box_head),
+        )
+        for n, p in mod.named_parameters()
+        if p.requires_grad
+    ]
+    if trainable:
+        raise ValueError(
+            "BALMS.META.CACHE_FEATURES needs everything before the classifier frozen "
+            "(e.g. BALMS.TRAINABLE_PARAMS: ['cls_score']); trainable: "
+            + format_examples(trainable, limit=5, sort=False)
+        )
+
+
+def _class_names(cfg, K):
+    from detectron2.data import MetadataCatalog
+
+    try:
+        names = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).thing_classes
+        if len(names) == K:
+            return list(names)
+    except (AttributeError, IndexError, KeyError):
+        pass
+    return [str(i) for i in range(K)]
+
+
 class MetaReweigher(HookBase):
     """Detectron2 hook learning the predictor's ``class_weights`` (see the module doc).
 
     ``BalmsTrainer.build_hooks`` adds it when ``BALMS.META.ENABLED``. Construction validates
     everything (loss, config values, meta dataset) so that a bad setup fails before training.
+
+    The hook talks to the model only through the predictor's extension point: it sets
+    ``record_train_rois`` and reads ``last_train_features`` / ``last_train_labels`` after each
+    training step, and writes the ``class_weights`` buffer. Its meta step runs in
+    ``after_step`` of every ``PERIOD``-th iteration, so the weights it learns from iteration
+    t's training batch weight the loss from iteration t + 1 on.
 
     Args:
         cfg: the training config.
@@ -401,63 +474,13 @@ class MetaReweigher(HookBase):
 
     def __init__(self, cfg, model, optimizer=None, dataset_dicts=None):
         mc = cfg.BALMS.META
-        if mc.WEIGHT_FN not in WEIGHT_FNS:
-            raise ValueError(
-                f"BALMS.META.WEIGHT_FN must be one of {WEIGHT_FNS}, got " f"'{mc.WEIGHT_FN}'"
-            )
-        if mc.META_LOSS not in META_LOSSES:
-            raise ValueError(
-                f"BALMS.META.META_LOSS must be one of {META_LOSSES}, got " f"'{mc.META_LOSS}'"
-            )
-        if int(mc.PERIOD) < 1:
-            raise ValueError(f"BALMS.META.PERIOD must be >= 1, got {mc.PERIOD}")
-        if not mc.LR > 0:
-            raise ValueError(f"BALMS.META.LR must be > 0, got {mc.LR}")
+        _check_settings(mc)
         m = _unwrap(model)
-        predictor = getattr(getattr(m, "roi_heads", None), "box_predictor", None)
-        if not isinstance(predictor, BalmsFastRCNNOutputLayers):
-            raise ValueError(
-                "BALMS.META.ENABLED needs MODEL.ROI_HEADS.NAME 'BalmsROIHeads' (a "
-                f"BalmsFastRCNNOutputLayers box predictor), got {type(predictor).__name__}"
-            )
-        for attr in ("backbone", "proposal_generator", "preprocess_image"):
-            if getattr(m, attr, None) is None:
-                raise ValueError(f"BALMS.META.ENABLED needs a GeneralizedRCNN with a {attr}")
-        predictor.enable_class_weights()  # raises for a loss that cannot take weights
-        cls = predictor.cls_score
-        if not (cls.weight.requires_grad and cls.bias is not None and cls.bias.requires_grad):
-            raise ValueError(
-                "BALMS.META.ENABLED needs a trainable classifier with a bias (cls_score): it is "
-                "frozen (check BALMS.TRAINABLE_PARAMS)"
-            )
-        if mc.META_LOSS == "balanced":
-            if bool((predictor.class_counts == 1).all()) or float(predictor.num_train_images) <= 0:
-                raise ValueError(
-                    "BALMS.META.META_LOSS 'balanced' needs the class counts of the training "
-                    "set; the predictor has none (use a balanced LOSS, a CAT_INFO file, or "
-                    "MODEL.ROI_BOX_HEAD.BALMS.DIAGNOSTICS_PERIOD > 0 with DATASETS.TRAIN)"
-                )
+        predictor = _checked_predictor(m, mc)
         self.cache = None
         if mc.CACHE_FEATURES:
-            trainable = [
-                f"{prefix}.{n}"
-                for prefix, mod in (
-                    ("backbone", m.backbone),
-                    ("proposal_generator", m.proposal_generator),
-                    ("roi_heads.box_head", m.roi_heads.box_head),
-                )
-                for n, p in mod.named_parameters()
-                if p.requires_grad
-            ]
-            if trainable:
-                raise ValueError(
-                    "BALMS.META.CACHE_FEATURES needs everything before the classifier frozen "
-                    "(e.g. BALMS.TRAINABLE_PARAMS: ['cls_score']); trainable: "
-                    + ", ".join(trainable[:5])
-                    + (" ..." if len(trainable) > 5 else "")
-                )
+            _check_cacheable(m)
             self.cache = {}
-
         self.cfg = cfg.clone()
         self.model = model
         self.predictor = predictor
@@ -465,19 +488,34 @@ class MetaReweigher(HookBase):
         self.period = int(mc.PERIOD)
         self.weight_fn = mc.WEIGHT_FN
         self.normalize = bool(mc.NORMALIZE)
-        K = predictor.num_classes
-        self.num_classes = K
+        K = self.num_classes = predictor.num_classes
         dev = predictor.class_weights.device
         self.psi = nn.Parameter(torch.full((K,), float(mc.INIT), device=dev))
         self.meta_optimizer = torch.optim.Adam([self.psi], lr=float(mc.LR))
         self.train_loss, self.meta_loss = classifier_losses(predictor, mc.META_LOSS)
+        self._set_meta_set(cfg, dataset_dicts)
+        self.seed = int(cfg.SEED) if cfg.SEED >= 0 else int(comm.shared_random_seed())
 
+        counts = predictor.class_image_counts.detach().cpu()
+        labels = frequency_groups(counts.tolist())
+        self._groups = {g: torch.tensor([x == g for x in labels]) for g in GROUPS}
+        self._rarest = int(torch.argmin(counts))
+        self._most_frequent = int(torch.argmax(counts))
+
+        self.meta_steps = 0  # Adam steps taken
+        self.meta_batches = 0  # meta batches drawn from the loader (resume skips them)
+        self._meta_iter = None
+        self._last_loss = None
+        self._warned_optimizer = False
+
+    def _set_meta_set(self, cfg, dataset_dicts):
+        K = self.num_classes
         if dataset_dicts is None:
-            dataset_dicts = meta_dataset_dicts(cfg)  # KeyError for an unregistered name
+            dataset_dicts = meta_dataset_dicts(cfg)
         if len(dataset_dicts) == 0:
             raise ValueError("the meta set of BALMS.META has no image")
         present = classes_in_dataset(dataset_dicts, K)
-        names = self._class_names(cfg, K)
+        names = _class_names(cfg, K)
         missing = (~present).nonzero().flatten().tolist()
         if len(missing) == K:
             raise ValueError("the meta set of BALMS.META has no annotation of any class")
@@ -485,44 +523,13 @@ class MetaReweigher(HookBase):
             logger.warning(
                 "The meta set (%s) has no image of %d classes; their weights stay at their "
                 "initial value: %s",
-                mc.DATASET or "DATASETS.TRAIN",
+                cfg.BALMS.META.DATASET or "DATASETS.TRAIN",
                 len(missing),
-                ", ".join(f"{names[c]} ({c})" for c in missing[:50])
-                + (" ..." if len(missing) > 50 else ""),
+                format_examples([f"{names[c]} ({c})" for c in missing], limit=50, sort=False),
             )
         self.missing_classes = missing
-        self.class_mask = present.to(device=dev, dtype=self.psi.dtype)
+        self.class_mask = present.to(device=self.psi.device, dtype=self.psi.dtype)
         self._dataset_dicts = dataset_dicts
-        self.seed = int(cfg.SEED) if cfg.SEED >= 0 else int(comm.shared_random_seed())
-
-        counts = predictor.class_image_counts.detach().cpu()
-        self._groups = {
-            g: torch.tensor([x == g for x in frequency_groups(counts.tolist())])
-            for g in ("r", "c", "f")
-        }
-        self._rarest = int(torch.argmin(counts))
-        self._most_frequent = int(torch.argmax(counts))
-
-        self.meta_steps = 0  # Adam steps taken
-        self.meta_batches = 0  # meta batches drawn from the loader (resume skips them)
-        self._meta_iter = None
-        self._pending = None
-        self._stepped = False
-        self._last_loss = None
-        self._warned_unused = False
-        self._warned_optimizer = False
-
-    @staticmethod
-    def _class_names(cfg, K):
-        from detectron2.data import MetadataCatalog
-
-        try:
-            names = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).thing_classes
-            if len(names) == K:
-                return list(names)
-        except (AttributeError, IndexError, KeyError):
-            pass
-        return [str(i) for i in range(K)]
 
     # -- weights ---------------------------------------------------------------------------
     def class_weights(self):
@@ -539,7 +546,7 @@ class MetaReweigher(HookBase):
         if self.optimizer is None and getattr(self, "trainer", None) is not None:
             self.optimizer = self.trainer.optimizer
         self._write_buffer()
-        self.predictor.set_roi_feature_hook(self._on_roi_features)
+        self.predictor.record_train_rois = True
         self._build_loader()
 
     def _build_loader(self):
@@ -549,29 +556,27 @@ class MetaReweigher(HookBase):
         self._meta_iter = iter(loader)
         self._dataset_dicts = None  # the loader holds them (serialised)
 
-    def before_step(self):
-        self._stepped = False
-        self._pending = None
+    def after_step(self):
+        p = self.predictor
+        train_x, train_y = p.last_train_features, p.last_train_labels
+        p.last_train_features = p.last_train_labels = None
         if self.trainer.iter % self.period:
             return
+        if train_x is None or train_y is None:
+            raise RuntimeError(
+                "Meta Reweigher: the box predictor recorded no training ROIs in this step "
+                "(was its forward run in training mode?)"
+            )
         self._build_loader()
         batch = next(self._meta_iter)
         self.meta_batches += 1
-        self._pending = self.meta_features(batch)
-
-    def after_step(self):
-        if self._pending is not None and not self._warned_unused:
-            logger.warning(
-                "The Meta Reweigher prepared a meta batch but the box predictor's "
-                "classification loss never asked for it (no meta step)"
-            )
-            self._warned_unused = True
-        self._pending = None
-        if self._stepped:
-            self._log()
+        meta_x, meta_y = self.meta_features(batch)
+        self.meta_step(train_x, train_y, meta_x, meta_y)
+        self._log()
 
     def after_train(self):
-        self.predictor.set_roi_feature_hook(None)
+        self.predictor.record_train_rois = False
+        self.predictor.last_train_features = self.predictor.last_train_labels = None
 
     # -- meta step -------------------------------------------------------------------------
     def meta_features(self, batch):
@@ -594,36 +599,24 @@ class MetaReweigher(HookBase):
         y = torch.cat([self.cache[k][1] for k in keys]).to(dev)
         return x, y
 
-    def _on_roi_features(self, features, gt_classes):
-        """Called by the predictor's classification loss with the training batch's ROIs."""
-        if self._pending is None:
-            return
-        meta_x, meta_y = self._pending
-        self._pending = None
-        self.meta_step(features, gt_classes, meta_x, meta_y)
+    def _sgd(self, params):
+        if self.optimizer is None:
+            return {"lr": self.cfg.SOLVER.BASE_LR}
+        if not isinstance(self.optimizer, torch.optim.SGD) and not self._warned_optimizer:
+            logger.warning(
+                "Meta Reweigher: optimizer %s is not SGD; the look-ahead is a plain SGD step "
+                "with its lr",
+                type(self.optimizer).__name__,
+            )
+            self._warned_optimizer = True
+        return sgd_settings(self.optimizer, params)
 
     def meta_step(self, train_x, train_y, meta_x, meta_y):
         """One meta step from given ROI features: look-ahead, meta-gradient (all-reduced),
         Adam step on ``psi``, ``class_weights`` buffer updated. Returns the meta loss."""
         cls = self.predictor.cls_score
-        params = (cls.weight, cls.bias)
-        if self.optimizer is not None:
-            sgd = sgd_settings(self.optimizer, params)
-            if not isinstance(self.optimizer, torch.optim.SGD) and not self._warned_optimizer:
-                logger.warning(
-                    "Meta Reweigher: optimizer %s is not SGD; the look-ahead is a "
-                    "plain SGD step with its lr",
-                    type(self.optimizer).__name__,
-                )
-                self._warned_optimizer = True
-        else:
-            sgd = {"lr": self.cfg.SOLVER.BASE_LR}
-        dtype = cls.weight.dtype
-        amp_off = (
-            torch.autocast(cls.weight.device.type, enabled=False)
-            if cls.weight.device.type in ("cuda", "cpu")
-            else nullcontext()
-        )
+        dtype, dev = cls.weight.dtype, cls.weight.device.type
+        amp_off = torch.autocast(dev, enabled=False) if dev in ("cuda", "cpu") else nullcontext()
         with amp_off:
             g, loss = meta_gradient(
                 self.psi,
@@ -638,17 +631,17 @@ class MetaReweigher(HookBase):
                 num_classes=self.num_classes,
                 weight_fn=self.weight_fn,
                 normalize=self.normalize,
-                **sgd,
+                **self._sgd((cls.weight, cls.bias)),
             )
         g = g.to(self.psi.dtype) * self.class_mask
         world = comm.get_world_size()
-        if world > 1:
+        if world > 1:  # each rank its own meta images; the meta-gradient is averaged
             dist.all_reduce(g)
             g /= world
         if not bool(torch.isfinite(g).all()):
             logger.warning(
-                "Meta Reweigher: non-finite meta-gradient at iteration %s, step " "skipped",
-                self._iter(),
+                "Meta Reweigher: non-finite meta-gradient at iteration %s, step skipped",
+                getattr(getattr(self, "trainer", None), "iter", None),
             )
             return loss
         self.psi.grad = g
@@ -656,13 +649,8 @@ class MetaReweigher(HookBase):
         self.meta_optimizer.zero_grad(set_to_none=True)
         self._write_buffer()
         self.meta_steps += 1
-        self._stepped = True
         self._last_loss = loss
         return loss
-
-    def _iter(self):
-        t = getattr(self, "trainer", None)
-        return getattr(t, "iter", None)
 
     def _log(self):
         try:
@@ -709,6 +697,6 @@ class MetaReweigher(HookBase):
         self._write_buffer()
         if self._meta_iter is not None:
             logger.warning(
-                "Meta Reweigher state loaded after training started: the meta "
-                "sampler is not rewound"
+                "Meta Reweigher state loaded after training started: the meta sampler is not "
+                "rewound"
             )

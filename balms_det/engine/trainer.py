@@ -1,49 +1,115 @@
 """``BalmsTrainer``: Detectron2's ``DefaultTrainer`` with balms-det's evaluation, decoupled
-training and checkpoint-layout conversion. ``tools/train_net.py`` runs it."""
+training, the Meta Reweigher hook, CPU multi-process training and a resume that survives a
+damaged last checkpoint. ``tools/train_net.py`` runs it."""
 
+import glob
 import logging
 import os
 import weakref
 
+import torch
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultTrainer, default_setup
-from detectron2.engine import hooks as d2_hooks
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, default_setup
+from detectron2.engine import create_ddp_model
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..config import add_balms_config
-from ..data.datasets import check_dataset_files, register_synthetic_from_cfg
+from ..data.datasets import check_dataset_files, register_datasets_from_cfg
 from ..evaluation.lvis_evaluator import BalmsLVISEvaluator
-from ..modeling.roi_heads import convert_classifier_layout
+from ..utils import markdown_table
 from .decoupled import FrozenNormHook, freeze_except
 from .meta_reweigher import MetaReweigher
 
-__all__ = ["BalmsTrainer", "BalmsCheckpointer", "setup_cfg", "format_results", "print_summary"]
+__all__ = [
+    "BalmsTrainer",
+    "build_ddp_model",
+    "newest_loadable_checkpoint",
+    "setup_cfg",
+    "format_results",
+    "print_summary",
+]
 
 logger = logging.getLogger("balms_det")
 
 
-def _predictor(model):
-    model = getattr(model, "module", model)
-    heads = getattr(model, "roi_heads", None)
-    return getattr(heads, "box_predictor", None)
+def build_ddp_model(model, **kwargs):
+    """Detectron2's ``create_ddp_model``, with ``device_ids=None`` for a CPU model (DDP rejects
+    device ids for CPU modules; Detectron2 always passes the local rank)."""
+    if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
+        kwargs.setdefault("device_ids", None)
+    return create_ddp_model(model, **kwargs)
 
 
-class BalmsCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` that adapts a classifier saved in the other layout (softmax
-    K+1 rows vs sigmoid K rows) before loading, so stage-2 heads load stage-1 weights."""
+def _checkpoint_iter(path):
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return int(stem.split("_")[-1]) if stem.split("_")[-1].isdigit() else -1
 
-    def _load_model(self, checkpoint):
-        predictor = _predictor(self.model)
-        if predictor is not None and hasattr(predictor, "cls_score"):
-            convert_classifier_layout(checkpoint["model"], predictor)
-        return super()._load_model(checkpoint)
+
+def newest_loadable_checkpoint(checkpointer):
+    """Path of the newest checkpoint of ``checkpointer.save_dir`` whose file loads (the one
+    ``last_checkpoint`` names, then ``model_<iter>.pth`` newest first), with a warning for each
+    newer one skipped; None when the folder has none. Raises RuntimeError naming every
+    file when none loads."""
+    last = checkpointer.get_checkpoint_file()
+    if not last:
+        return None
+    others = glob.glob(os.path.join(checkpointer.save_dir, "model_*.pth"))
+    others = sorted(set(others) - {last}, key=lambda p: (_checkpoint_iter(p), p), reverse=True)
+    failures = []
+    for path in [last] + others:
+        try:
+            with open(path, "rb") as f:
+                torch.load(f, map_location="cpu")
+        except Exception as e:  # truncated, zero-filled or unreadable
+            failures.append(f"{path}: {type(e).__name__}: {e}")
+            logger.warning("Skipping checkpoint '%s', which cannot be read (%s)", path, e)
+            continue
+        return path
+    raise RuntimeError(
+        "--resume: no checkpoint in '%s' can be read:\n  %s"
+        % (checkpointer.save_dir, "\n  ".join(failures))
+    )
 
 
 class BalmsTrainer(DefaultTrainer):
-    """DefaultTrainer + LVIS long-tail evaluation, decoupled training and BalmsCheckpointer."""
+    """DefaultTrainer + LVIS long-tail evaluation, decoupled training and the Meta Reweigher."""
+
+    def __init__(self, cfg):
+        # DefaultTrainer's construction, step for step, except that the DDP model comes from
+        # build_ddp_model (CPU processes); Detectron2 offers no hook for that one call.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = build_ddp_model(model, broadcast_buffers=False)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume=True):
+        """Detectron2's ``resume_or_load``, except that ``--resume`` falls back to the newest
+        checkpoint that can be read when the last one is damaged (warning naming it)."""
+        found = newest_loadable_checkpoint(self.checkpointer) if resume else None
+        if found is None:
+            return super().resume_or_load(resume=resume)
+        self.checkpointer.load(found)
+        self.start_iter = self.iter + 1
 
     def train(self):
         """Train, then return the last evaluation's results (``{}`` when none ran)."""
@@ -58,31 +124,23 @@ class BalmsTrainer(DefaultTrainer):
         return model
 
     def build_hooks(self):
-        # called from DefaultTrainer.__init__ once the checkpointer exists: swap it for ours
-        # before the PeriodicCheckpointer hook takes it
-        self.checkpointer = BalmsCheckpointer(
-            self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
         hooks = super().build_hooks()
         if self.cfg.BALMS.TRAINABLE_PARAMS:
             hooks.insert(0, FrozenNormHook(self.model))
         if self.cfg.BALMS.META.ENABLED:
-            # after FrozenNormHook (norm modes) and IterationTimer (the meta step is timed)
-            pos = next(
-                (i + 1 for i, h in enumerate(hooks) if isinstance(h, d2_hooks.IterationTimer)),
-                len(hooks),
-            )
-            hooks.insert(pos, MetaReweigher(self.cfg, self.model, self.optimizer))
+            # first, so that its after_step (the meta step) runs before the IterationTimer
+            # stops the clock and before the checkpointer saves its state
+            hooks.insert(0, MetaReweigher(self.cfg, self.model, self.optimizer))
         return hooks
 
     @classmethod
     def build_train_loader(cls, cfg):
-        check_dataset_files(cfg.DATASETS.TRAIN)
+        check_dataset_files(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
         return super().build_train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        check_dataset_files([dataset_name])
+        check_dataset_files([dataset_name], "DATASETS.TEST")
         return super().build_test_loader(cfg, dataset_name)
 
     @classmethod
@@ -106,14 +164,14 @@ class BalmsTrainer(DefaultTrainer):
 
 
 def setup_cfg(config_file="", opts=(), args=None):
-    """Config with balms-det keys, merged from a file and overrides; registers the synthetic
-    dataset with the config's parameters. Calls Detectron2's ``default_setup`` when ``args``."""
+    """Config with balms-det keys, merged from a file and overrides; registers the datasets of
+    ``BALMS.DATASETS.REGISTER`` and the synthetic one with the config's parameters. Calls Detectron2's ``default_setup`` when ``args``."""
     cfg = get_cfg()
     add_balms_config(cfg)
     if config_file:
         cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
-    register_synthetic_from_cfg(cfg)
+    register_datasets_from_cfg(cfg)
     cfg.freeze()
     if args is not None:
         default_setup(cfg, args)
@@ -145,11 +203,7 @@ def format_results(results, dataset_name=""):
     if not rows:
         return "(no results)"
     keys = list(rows[0].keys())
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for r in rows:
-        cells = [f"{r[k]:.2f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown_table([[r.get(k) for k in keys] for r in rows], keys)
 
 
 def print_summary(cfg, results):
@@ -157,4 +211,4 @@ def print_summary(cfg, results):
     if comm.is_main_process():
         name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) == 1 else ""
         print("\nLong-tail results (%):\n" + format_results(results, name), flush=True)
-        print(f"Outputs (checkpoints, metrics, predictions): {os.path.abspath(cfg.OUTPUT_DIR)}")
+        print(f"Outputs (checkpoints, metrics, predictions): {cfg.OUTPUT_DIR}")

@@ -4,7 +4,22 @@ import math
 
 import numpy as np
 
-__all__ = ["worst_class_metrics", "assign_frequency", "ZERO_REPLACEMENT"]
+__all__ = [
+    "worst_class_metrics",
+    "assign_frequency",
+    "frequency_group",
+    "frequency_groups",
+    "GROUPS",
+    "RARE_MAX_IMAGES",
+    "COMMON_MAX_IMAGES",
+    "ZERO_REPLACEMENT",
+]
+
+# LVIS frequency groups by number of TRAINING IMAGES holding the class (Gupta et al. 2019):
+# rare 1-10 (and 0), common 11-100, frequent > 100.
+GROUPS = ("r", "c", "f")
+RARE_MAX_IMAGES = 10
+COMMON_MAX_IMAGES = 100
 
 # The BTM paper replaces a zero per-class score by 1e-3 so that the means stay defined.
 ZERO_REPLACEMENT = 1e-3
@@ -35,6 +50,18 @@ def worst_class_metrics(per_class_ap, zero=ZERO_REPLACEMENT):
     )
 
 
+def frequency_group(image_count):
+    """LVIS group label ('r', 'c' or 'f') of a class held by ``image_count`` training images."""
+    if image_count <= RARE_MAX_IMAGES:
+        return "r"
+    return "c" if image_count <= COMMON_MAX_IMAGES else "f"
+
+
+def frequency_groups(image_counts):
+    """LVIS group labels of a sequence of training image counts."""
+    return [frequency_group(n) for n in image_counts]
+
+
 def assign_frequency(categories, image_counts):
     """Set the LVIS ``frequency`` of each category dict from training image counts (in place).
 
@@ -42,6 +69,5 @@ def assign_frequency(categories, image_counts):
     thresholds apply: rare 1-10 (and 0), common 11-100, frequent > 100.
     """
     for c in categories:
-        n = image_counts.get(c["id"], 0)
-        c["frequency"] = "r" if n <= 10 else ("c" if n <= 100 else "f")
+        c["frequency"] = frequency_group(image_counts.get(c["id"], 0))
     return categories

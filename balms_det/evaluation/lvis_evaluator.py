@@ -31,7 +31,7 @@ from detectron2.evaluation import LVISEvaluator
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
-from ..class_counts import read_json
+from ..utils import read_json
 from .longtail import assign_frequency, worst_class_metrics
 from .report import write_report
 

@@ -24,7 +24,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..class_counts import read_json
+from ..utils import read_json
 from .longtail import worst_class_metrics
 
 __all__ = [

@@ -2,44 +2,70 @@
 
 ``BalmsROIHeads`` changes one thing of ``StandardROIHeads``: its box predictor is a
 ``BalmsFastRCNNOutputLayers``, whose classification loss is chosen by
-``MODEL.ROI_BOX_HEAD.BALMS.LOSS``. Box regression, proposal sampling, the mask head and
-inference stay Detectron2's.
+``MODEL.ROI_BOX_HEAD.BALMS.LOSS`` in one place (:meth:`BalmsFastRCNNOutputLayers.losses`).
+Box regression, proposal sampling, the mask head and inference stay Detectron2's.
 
-Classifier layouts:
-* softmax family (``softmax``, ``balanced_softmax``, ``label_over_smooth``): ``cls_score`` has
-  K+1 outputs, background last (Detectron2's layout).
-* sigmoid family (``sigmoid``, ``balanced_sigmoid``): ``cls_score`` has K outputs (the published
-  BALMS layout, no background logit); ``forward`` appends a constant zero background column so
-  that Detectron2's statistics and inference code see K+1 columns, and ``predict_probs`` reports
-  sigmoid scores with a zero background score.
+One classifier layout for every loss: ``cls_score`` has Detectron2's K+1 outputs, background
+last. The sigmoid family (``sigmoid``, ``balanced_sigmoid``, ``eqlv2``) ignores the background
+column, as Detectron2's own ``USE_SIGMOID_CE`` does; ``seesaw`` reads it as the objectness
+(background vs foreground) logit. So any checkpoint of the head loads into the head with any
+other loss with Detectron2's plain ``DetectionCheckpointer``. The formulas are in
+``docs/METHODS.md``.
+
+Extension point (what the Meta Reweigher hook uses; the model never calls a hook):
+
+* ``class_weights`` (K,): a buffer of per-class loss weights that anyone may set (all ones by
+  default); a foreground ROI of class c is weighted ``class_weights[c]`` (renormalised to mean 1
+  over the foreground ROIs of the batch when ``normalize_class_weights``), background ROIs 1.
+* ``record_train_rois`` (bool, default False): when set, every training forward keeps the
+  detached box-head features and labels of its ROIs in ``last_train_features`` (R, D) and
+  ``last_train_labels`` (R,) for readers.
 """
 
 import logging
 import math
 
 import torch
+import torch.distributed as dist
 from detectron2.config import configurable
+from detectron2.layers import cat
 from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
-from torch import nn
 from torch.nn import functional as F
 
 from .. import losses as L
-from ..class_counts import class_counts_from_cfg
-from ..config import LOSSES, SIGMOID_LOSSES
+from ..class_counts import class_counts_from_cfg, describe_counts
+from ..evaluation.longtail import COMMON_MAX_IMAGES, GROUPS, RARE_MAX_IMAGES
+from ..utils import format_examples
+from .normed_linear import NormedLinear
 
 __all__ = [
+    "LOSS_FAMILIES",
+    "NEEDS_COUNTS",
     "BalmsFastRCNNOutputLayers",
     "BalmsROIHeads",
     "class_roi_weights",
-    "convert_classifier_layout",
 ]
 
 logger = logging.getLogger(__name__)
 
-_NEEDS_COUNTS = ("balanced_softmax", "balanced_sigmoid")
-_GROUPS = ("r", "c", "f")
+# LOSS -> how its logits are read: "softmax" (softmax over K+1 columns), "sigmoid" (sigmoid of
+# the K foreground columns, background column ignored), "seesaw" (softmax over the K foreground
+# columns times the objectness of column K).
+LOSS_FAMILIES = {
+    "softmax": "softmax",
+    "balanced_softmax": "softmax",
+    "label_over_smooth": "softmax",
+    "sigmoid": "sigmoid",
+    "balanced_sigmoid": "sigmoid",
+    "eqlv2": "sigmoid",
+    "seesaw": "seesaw",
+}
+# losses whose prior comes from the training class counts
+NEEDS_COUNTS = ("balanced_softmax", "balanced_sigmoid")
+_COUNT_BUFFERS = ("class_counts", "num_train_images", "class_image_counts")
 
 
 def class_roi_weights(gt_classes, class_weights, num_classes, normalize=True):
@@ -70,28 +96,21 @@ def class_roi_weights(gt_classes, class_weights, num_classes, normalize=True):
     return torch.where(fg, w * scale, torch.ones_like(w))
 
 
-class _HookSlot:
-    """Holds a callback set by a training hook. ``copy.deepcopy`` and pickling of the model drop
-    it (a copied or saved model must not drag the trainer along)."""
-
-    __slots__ = ("fn",)
-
-    def __init__(self, fn=None):
-        self.fn = fn
-
-    def __deepcopy__(self, memo):
-        return _HookSlot()
-
-    def __reduce__(self):
-        return (_HookSlot, ())
+def _all_reduce_sum(t):
+    """Sum of ``t`` over the processes (``t`` itself on one process)."""
+    if comm.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t
 
 
 class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
     """``FastRCNNOutputLayers`` whose classification loss corrects for a long-tailed prior.
 
-    Buffers (saved with the model): ``class_counts`` (K,) the prior counts, ``num_train_images``
-    (), ``class_image_counts`` (K,) training image counts (frequency groups for diagnostics), and
-    ``class_weights`` (K,) per-class loss weights (all 1 unless the Meta Reweigher sets them).
+    Buffers (saved with the model, present whatever the loss, so checkpoints load across
+    losses): ``class_counts`` (K,) the prior counts, ``num_train_images`` (), ``class_image_counts``
+    (K,) training image counts (frequency groups of the diagnostics), ``class_weights`` (K,)
+    per-class loss weights, ``seesaw_counts`` (K,) foreground ROIs seen per class (Seesaw), and
+    ``eqlv2_pos_grad`` / ``eqlv2_neg_grad`` (K,) accumulated gradient magnitudes (EQLv2).
     """
 
     @configurable
@@ -103,44 +122,88 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         class_counts=None,
         num_train_images=0,
         class_image_counts=None,
+        class_names=None,
         tau=1.0,
         posthoc_tau=0.0,
         los_delta=0.9,
         los_foreground_only=False,
         prior_prob=0.001,
         min_count=1.0,
-        class_names=None,
         diagnostics_period=0,
         normalize_class_weights=True,
+        seesaw_p=0.8,
+        seesaw_q=2.0,
+        seesaw_eps=1e-2,
+        eqlv2_gamma=12.0,
+        eqlv2_mu=0.8,
+        eqlv2_alpha=4.0,
+        normed_classifier_tau=0.0,
+        counts_from_data=None,
         **kwargs,
     ):
         """
         Args:
             input_shape, kwargs: as ``FastRCNNOutputLayers``.
-            loss (str): one of ``balms_det.config.LOSSES``.
+            loss (str): a key of ``LOSS_FAMILIES``.
             class_counts (sequence of K numbers): prior counts (image or instance counts);
-                required by the balanced losses.
+                required by the balanced losses and ``posthoc_tau``.
             num_train_images (int): number of training images (balanced_sigmoid's prior).
             class_image_counts (sequence of K numbers): training image counts, used for the
                 frequency-group diagnostics; defaults to ``class_counts``.
+            class_names (list[str]): names used in warnings.
             tau (float): prior exponent of balanced softmax.
             posthoc_tau (float): inference-time logit adjustment of the softmax family: the
-                foreground logits minus ``posthoc_tau * log(K * n_j / sum n)`` (needs
-                ``class_counts``); 0 = off.
+                foreground logits minus ``posthoc_tau * log(K * n_j / sum n)``; 0 = off.
             los_delta (float): Label Over-Smoothing strength.
             los_foreground_only (bool): smooth foreground ROIs over the foreground classes
                 only, background ROIs one-hot (see ``losses.label_over_smooth_loss``).
-            prior_prob (float): initial foreground probability of sigmoid classifiers.
+            prior_prob (float): initial foreground probability of the sigmoid family's
+                classifier bias.
             min_count (float): counts are clamped to at least this value.
-            class_names (list[str]): names used in warnings.
-            diagnostics_period (int): log per-group diagnostics every this many iterations.
+            diagnostics_period (int): log per-group diagnostics every this many iterations
+                (only when class image counts were given).
             normalize_class_weights (bool): renormalise the ``class_weights`` of the foreground
-                ROIs of a batch to mean 1 (``BALMS.META.NORMALIZE``); see ``roi_weights``.
+                ROIs of a batch to mean 1; see :func:`class_roi_weights`.
+            seesaw_p, seesaw_q, seesaw_eps: Seesaw's mitigation and compensation exponents
+                and its probability floor.
+            eqlv2_gamma, eqlv2_mu, eqlv2_alpha: EQLv2's weighting function.
+            normed_classifier_tau (float): > 0 makes ``cls_score`` a cosine classifier with this
+                temperature (``NormedLinear``: same parameters, so the layout is unchanged).
+            counts_from_data (bool): the given counts are the training data's and win over a
+                checkpoint's (default: whether ``class_counts`` is given).
         """
         super().__init__(input_shape, **kwargs)
-        if loss not in LOSSES:
+        self._check_loss(loss, class_counts, posthoc_tau)
+        if normed_classifier_tau > 0:
+            c = self.cls_score
+            self.cls_score = NormedLinear(c.in_features, c.out_features, tau=normed_classifier_tau)
+        self.loss_name = loss
+        self.tau = tau
+        self.posthoc_tau = float(posthoc_tau)
+        self.los_delta = los_delta
+        self.los_foreground_only = bool(los_foreground_only)
+        self.min_count = min_count
+        self.diagnostics_period = diagnostics_period if class_image_counts is not None else 0
+        self.normalize_class_weights = bool(normalize_class_weights)
+        self.seesaw = dict(p=seesaw_p, q=seesaw_q, eps=seesaw_eps)
+        self.eqlv2 = dict(gamma=eqlv2_gamma, mu=eqlv2_mu, alpha=eqlv2_alpha)
+        self._register_state(class_counts, class_image_counts, num_train_images, class_names)
+        self._counts_from_data = (
+            class_counts is not None if counts_from_data is None else bool(counts_from_data)
+        )
+        if LOSS_FAMILIES[loss] == "sigmoid":  # foreground bias at the prior probability
+            with torch.no_grad():
+                self.cls_score.bias[:-1].fill_(-math.log((1 - prior_prob) / prior_prob))
+        # extension point for readers (module doc)
+        self.record_train_rois = False
+        self.last_train_features = None
+        self.last_train_labels = None
+
+    def _check_loss(self, loss, class_counts, posthoc_tau):
+        if loss not in LOSS_FAMILIES:
             raise ValueError(
-                f"Unknown MODEL.ROI_BOX_HEAD.BALMS.LOSS '{loss}'; choose one of {list(LOSSES)}"
+                f"Unknown MODEL.ROI_BOX_HEAD.BALMS.LOSS '{loss}'; choose one of "
+                f"{list(LOSS_FAMILIES)}"
             )
         if loss != "softmax" and (self.use_sigmoid_ce or self.use_fed_loss):
             raise ValueError(
@@ -148,74 +211,68 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
                 "leave MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE and USE_FED_LOSS off (they apply to "
                 "LOSS 'softmax', Detectron2's stock loss)"
             )
-        K = self.num_classes
-        if loss in _NEEDS_COUNTS and class_counts is None:
-            raise ValueError(f"LOSS '{loss}' needs class_counts of length {K}")
+        how = (
+            "supply them through DATASETS.TRAIN (a registered training set) or "
+            "MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO (a file written by tools/write_cat_info.py)"
+        )
+        if loss in NEEDS_COUNTS and class_counts is None:
+            raise ValueError(f"LOSS '{loss}' needs the training class counts: {how}")
         if posthoc_tau:
-            if loss in SIGMOID_LOSSES or self.use_sigmoid_ce or self.use_fed_loss:
+            if LOSS_FAMILIES[loss] != "softmax" or self.use_sigmoid_ce or self.use_fed_loss:
                 raise ValueError(
                     "MODEL.ROI_BOX_HEAD.BALMS.POSTHOC_TAU adjusts softmax logits: it needs a "
                     f"softmax-family LOSS (got '{loss}') without Detectron2's USE_SIGMOID_CE / "
                     "USE_FED_LOSS"
                 )
             if class_counts is None:
-                raise ValueError(f"POSTHOC_TAU needs class_counts of length {K}")
-        counts = (
-            torch.ones(K)
-            if class_counts is None
-            else torch.as_tensor(class_counts, dtype=torch.float32).flatten()
-        )
+                raise ValueError(f"POSTHOC_TAU needs the training class counts: {how}")
+
+    def _register_state(self, class_counts, class_image_counts, num_train_images, class_names):
+        K = self.num_classes
+        counts = torch.ones(K) if class_counts is None else torch.as_tensor(class_counts)
+        counts = counts.to(torch.float32).flatten()
         if counts.numel() != K:
             raise ValueError(
                 f"class_counts has {counts.numel()} entries but the model has {K} classes "
                 "(MODEL.ROI_HEADS.NUM_CLASSES)"
             )
-        low = (counts < min_count).nonzero().flatten().tolist()
-        if low and loss in _NEEDS_COUNTS:
+        low = (counts < self.min_count).nonzero().flatten().tolist()
+        if low and self.loss_name in NEEDS_COUNTS:
             names = [class_names[i] if class_names else str(i) for i in low]
             logger.warning(
                 "%d classes have fewer than %g training samples and are clamped to %g in the "
                 "prior: %s",
                 len(low),
-                min_count,
-                min_count,
-                ", ".join(names[:50]),
+                self.min_count,
+                self.min_count,
+                format_examples(names, limit=50, sort=False),
             )
-        image_counts = (
-            counts
-            if class_image_counts is None
-            else torch.as_tensor(class_image_counts, dtype=torch.float32)
-        )
-        self.loss_name = loss
-        self.tau = tau
-        self.posthoc_tau = float(posthoc_tau)
-        self.los_delta = los_delta
-        self.los_foreground_only = bool(los_foreground_only)
-        self.min_count = min_count
-        self.diagnostics_period = diagnostics_period
+        image_counts = counts if class_image_counts is None else torch.as_tensor(class_image_counts)
         self.register_buffer("class_counts", counts)
         self.register_buffer("num_train_images", torch.tensor(float(num_train_images)))
-        self.register_buffer("class_image_counts", image_counts)
+        self.register_buffer("class_image_counts", image_counts.to(torch.float32))
         self.register_buffer("class_weights", torch.ones(K))
-        self.normalize_class_weights = bool(normalize_class_weights)
-        # Detectron2's own USE_SIGMOID_CE flag (use_sigmoid_ce is also set below to route our
-        # losses, and by enable_class_weights for LOSS 'softmax')
-        self._stock_sigmoid_ce = bool(self.use_sigmoid_ce)
-        # Meta Reweigher hand-over: when a hook sets the slot, forward() keeps the (detached)
-        # box-head features of the training batch and the classification loss calls the hook
-        # with them and the labels before it reads class_weights.
-        self._roi_feature_hook = _HookSlot()
-        self._roi_features = None
-        if loss in SIGMOID_LOSSES:
-            # K logits, no background column; bias set to the prior foreground probability
-            self.cls_score = nn.Linear(self.cls_score.in_features, K)
-            nn.init.normal_(self.cls_score.weight, std=0.01)
-            nn.init.constant_(self.cls_score.bias, -math.log((1 - prior_prob) / prior_prob))
-        if loss != "softmax":
-            # Detectron2's losses() routes classification through sigmoid_cross_entropy_loss
-            # when this flag is set; that method is overridden below to dispatch to our losses,
-            # so box regression and the statistics stay Detectron2's own code.
-            self.use_sigmoid_ce = True
+        # running state of Seesaw and EQLv2, float64 (counts beyond 2^24 stay exact)
+        for name in ("seesaw_counts", "eqlv2_pos_grad", "eqlv2_neg_grad"):
+            self.register_buffer(name, torch.zeros(K, dtype=torch.float64))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """A checkpoint's class counts are loaded only when this predictor has none of its own:
+        the counts of the data it trains on win (a stage-1 checkpoint of another dataset, or one
+        saved without counts, cannot change the prior of stage 2)."""
+        if self._counts_from_data:
+            differ = []
+            for name in _COUNT_BUFFERS:
+                key, own = prefix + name, getattr(self, name)
+                if key in state_dict and not torch.equal(state_dict[key].to(own), own):
+                    differ.append(name)
+                state_dict[key] = own.detach().clone()
+            if differ:
+                logger.info(
+                    "Checkpoint's %s differ from the training data's: the data's are kept",
+                    "/".join(differ),
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -231,24 +288,43 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
             min_count=b.MIN_COUNT,
             diagnostics_period=b.DIAGNOSTICS_PERIOD,
             normalize_class_weights=cfg.BALMS.META.NORMALIZE,
+            seesaw_p=b.SEESAW.P,
+            seesaw_q=b.SEESAW.Q,
+            seesaw_eps=b.SEESAW.EPS,
+            eqlv2_gamma=b.EQLV2.GAMMA,
+            eqlv2_mu=b.EQLV2.MU,
+            eqlv2_alpha=b.EQLV2.ALPHA,
+            normed_classifier_tau=b.NORMED_CLASSIFIER_TAU,
         )
-        needs_counts = b.LOSS in _NEEDS_COUNTS or b.POSTHOC_TAU != 0
-        if needs_counts or (b.DIAGNOSTICS_PERIOD > 0 and cfg.DATASETS.TRAIN):
+        needs_counts = b.LOSS in NEEDS_COUNTS or b.POSTHOC_TAU != 0
+        if needs_counts or b.DIAGNOSTICS_PERIOD > 0:
             try:
-                counts = class_counts_from_cfg(cfg)
+                counts, source = class_counts_from_cfg(
+                    cfg,
+                    need_instances=b.COUNT_TYPE == "instance_count",
+                    need_num_images=b.LOSS == "balanced_sigmoid",
+                    read=needs_counts,  # the diagnostics alone never read the training set
+                )
             except FileNotFoundError as e:
                 if b.CAT_INFO:  # an explicitly named file must exist
                     raise
-                # the training data is not on this machine (evaluation of a saved model, or a
-                # training run that will stop at its data loader naming the missing files)
-                if needs_counts:
-                    logger.warning(
-                        "Class counts unavailable (%s): the predictor starts with counts of 1 "
-                        "and relies on the checkpoint's class_counts buffer",
-                        e,
-                    )
-                    ret["class_counts"] = [1.0] * cfg.MODEL.ROI_HEADS.NUM_CLASSES
+                # the training data is not on this machine (evaluation of a saved model; a
+                # training run stops at its data loader, naming the missing files)
+                logger.warning(
+                    "Class counts unavailable (%s): the predictor starts with counts of 1 and "
+                    "relies on the checkpoint's class_counts buffer",
+                    e,
+                )
+                ret["class_counts"] = [1.0] * cfg.MODEL.ROI_HEADS.NUM_CLASSES
+                ret["counts_from_data"] = False
                 return ret
+            if counts is None:
+                logger.info(
+                    "No class counts without reading the training set: the per-group "
+                    "diagnostics (DIAGNOSTICS_PERIOD) are off; set CAT_INFO to have them"
+                )
+                return ret
+            logger.info(describe_counts(counts, b.COUNT_TYPE, source))
             ret.update(
                 class_counts=counts.get(b.COUNT_TYPE),
                 class_image_counts=counts.image_count,
@@ -257,17 +333,48 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
             )
         return ret
 
-    @property
-    def sigmoid_layout(self):
-        return self.loss_name in SIGMOID_LOSSES
-
+    # -- training --------------------------------------------------------------------------
     def forward(self, x):
-        if self.training and self._roi_feature_hook.fn is not None:
-            self._roi_features = (x.flatten(1) if x.dim() > 2 else x).detach()
         scores, proposal_deltas = super().forward(x)
-        if self.sigmoid_layout:
-            scores = torch.cat([scores, scores.new_zeros(scores.shape[0], 1)], dim=1)
+        if self.training and self.record_train_rois:
+            self.last_train_features = (x.flatten(1) if x.dim() > 2 else x).detach()
         return scores, proposal_deltas
+
+    @property
+    def takes_class_weights(self):
+        """False only for LOSS 'softmax' with Detectron2's USE_SIGMOID_CE / USE_FED_LOSS, whose
+        loss is Detectron2's own and takes no weights."""
+        return not (self.use_sigmoid_ce or self.use_fed_loss)
+
+    def losses(self, predictions, proposals):
+        """Detectron2's losses with the classification loss of ``loss_name`` (the one place the
+        loss is chosen). Box regression and the classification statistics are Detectron2's.
+        LOSS 'softmax' with no class weights returns Detectron2's losses unchanged."""
+        out = super().losses(predictions, proposals)
+        scores = predictions[0]
+        if len(proposals):
+            gt_classes = cat([p.gt_classes for p in proposals], dim=0)
+        else:
+            gt_classes = torch.empty(0, dtype=torch.long, device=scores.device)
+        if self.record_train_rois:
+            self.last_train_labels = gt_classes
+        weights = self.roi_weights(gt_classes)
+        if not self.takes_class_weights:
+            if weights is not None:
+                raise ValueError(
+                    "class_weights are set, but LOSS 'softmax' with Detectron2's "
+                    "USE_SIGMOID_CE / USE_FED_LOSS cannot take them"
+                )
+            return out
+        self._log_diagnostics(scores, gt_classes)
+        if self.loss_name == "softmax" and weights is None:
+            return out  # Detectron2's cross-entropy, already computed
+        if self.training and self.loss_name in ("seesaw", "eqlv2"):
+            loss_cls = self._stateful_loss(scores, gt_classes, weights)
+        else:
+            loss_cls = self.classification_loss(scores, gt_classes, weights=weights)
+        out["loss_cls"] = loss_cls * self.loss_weight.get("loss_cls", 1.0)
+        return out
 
     def roi_weights(self, gt_classes):
         """Per-ROI weights from ``class_weights`` (None when they are all 1, or all equal and
@@ -280,91 +387,65 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
             return None
         return class_roi_weights(gt_classes, w, self.num_classes, self.normalize_class_weights)
 
-    def set_roi_feature_hook(self, fn):
-        """Register ``fn(features, gt_classes)`` (the Meta Reweigher), or None to remove it.
-
-        In training, the classification loss calls it with the detached box-head features
-        (R, D) of the batch and their labels (R,), before reading ``class_weights``.
-        """
-        self._roi_feature_hook.fn = fn
-        self._roi_features = None
-
-    def enable_class_weights(self):
-        """Make the classification loss take ``class_weights`` (the Meta Reweigher calls this).
-
-        Every LOSS but 'softmax' already does. LOSS 'softmax' is routed through
-        ``losses.softmax_loss`` (same cross-entropy, with weights), unless Detectron2's
-        USE_SIGMOID_CE / USE_FED_LOSS are on: their loss cannot take weights (ValueError).
-        """
-        if self.loss_name != "softmax":
-            return
-        if self._stock_sigmoid_ce or self.use_fed_loss:
-            raise ValueError(
-                "BALMS.META.ENABLED needs a classification loss that takes class weights: "
-                "MODEL.ROI_BOX_HEAD.BALMS.LOSS 'softmax' with Detectron2's USE_SIGMOID_CE / "
-                "USE_FED_LOSS cannot; turn those off or choose another BALMS.LOSS "
-                "(balanced_softmax, sigmoid, balanced_sigmoid, label_over_smooth)"
-            )
-        self.use_sigmoid_ce = True  # routes losses() through sigmoid_cross_entropy_loss
-
-    def sigmoid_cross_entropy_loss(self, pred_class_logits, gt_classes):
-        """Classification loss of every LOSS but 'softmax' (see the note in ``__init__``), and
-        of 'softmax' once ``enable_class_weights`` routed it here.
-
-        Args:
-            pred_class_logits: (R, K+1), the background column last (a constant zero column in
-                the sigmoid layout).
-            gt_classes: (R,) labels in [0, K].
-        """
-        if self.loss_name == "softmax" and self._stock_sigmoid_ce:
-            return super().sigmoid_cross_entropy_loss(pred_class_logits, gt_classes)
-        self._log_diagnostics(pred_class_logits, gt_classes)
-        features, self._roi_features = self._roi_features, None
-        hook = self._roi_feature_hook.fn
-        if hook is not None and features is not None and self.training:
-            hook(features, gt_classes)  # may update class_weights (Meta Reweigher step)
-        weights = self.roi_weights(gt_classes)
-        return self.classification_loss(pred_class_logits, gt_classes, weights=weights)
-
-    def classification_loss(self, logits, gt_classes, weights=None, class_weights=None):
-        """The configured loss on (R, K+1) logits (background last)."""
-        name = self.loss_name
+    def classification_loss(self, logits, gt_classes, weights=None):
+        """The loss of ``loss_name`` on (R, K+1) logits (background last), with optional (R,)
+        ROI weights; a pure function of its inputs and the predictor's buffers."""
+        name, fg = self.loss_name, logits[:, :-1]
+        kw = dict(weights=weights)
         if name == "softmax":
-            return L.softmax_loss(logits, gt_classes, weights=weights, class_weights=class_weights)
+            return L.softmax_loss(logits, gt_classes, **kw)
         if name == "balanced_softmax":
+            counts = self.class_counts
             return L.balanced_softmax_loss(
-                logits,
-                gt_classes,
-                self.class_counts,
-                tau=self.tau,
-                min_count=self.min_count,
-                weights=weights,
-                class_weights=class_weights,
+                logits, gt_classes, counts, tau=self.tau, min_count=self.min_count, **kw
             )
         if name == "label_over_smooth":
             return L.label_over_smooth_loss(
-                logits,
-                gt_classes,
-                self.los_delta,
-                weights=weights,
-                class_weights=class_weights,
-                foreground_only=self.los_foreground_only,
+                logits, gt_classes, self.los_delta, foreground_only=self.los_foreground_only, **kw
             )
-        fg_logits = logits[:, :-1]
         if name == "sigmoid":
-            return L.sigmoid_loss(
-                fg_logits, gt_classes, weights=weights, class_weights=class_weights
+            return L.sigmoid_loss(fg, gt_classes, **kw)
+        if name == "balanced_sigmoid":
+            return L.balanced_sigmoid_loss(
+                fg,
+                gt_classes,
+                self.class_counts,
+                self.num_train_images,
+                min_count=self.min_count,
+                **kw,
             )
-        return L.balanced_sigmoid_loss(
-            fg_logits,
-            gt_classes,
-            self.class_counts,
-            self.num_train_images,
-            min_count=self.min_count,
-            weights=weights,
-            class_weights=class_weights,
+        if name == "seesaw":
+            return L.seesaw_loss(logits, gt_classes, self.seesaw_counts, **self.seesaw, **kw)
+        return L.eqlv2_loss(
+            logits, gt_classes, self.eqlv2_pos_grad, self.eqlv2_neg_grad, **self.eqlv2, **kw
         )
 
+    def _stateful_loss(self, logits, gt_classes, weights):
+        """Training loss of Seesaw / EQLv2 with the update of their running state (buffers),
+        summed over processes so that every rank holds the same state. Seesaw: this batch's
+        foreground ROIs join the counts before the loss; EQLv2: this batch's gradient
+        magnitudes are accumulated after the loss used the previous ones (as published)."""
+        K = self.num_classes
+        if self.loss_name == "seesaw":
+            with torch.no_grad():
+                batch = L.seesaw_batch_counts(gt_classes, K).to(self.seesaw_counts)
+                self.seesaw_counts += _all_reduce_sum(batch)
+            return self.classification_loss(logits, gt_classes, weights=weights)
+        loss, pos, neg = L.eqlv2_loss_and_stats(
+            logits,
+            gt_classes,
+            self.eqlv2_pos_grad,
+            self.eqlv2_neg_grad,
+            weights=weights,
+            **self.eqlv2,
+        )
+        with torch.no_grad():
+            stats = _all_reduce_sum(torch.stack([pos, neg]).to(self.eqlv2_pos_grad))
+            self.eqlv2_pos_grad += stats[0]
+            self.eqlv2_neg_grad += stats[1]
+        return loss
+
+    # -- inference -------------------------------------------------------------------------
     def posthoc_adjust(self, scores):
         """(R, K+1) softmax-layout logits with ``posthoc_tau`` times the balanced-softmax shift
         subtracted from the K foreground columns (the background column is kept)."""
@@ -373,22 +454,23 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         return scores - shift
 
     def predict_probs(self, predictions, proposals):
-        if self.posthoc_tau:
-            scores, deltas = predictions
-            predictions = (self.posthoc_adjust(scores), deltas)
-        if self.loss_name == "softmax" and (self._stock_sigmoid_ce or not self.use_sigmoid_ce):
-            return super().predict_probs(predictions, proposals)
-        scores, _ = predictions
-        num_inst_per_image = [len(p) for p in proposals]
-        if self.sigmoid_layout:
-            probs = torch.sigmoid(scores)
-            probs[:, -1] = 0.0
+        scores, deltas = predictions
+        family = LOSS_FAMILIES[self.loss_name]
+        if family == "softmax":
+            if self.posthoc_tau:
+                scores = self.posthoc_adjust(scores)
+            return super().predict_probs((scores, deltas), proposals)
+        if family == "sigmoid":  # background column ignored (score 0)
+            probs = torch.cat([scores[:, :-1].sigmoid(), scores.new_zeros(len(scores), 1)], 1)
+            probs = probs.to(scores.dtype)
         else:
-            probs = F.softmax(scores, dim=-1)
-        return probs.split(num_inst_per_image, dim=0)
+            probs = L.seesaw_probs(scores)
+        return probs.split([len(p) for p in proposals], dim=0)
 
     @torch.no_grad()
     def _log_diagnostics(self, logits, gt_classes):
+        """Mean predicted probability of the true class of the foreground ROIs, per LVIS group
+        (``balms/fg_score_{r,c,f}``), every ``diagnostics_period`` iterations."""
         if self.diagnostics_period <= 0:
             return
         try:
@@ -400,53 +482,15 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         fg = gt_classes < self.num_classes
         if not fg.any():
             return
-        if self.sigmoid_layout:
-            probs = torch.sigmoid(logits[fg, :-1])
-        else:
-            probs = F.softmax(logits[fg], dim=-1)
+        probs = self.predict_probs((logits[fg], None), [range(int(fg.sum()))])[0]
         labels = gt_classes[fg]
         true_score = probs.gather(1, labels[:, None])[:, 0]
         counts = self.class_image_counts[labels]
-        group = (counts > 10).long() + (counts > 100).long()
-        for g, name in enumerate(_GROUPS):
+        group = (counts > RARE_MAX_IMAGES).long() + (counts > COMMON_MAX_IMAGES).long()
+        for g, name in enumerate(GROUPS):
             sel = group == g
             if sel.any():
                 storage.put_scalar(f"balms/fg_score_{name}", true_score[sel].mean().item())
-
-
-def convert_classifier_layout(state_dict, predictor, prefix="roi_heads.box_predictor."):
-    """Adapt a checkpoint's ``cls_score`` to the predictor's layout, in place.
-
-    A softmax-layout classifier (K+1 rows) loaded into a sigmoid-layout predictor (K rows) loses
-    its background row; a sigmoid-layout one (K rows) loaded into a softmax-layout predictor gets
-    a zero background row. Returns True when something was converted.
-    """
-    wkey, bkey = prefix + "cls_score.weight", prefix + "cls_score.bias"
-    if wkey not in state_dict:
-        return False
-    w, b = state_dict[wkey], state_dict.get(bkey)
-    want = predictor.cls_score.weight.shape[0]
-    have = w.shape[0]
-    if have == want:
-        return False
-    if have == want + 1:
-        state_dict[wkey] = w[:-1]
-        if b is not None:
-            state_dict[bkey] = b[:-1]
-        logger.info("Dropped the background row of %s (softmax -> sigmoid layout)", wkey)
-        return True
-    if have + 1 == want:
-        w = torch.as_tensor(w)
-        state_dict[wkey] = torch.cat([w, w.new_zeros(1, w.shape[1])])
-        if b is not None:
-            b = torch.as_tensor(b)
-            state_dict[bkey] = torch.cat([b, b.new_zeros(1)])
-        logger.info("Added a zero background row to %s (sigmoid -> softmax layout)", wkey)
-        return True
-    raise ValueError(
-        f"Checkpoint's {wkey} has {have} rows; the model's classifier has {want}: the number of "
-        "classes differs"
-    )
 
 
 @ROI_HEADS_REGISTRY.register()
