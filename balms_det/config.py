@@ -134,11 +134,25 @@ def add_balms_config(cfg):
     # Merge weights (empty = uniform 1/N_D).
     _C.BALMS.BTM.MERGE_WEIGHTS = []
 
-    # Evaluation.
+    # Evaluation (BalmsLVISEvaluator.from_config).
     _C.BALMS.EVAL = CN()
     # Engine computing the LVIS metrics: "fast" (balms_det.evaluation.fast_lvis, identical
-    # numbers) or "lvis-api" (the reference lvis 0.5.3, run with a numpy compatibility shim).
+    # numbers) or "lvis-api" (the reference lvis 0.5.3, run with a numpy compatibility shim;
+    # standard and fixed protocols only).
     _C.BALMS.EVAL.ENGINE = "fast"
+    # Protocols evaluated: "standard" (LVIS, MAX_DETS_PER_IMAGE per image; tasks bbox, segm),
+    # "fixed" (AP-fixed, Dave et al. 2021: the top FIXED_DETS_PER_CATEGORY detections of each
+    # category over the dataset, no per-image cap; bbox_fixed, segm_fixed), "pool" (AP-pool:
+    # those detections, precision pooled over all / r / c / f categories; bbox_pool, segm_pool),
+    # "boundary" (boundary AP of masks, Cheng et al. 2021; boundary).
+    _C.BALMS.EVAL.PROTOCOLS = ["standard"]
+    # Per-category budget k of AP-fixed and AP-pool; the evaluator keeps at most 2 k detections
+    # per category in memory while predictions stream in. The model must output enough of them:
+    # raise TEST.DETECTIONS_PER_IMAGE and lower MODEL.ROI_HEADS.SCORE_THRESH_TEST.
+    _C.BALMS.EVAL.FIXED_DETS_PER_CATEGORY = 10000
+    # Per-image cap of the standard and boundary protocols (LVIS: 300), independent of
+    # TEST.DETECTIONS_PER_IMAGE (which AP-fixed may need higher).
+    _C.BALMS.EVAL.MAX_DETS_PER_IMAGE = 300
 
     # The synthetic long-tailed dataset (registered as synth_lt_train / synth_lt_val).
     _C.BALMS.SYNTHETIC = CN()

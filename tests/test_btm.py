@@ -313,3 +313,96 @@ def test_btm_tool_refuses_stage2_on_another_synthetic_dataset():
         assert MetadataCatalog.get("synth_lt_train").synthetic_config.num_train_images == 160
     finally:
         register_synthetic_lt("synth_lt", SYNTHETIC_DEFAULT)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several processes and machines
+# ---------------------------------------------------------------------------------------------
+def _btm_cfg(tmp_path, *opts):
+    return tiny_cfg(
+        "BALMS.BTM.NUM_SUBSETS",
+        "2",
+        "BALMS.BTM.SHOTS",
+        "2",
+        "BALMS.BTM.ITERS",
+        "1",
+        "TEST.DETECTIONS_PER_IMAGE",
+        "20",
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+        "32",
+        "MODEL.DEVICE",
+        "cpu",
+        *opts,
+        output_dir=tmp_path / "s1",
+    )
+
+
+def _stage1(cfg, path):
+    from balms_det.engine.trainer import BalmsTrainer
+
+    torch.manual_seed(0)
+    torch.save({"model": BalmsTrainer.build_model(cfg).state_dict(), "iteration": 0}, path)
+    return path
+
+
+def test_two_process_pipeline_writes_each_file_once_and_merges_like_one(tmp_path):
+    from balms_det.engine import btm
+
+    cfg = _btm_cfg(tmp_path)
+    out = tmp_path / "btm"
+    res = btm.run_btm_pipeline(
+        cfg,
+        out,
+        stage1_weights=_stage1(cfg, tmp_path / "stage1.pth"),
+        num_gpus=2,
+        eval_stage1=False,
+        eval_finetunes=False,
+    )
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
+        "btm_results.json",
+        "btm_results.md",
+        "log.txt",
+        "log.txt.rank1",  # Detectron2's per-rank log of the launched workers
+        "merged.pth",
+        "subsets.json",
+        "subsets.md",
+    ]
+    for i in range(2):  # each fine-tune ran on 2 processes
+        assert (out / f"finetune_{i}" / "log.txt.rank1").exists()
+    fts = [out / f"finetune_{i}" / "model_final.pth" for i in range(2)]
+    one = merge_state_dicts([torch.load(p)["model"] for p in fts])  # in this one process
+    merged = torch.load(out / "merged.pth")["model"]
+    assert merged.keys() == one.keys() and all(torch.equal(merged[k], one[k]) for k in one)
+    assert [r["model"] for r in res["table"]] == ["btm_merged", "btm_merged"]
+
+
+def test_a_machine_other_than_the_first_writes_nothing(tmp_path):
+    from balms_det.data.balanced_subsets import subset_dataset_name
+    from balms_det.engine import btm
+
+    cfg = _btm_cfg(tmp_path)
+    out = tmp_path / "btm"
+    out.mkdir()
+    path, names, stats = btm.prepare_subsets(cfg, str(out), main=False)
+    assert names == [subset_dataset_name(["synth_lt_tiny_train"], 0, i) for i in range(2)]
+    assert stats is None
+    pipe = btm._Pipeline(cfg, str(out), (1, 2, 1, "tcp://127.0.0.1:1"), main=False)
+    assert pipe.merge(["a.pth", "b.pth"]) == str(out / "merged.pth")
+    pipe.write_table()
+    assert list(out.iterdir()) == []
+
+
+def test_more_shots_than_the_data_holds_is_named(tmp_path, caplog):
+    from balms_det.engine import btm
+
+    cfg = _btm_cfg(tmp_path, "BALMS.BTM.SHOTS", "1000")
+    with caplog.at_level("WARNING", logger="balms_det.btm"):
+        btm.prepare_subsets(cfg, str(tmp_path))
+    assert "12 of 12 classes have at most BALMS.BTM.SHOTS = 1000 training images" in caplog.text
+    assert "all 2 subsets are the same images" in caplog.text
+    cfg = _btm_cfg(tmp_path, "BALMS.BTM.SHOTS", "3", "BALMS.BTM.SEED", "1")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="balms_det.btm"):
+        btm.prepare_subsets(cfg, str(tmp_path / "other"))
+    rare = [line for line in caplog.text.splitlines() if "have at most" in line]
+    assert rare and "(2)" in rare[0] and "same images" not in caplog.text

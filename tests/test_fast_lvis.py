@@ -245,20 +245,31 @@ def test_matches_lvis_api(tmp_path, iou_type, seed, adversarial, max_dets):
 
 
 def test_file_streaming_in_small_chunks(tmp_path, monkeypatch):
-    """Chunked reading of a results file cut at many places (also inside strings)."""
+    """Chunked reading of a results file cut at many places (also inside strings), in byte
+    ranges read by two processes."""
+    from balms_det.evaluation import _json
+
     import balms_det.evaluation.fast_lvis as fl
 
     ds = make_dataset(5, n_img=12)
     res = make_results(ds, 6)
-    res[0]["note"] = '}, {"a": 1}, {'  # a string that looks like an element boundary
+    for i in range(0, len(res), 7):  # strings that look like element boundaries
+        res[i]["note"] = '}, {"a": 1}, {'
     res_path = _write(tmp_path, "res.json", res)
-    orig = fl._iter_json_list
-    chunks = list(orig(res_path, chunk_chars=997))
+    expected = json.loads(open(res_path).read())
+    (first, stop, last), = _json.array_ranges(res_path, 1)
+    chunks = [c for c, _ in _json.iter_array(res_path, first, stop, last, chunk_bytes=997)]
     assert len(chunks) > 3
-    assert [d for c in chunks for d in c] == json.loads(open(res_path).read())
-    monkeypatch.setattr(fl, "_iter_json_list", lambda p: orig(p, chunk_chars=1500))
+    assert [d for c in chunks for d in c] == expected
+    monkeypatch.setattr(_json, "CHUNK_BYTES", 1500)
+    ranges = _json.array_ranges(res_path, 3)
+    assert len(ranges) == 3 and ranges[-1][2] and not ranges[0][2]
+    got = [d for r in ranges for c, _ in _json.iter_array(res_path, *r) for d in c]
+    assert got == expected
     ref = run_lvis_api(_write(tmp_path, "gt.json", ds), copy.deepcopy(res), "bbox")
-    assert_same(fl.evaluate_lvis(ds, res_path, "bbox"), ref)
+    monkeypatch.setattr(fl, "PARALLEL_MIN_BYTES", 0)
+    assert_same(fl.evaluate_lvis(ds, res_path, "bbox", workers=2), ref)
+    assert_same(fl.evaluate_lvis(ds, res_path, "bbox", workers=1), ref)
 
 
 def test_segmentation_only_results(tmp_path):

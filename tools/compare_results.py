@@ -11,12 +11,14 @@ folder and draws per-group bars and per-class AP of every folder against the fir
 
 import argparse
 
+from balms_det.evaluation.report import TASKS
+
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("dirs", nargs="+", help="result folders (the first is the baseline)")
     p.add_argument("--labels", nargs="+", default=None, help="one label per folder")
-    p.add_argument("--task", choices=("bbox", "segm"), default="segm")
+    p.add_argument("--task", choices=TASKS, default="segm", help="per-class AP of which task")
     p.add_argument("--output", default=None, help="PNG to write (default: no plot)")
     return p
 

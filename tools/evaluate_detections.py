@@ -5,6 +5,8 @@
         --dets output/inference/lvis_v1_val/lvis_instances_results.json --output-dir out/eval
     python tools/evaluate_detections.py --gt val.json --dets instances_predictions.pth \\
         --train-json train.json --iou-types segm --compare out/baseline
+    python tools/evaluate_detections.py --gt lvis_v1_val.json --dets results.json \\
+        --protocols standard fixed pool boundary
 
 Detections: an LVIS results JSON (a list of {image_id, category_id, bbox, score,
 segmentation}) or Detectron2's ``instances_predictions.pth`` (0-based contiguous category ids,
@@ -12,22 +14,31 @@ mapped to the annotation file's sorted ids, i.e. id + 1 for LVIS, unless --categ
 The annotation file may be LVIS or COCO format; for a COCO-format file without ``frequency``
 fields the rare/common/frequent groups come from --train-json's image counts.
 
+Protocols (--protocols): standard (LVIS, 300 detections per image: tasks bbox, segm), fixed
+(AP-fixed of Dave et al. 2021: the top --dets-per-category detections of every category, no
+per-image cap: bbox_fixed, segm_fixed), pool (AP-pool: those detections, precision pooled over
+all / r / c / f categories: bbox_pool, segm_pool), boundary (boundary AP of Cheng et al. 2021
+for masks: boundary).
+
 Prints AP, AP50, AP75, APs, APm, APl, APr, APc, APf, AR, hmean, gmean, min, num_zero per task
-(and Detectron2's copypaste lines) and writes, with --output-dir, the same files as
+(and Detectron2-style copypaste lines) and writes, with --output-dir, the same files as
 BalmsLVISEvaluator: per_class_ap.csv/json, lvis_metrics.json, per_class_ap_<task>.png and, with
 --compare, comparison_<task>.png. Bad inputs (missing file, malformed JSON, ids absent from the
-annotation file) stop it with a message naming the file and the ids.
+annotation file, NaN scores, polygons of fewer than 3 points) stop it with a message naming the
+file and the detection. Imports neither torch nor Detectron2 (torch only to read a .pth).
 """
 
 import argparse
 import logging
 import sys
 
+from balms_det.evaluation.protocols import PROTOCOLS
+
 
 def build_parser():
     p = argparse.ArgumentParser(
-        description="LVIS-protocol evaluation (AP, APr/APc/APf, worst-class metrics) of a saved "
-        "detections file",
+        description="LVIS-protocol evaluation (AP, APr/APc/APf, AP-fixed, AP-pool, boundary AP, "
+        "worst-class metrics) of a saved detections file",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--gt", required=True, help="LVIS or COCO-format annotation file")
@@ -45,10 +56,30 @@ def build_parser():
         help="tasks to evaluate (default: all the detections support)",
     )
     p.add_argument(
+        "--protocols",
+        nargs="+",
+        choices=PROTOCOLS,
+        default=["standard"],
+        help="standard (300 per image), fixed (AP-fixed), pool (AP-pool), boundary (boundary AP)",
+    )
+    p.add_argument(
+        "--dets-per-category",
+        type=int,
+        default=10000,
+        help="detections kept per category by the fixed and pool protocols",
+    )
+    p.add_argument(
         "--engine",
         choices=("fast", "lvis-api"),
         default="fast",
-        help="fast (balms_det.evaluation.fast_lvis) or lvis-api (the reference)",
+        help="fast (balms_det.evaluation.fast_lvis) or lvis-api (the reference; standard and "
+        "fixed protocols)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes of the fast engine (default: the CPUs available, at most 2)",
     )
     p.add_argument(
         "--train-json",
@@ -78,15 +109,23 @@ def build_parser():
     return p
 
 
+def _copypaste(results):
+    """Detectron2's print_csv_format lines, printed."""
+    for task, res in results.items():
+        keys = [k for k in res if "-" not in k]
+        print(f"copypaste: Task: {task}")
+        print("copypaste: " + ",".join(keys))
+        print("copypaste: " + ",".join(f"{res[k]:.4f}" for k in keys))
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from detectron2.evaluation import print_csv_format
-    from detectron2.utils.logger import create_small_table, setup_logger
+    from balms_det.evaluation.detections_io import evaluate_detections_file
+    from balms_det.utils import markdown_table
 
-    from balms_det.evaluation.lvis_evaluator import evaluate_detections_file
-
-    setup_logger(name="detectron2", abbrev_name="d2")
-    log = setup_logger(name="balms_det", abbrev_name="balms")
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
+    log = logging.getLogger("balms_det.evaluate_detections")
     if args.compare and not args.output_dir:
         raise SystemExit("evaluate_detections: --compare needs --output-dir (the plot goes there)")
     if args.labels is not None and len(args.labels) != len(args.compare) + 1:
@@ -106,13 +145,17 @@ def main(argv=None):
             compare_labels=args.labels,
             max_dets=args.max_dets,
             category_mapping=args.category_mapping,
-            log=logging.getLogger("balms_det.evaluate_detections"),
+            log=log,
+            protocols=args.protocols,
+            dets_per_category=args.dets_per_category,
+            workers=args.workers,
         )
     except (OSError, ValueError) as e:
         raise SystemExit(f"evaluate_detections: {e}") from e
     for task, res in results.items():
-        print(f"\n{task} (%):\n{create_small_table(res)}")
-    print_csv_format(results)
+        keys = list(res)
+        print(f"\n{task} (%):\n{markdown_table([[res[k] for k in keys]], keys, floatfmt='.3f')}")
+    _copypaste(results)
     if outputs:
         written = [v for k, v in outputs.items() if k != "rows"]
         log.info("Wrote %s", ", ".join(written))

@@ -36,7 +36,6 @@ the chosen dicts of the source dataset(s), with the source's metadata.
 import copy
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np

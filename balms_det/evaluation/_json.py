@@ -130,7 +130,7 @@ def _parse_piece(piece, offset, transform=None):
         raise BadJSON(str(e), offset) from None
 
 
-def iter_array(path, start, stop, last, transform=None, chunk_bytes=CHUNK_BYTES):
+def iter_array(path, start, stop, last, transform=None, chunk_bytes=None):
     """Yield ``(elements, original)`` for the byte range ``[start, stop)`` of a JSON array
     (from :func:`array_ranges`), a chunk at a time.
 
@@ -138,6 +138,7 @@ def iter_array(path, start, stop, last, transform=None, chunk_bytes=CHUNK_BYTES)
     ``transform``'s rewrite of it, so that the caller can parse it as is; else None. A range that is
     not ``last`` must end with ', ' before the next range's first element; its last piece
     proves that boundary. Raises BadJSON when the range does not parse."""
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
     with open(path, "rb") as f:
         f.seek(start)
         remaining = stop - start

@@ -30,6 +30,7 @@ __all__ = [
     "strip_segmentations",
     "load_gt_dataset",
     "load_lvis_detections",
+    "is_empty_results",
     "evaluate_detections_file",
 ]
 
@@ -183,6 +184,8 @@ def extract_columns(batch, base, gt, source, need_segs, ignore_boxes=False, stri
     are reported over the whole file at once): ``img`` / ``cat`` are -1 there.
     """
     n = len(batch)
+    if n == 0:
+        return _no_columns(need_segs)
     try:
         img = [d["image_id"] for d in batch]
         cat = [d["category_id"] for d in batch]
@@ -195,16 +198,19 @@ def extract_columns(batch, base, gt, source, need_segs, ignore_boxes=False, stri
     if ignore_boxes:
         box_any = [None] * n
         has_box = np.zeros(n, bool)
+        lacking = [i for i, d in enumerate(batch) if "segmentation" not in d]
+        if lacking:
+            _raise_for(batch, base, lacking, source, "has no segmentation (masks are evaluated)")
     else:
         box_any = [d.get("bbox") for d in batch]
         nobox = box_any.count(None)
         has_box = np.ones(n, bool) if nobox == 0 else np.array([b is not None for b in box_any])
         if nobox and stripped:
             return None
-    if not has_box.all():
-        lacking = [i for i in np.flatnonzero(~has_box).tolist() if "segmentation" not in batch[i]]
-        if lacking and not ignore_boxes:
-            _raise_for(batch, base, lacking, source, "has neither bbox nor segmentation")
+        if nobox:
+            lacking = [i for i in np.flatnonzero(~has_box).tolist() if "segmentation" not in batch[i]]
+            if lacking:
+                _raise_for(batch, base, lacking, source, "has neither bbox nor segmentation")
     if has_box.all():
         box = _boxes(box_any, batch, range(n), base, source)
     else:
@@ -229,6 +235,17 @@ def extract_columns(batch, base, gt, source, need_segs, ignore_boxes=False, stri
     c.segs = None
     if need_segs or not has_box[rel_idx].all():
         c.segs = [batch[i].get("segmentation") for i in rel_idx.tolist()]
+    return c
+
+
+def _no_columns(need_segs):
+    c = Columns()
+    c.n = 0
+    c.img = c.cat = np.zeros(0, np.int32)
+    c.score = np.zeros(0)
+    c.has_box = c.rel = np.zeros(0, bool)
+    c.box = np.zeros((0, 4))
+    c.segs = [] if need_segs else None
     return c
 
 
@@ -600,14 +617,13 @@ def evaluate_detections_file(
     results = detections
     if is_pth(detections) or engine != "fast":
         results = load_lvis_detections(detections, gt, category_mapping)
-    iou_types = tuple(iou_types) if iou_types else None
-    if iou_types is None:
+    if iou_types:
+        iou_types = tuple(iou_types)
+    elif is_empty_results(results):
+        has_masks = any("segmentation" in a for a in gt["annotations"])
+        iou_types = ("bbox", "segm") if has_masks else ("bbox",)
+    else:
         iou_types = tasks_of_results(results)
-        if not iou_types or (
-            "segm" not in iou_types and any("segmentation" in a for a in gt["annotations"])
-        ):
-            if _is_empty(results):
-                iou_types = ("bbox", "segm")
     tasks = plan_tasks(iou_types, protocols)
     log.info(
         "Evaluating '%s' against '%s' (%s)", detections, gt_json, ", ".join(t.name for t in tasks)
@@ -642,10 +658,11 @@ def evaluate_detections_file(
     return res, per_class, outputs
 
 
-def _is_empty(results):
+def is_empty_results(results):
+    """True for an empty list of results or a results file holding an empty array."""
     if isinstance(results, (list, tuple)):
         return len(results) == 0
-    ranges = array_ranges_or_raise(results, 1)
+    ranges = array_ranges_or_raise(os.fspath(results), 1)
     start, stop, _ = ranges[0]
     with open(results, "rb") as f:
         f.seek(start)

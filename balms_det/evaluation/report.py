@@ -4,8 +4,11 @@ Written by :class:`balms_det.evaluation.lvis_evaluator.BalmsLVISEvaluator` and b
 ``tools/evaluate_detections.py`` into their output folder:
 
 * ``per_class_ap.csv`` / ``per_class_ap.json``: one row per category with its id, name, LVIS
-  group (r/c/f), training image and instance counts, and AP (%) for box and mask (empty / null
-  where the category has no ground truth or the task was not evaluated);
+  group (r/c/f), training image and instance counts, AP (%) for box and mask (empty / null
+  where the category has no ground truth or the task was not evaluated) and the number of its
+  detections each task evaluated (``num_dets_<task>``: a category with ground truth, AP 0 and
+  0 there had nothing evaluated, lvis-api's AP 0 for a class the model never predicted); AP
+  and detections of AP-fixed and boundary AP in further columns when evaluated;
 * ``lvis_metrics.json``: the summary metrics of each task (AP, APr, ..., hmean, gmean, min);
 * ``per_class_ap_<task>.png``: per-class AP against training image count (log scale), coloured
   by group, with the group means;
@@ -17,19 +20,20 @@ its AP): every category with ground truth contributes the same number of precisi
 """
 
 import csv
-import json
+import io
 import math
 import os
 from collections import OrderedDict
 
 import numpy as np
 
-from ..utils import read_json
-from .longtail import worst_class_metrics
+from ..utils import atomic_write, atomic_write_json, markdown_table, read_json
+from .longtail import GROUPS, worst_class_metrics
 
 __all__ = [
     "TABLE_FIELDS",
-    "GROUPS",
+    "EXTRA_TASKS",
+    "TASKS",
     "per_class_table",
     "write_per_class_table",
     "read_per_class_table",
@@ -49,11 +53,21 @@ TABLE_FIELDS = (
     "train_instance_count",
     "AP_bbox",
     "AP_segm",
+    "num_dets_bbox",
+    "num_dets_segm",
 )
-GROUPS = ("r", "c", "f")
+# tasks with per-class AP beyond bbox / segm: their columns follow when they were evaluated
+EXTRA_TASKS = ("bbox_fixed", "segm_fixed", "boundary")
+TASKS = ("bbox", "segm") + EXTRA_TASKS
 _GROUP_NAMES = {"r": "rare", "c": "common", "f": "frequent"}
 _GROUP_COLORS = {"r": "#d62728", "c": "#ff7f0e", "f": "#1f77b4"}
-_TASK_TITLES = {"bbox": "box AP", "segm": "mask AP"}
+_TASK_TITLES = {
+    "bbox": "box AP",
+    "segm": "mask AP",
+    "bbox_fixed": "box AP-fixed",
+    "segm_fixed": "mask AP-fixed",
+    "boundary": "boundary AP",
+}
 TABLE_JSON = "per_class_ap.json"
 TABLE_CSV = "per_class_ap.csv"
 METRICS_JSON = "lvis_metrics.json"
@@ -66,21 +80,25 @@ def _finite_or_none(x, scale=1.0):
     return None if math.isnan(x) or math.isinf(x) else x * scale
 
 
-def per_class_table(gt_dataset, per_class_ap_by_task, train_counts=None):
+def per_class_table(gt_dataset, per_class_ap_by_task, train_counts=None, num_dets_by_task=None):
     """One row per category of ``gt_dataset`` (sorted by id).
 
     Args:
         gt_dataset (dict): the LVIS/COCO-format annotation dict; its categories carry the LVIS
             ``frequency`` (see ``prepare_gt_dataset``) and, for LVIS, the training
             ``image_count``/``instance_count``.
-        per_class_ap_by_task (dict): task ("bbox"/"segm") -> {category id: AP in [0, 1] or NaN}.
+        per_class_ap_by_task (dict): task -> {category id: AP in [0, 1] or NaN}.
         train_counts (dict, optional): category id -> {"image_count", "instance_count"} of the
             training set; when given it wins over the categories' own count fields.
+        num_dets_by_task (dict, optional): task -> {category id: detections evaluated}.
 
     Returns:
-        list of dicts with the keys of :data:`TABLE_FIELDS`; AP in %, None where undefined
+        list of dicts with the keys of :data:`TABLE_FIELDS` (then ``AP_<task>`` and
+        ``num_dets_<task>`` of the :data:`EXTRA_TASKS` evaluated); AP in %, None where undefined
         (no ground truth in the evaluated set) or not evaluated; counts None where unknown.
     """
+    num_dets_by_task = num_dets_by_task or {}
+    extra = [t for t in EXTRA_TASKS if t in per_class_ap_by_task]
     rows = []
     for c in sorted(gt_dataset["categories"], key=lambda c: c["id"]):
         cid = c["id"]
@@ -97,24 +115,32 @@ def per_class_table(gt_dataset, per_class_ap_by_task, train_counts=None):
             train_instance_count=None if inst is None else int(inst),
         )
         for task in ("bbox", "segm"):
-            ap = per_class_ap_by_task.get(task, {}).get(cid)
-            row[f"AP_{task}"] = _finite_or_none(ap, 100.0)
+            row[f"AP_{task}"] = _finite_or_none(per_class_ap_by_task.get(task, {}).get(cid), 100.0)
+        for task in ("bbox", "segm"):
+            row[f"num_dets_{task}"] = num_dets_by_task.get(task, {}).get(cid)
+        for task in extra:
+            row[f"AP_{task}"] = _finite_or_none(per_class_ap_by_task[task].get(cid), 100.0)
+            row[f"num_dets_{task}"] = num_dets_by_task.get(task, {}).get(cid)
         rows.append(row)
     return rows
 
 
+def _fields(rows):
+    return list(rows[0].keys()) if rows else list(TABLE_FIELDS)
+
+
 def write_per_class_table(rows, output_dir):
     """Write ``per_class_ap.csv`` and ``per_class_ap.json`` into ``output_dir``; returns paths."""
-    os.makedirs(output_dir, exist_ok=True)
     csv_path = os.path.join(output_dir, TABLE_CSV)
     json_path = os.path.join(output_dir, TABLE_JSON)
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=TABLE_FIELDS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in TABLE_FIELDS})
-    with open(json_path, "w") as f:
-        json.dump([{k: r.get(k) for k in TABLE_FIELDS} for r in rows], f, indent=1)
+    fields = _fields(rows)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
+    atomic_write(csv_path, lambda f: f.write(buf.getvalue()))
+    atomic_write_json([{k: r.get(k) for k in fields} for r in rows], json_path)
     return csv_path, json_path
 
 
@@ -133,11 +159,9 @@ def read_per_class_table(path):
 
 def write_metrics(results, output_dir):
     """Write the summary metrics (task -> metric -> value, %) to ``lvis_metrics.json``."""
-    os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, METRICS_JSON)
     clean = {t: {k: _finite_or_none(v) for k, v in m.items()} for t, m in results.items()}
-    with open(path, "w") as f:
-        json.dump(clean, f, indent=1)
+    atomic_write_json(clean, path)
     return path
 
 
@@ -168,10 +192,8 @@ def _new_figure(width, height):
 
 
 def _save(fig, path):
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
 
 
 def plot_per_class_ap(rows, path, task="segm"):
@@ -284,14 +306,7 @@ def format_compare_table(table):
     if not table:
         return "(nothing to compare)"
     keys = list(table[0].keys())
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for r in table:
-        cells = []
-        for k in keys:
-            v = r[k]
-            cells.append(f"{v:.2f}" if isinstance(v, float) else str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown_table([[r[k] for k in keys] for r in table], keys)
 
 
 def plot_comparison(result_dirs, path, labels=None, task="segm"):
@@ -376,12 +391,14 @@ def write_report(
     compare_labels=None,
     logger=None,
     strict_compare=True,
+    num_dets_by_task=None,
 ):
     """Write every output of an evaluation into ``output_dir``.
 
     Args:
         output_dir (str): folder to write into (created).
-        gt_dataset, per_class_ap_by_task, train_counts: as :func:`per_class_table`.
+        gt_dataset, per_class_ap_by_task, train_counts, num_dets_by_task: as
+            :func:`per_class_table`.
         results (dict): task -> metric -> value (%), written to ``lvis_metrics.json``.
         compare_dirs: other result folders; when given, ``comparison_<task>.png`` compares them
             (first, as the baseline) with this one (last).
@@ -394,7 +411,7 @@ def write_report(
         dict of the paths written (``csv``, ``json``, ``metrics``, ``plot_<task>``,
         ``comparison_<task>``) and the ``rows`` of the table.
     """
-    rows = per_class_table(gt_dataset, per_class_ap_by_task, train_counts)
+    rows = per_class_table(gt_dataset, per_class_ap_by_task, train_counts, num_dets_by_task)
     csv_path, json_path = write_per_class_table(rows, output_dir)
     out = {
         "rows": rows,

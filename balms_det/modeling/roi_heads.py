@@ -33,7 +33,6 @@ from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
-from torch.nn import functional as F
 
 from .. import losses as L
 from ..class_counts import class_counts_from_cfg, describe_counts

@@ -1,0 +1,387 @@
+"""What an LVIS-protocol evaluation computes and reports, shared by the training-time evaluator
+(:class:`balms_det.evaluation.lvis_evaluator.BalmsLVISEvaluator`) and the offline path
+(:func:`balms_det.evaluation.detections_io.evaluate_detections_file`).
+
+Protocols (``protocols``) and the tasks they add, for each evaluated iou type:
+
+* "standard": lvis-api's LVIS protocol, at most 300 detections per image -> "bbox", "segm";
+* "fixed": AP-fixed (Dave et al. 2021): the top 10,000 detections per category over the
+  dataset, no per-image cap -> "bbox_fixed", "segm_fixed";
+* "pool": AP-pool (Dave et al. 2021): AP-fixed's detections, precision / recall pooled over the
+  categories of "all", r, c, f -> "bbox_pool", "segm_pool" (AP is the pool "all", APr / APc /
+  APf the group pools; no per-class AP, hence no worst-class metrics);
+* "boundary": boundary AP (Cheng et al. 2021) of the masks, standard protocol -> "boundary".
+
+Mask tasks (segm, boundary) are computed without the boxes, so that areas (small / medium /
+large) are mask areas, as Detectron2's LVISEvaluator and Dave et al.'s scripts do.
+
+Metric values are in %; a metric lvis-api leaves undefined (-1: e.g. APr when no rare category
+has ground truth, APl without large objects) is reported as NaN, as Detectron2's COCOEvaluator
+does. See docs/METHODS.md.
+
+This module imports neither torch nor Detectron2.
+"""
+
+import copy
+import logging
+import math
+import mmap
+import os
+from collections import OrderedDict, namedtuple
+
+from ..utils import format_examples, markdown_table
+from .detections_io import is_empty_results, load_lvis_detections
+from .longtail import GROUPS, assign_frequency, worst_class_metrics
+
+__all__ = [
+    "PROTOCOLS",
+    "ENGINES",
+    "SUMMARY_KEYS",
+    "WORST_KEYS",
+    "Task",
+    "plan_tasks",
+    "tasks_of_results",
+    "prepare_gt_dataset",
+    "task_metrics",
+    "evaluate_tasks",
+    "top_per_category",
+    "counts_from_categories",
+]
+
+logger = logging.getLogger(__name__)
+
+PROTOCOLS = ("standard", "fixed", "pool", "boundary")
+ENGINES = ("fast", "lvis-api")
+SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl") + tuple("AP" + g for g in GROUPS)
+WORST_KEYS = ("hmean", "gmean", "min", "num_zero")
+
+
+class Task(namedtuple("Task", ["name", "iou_type", "protocol"])):
+    """One evaluation: its name (the key of the results), the engine's iou type and
+    protocol ("standard", "fixed" or "pool")."""
+
+    @property
+    def masks(self):
+        return self.iou_type != "bbox"
+
+    @property
+    def per_class(self):
+        return self.protocol != "pool"
+
+
+def _task_of_name(name):
+    if name == "boundary":
+        return Task(name, "boundary", "standard")
+    iou_type, _, protocol = name.partition("_")
+    if iou_type not in ("bbox", "segm") or protocol not in ("", "fixed", "pool"):
+        raise ValueError(
+            f"Unknown evaluation task '{name}'; tasks are bbox, segm, bbox_fixed, segm_fixed, "
+            "bbox_pool, segm_pool, boundary"
+        )
+    return Task(name, iou_type, protocol or "standard")
+
+
+def plan_tasks(iou_types, protocols=("standard",)):
+    """The tasks of ``protocols`` (see the module doc) for the iou types ("bbox", "segm").
+
+    Raises ValueError for an unknown protocol or iou type, and for "boundary" without "segm"
+    (boundary AP evaluates masks)."""
+    iou_types = tuple(iou_types)
+    bad = [t for t in iou_types if t not in ("bbox", "segm")]
+    if bad:
+        raise ValueError(f"Unknown iou types {bad}; choose among bbox, segm")
+    protocols = tuple(protocols)
+    bad = [p for p in protocols if p not in PROTOCOLS]
+    if bad:
+        raise ValueError(f"Unknown evaluation protocols {bad}; choose among {list(PROTOCOLS)}")
+    if not protocols:
+        raise ValueError("No evaluation protocol given")
+    if "boundary" in protocols and "segm" not in iou_types:
+        raise ValueError(
+            "The boundary protocol evaluates masks: the detections have no segmentation, or "
+            "segm is not among the iou types"
+        )
+    tasks = []
+    for p in PROTOCOLS:
+        if p not in protocols:
+            continue
+        if p == "boundary":
+            tasks.append(Task("boundary", "boundary", "standard"))
+            continue
+        for t in ("bbox", "segm"):
+            if t in iou_types:
+                tasks.append(Task(t if p == "standard" else f"{t}_{p}", t, p))
+    return tasks
+
+
+def _as_tasks(tasks):
+    return [t if isinstance(t, Task) else _task_of_name(t) for t in tasks]
+
+
+def tasks_of_results(results):
+    """Iou types the results support: "bbox" (unless no result has a box) and "segm" when some
+    result has a segmentation. ``results``: a list, or a results JSON file (searched for the
+    keys, not parsed)."""
+    if isinstance(results, (str, os.PathLike)):
+        with open(results, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return ("bbox",)
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                has_box = m.find(b'"bbox"') >= 0
+                has_seg = m.find(b'"segmentation"') >= 0
+        empty = is_empty_results(results)
+    else:
+        empty = len(results) == 0
+        has_box = any("bbox" in r for r in results)
+        has_seg = any("segmentation" in r for r in results)
+    return (("bbox",) if empty or has_box else ()) + (("segm",) if has_seg else ())
+
+
+# ------------------------------------------------------------------------------------------
+# Ground truth
+# ------------------------------------------------------------------------------------------
+def counts_from_categories(categories):
+    """{id: {"image_count", "instance_count"}} from the categories' own fields (LVIS has the
+    training counts there), or None when some category lacks ``image_count``."""
+    if not categories or any("image_count" not in c for c in categories):
+        return None
+    return {
+        c["id"]: {"image_count": c["image_count"], "instance_count": c.get("instance_count")}
+        for c in categories
+    }
+
+
+def prepare_gt_dataset(dataset, train_counts=None, source=None, hint=""):
+    """Make an LVIS- or COCO-format annotation dict evaluable with the LVIS protocol (in place).
+
+    * Categories without an LVIS ``frequency`` get one from training image counts with the LVIS
+      thresholds (:mod:`balms_det.evaluation.longtail`): from ``train_counts``
+      ({id: {"image_count", ...}}) when given, else from the categories' ``image_count``.
+    * Images without ``neg_category_ids`` (COCO format: exhaustive annotations) list every
+      category they hold no annotation of as negative; a missing
+      ``not_exhaustive_category_ids`` is empty. LVIS images are left alone.
+    * COCO crowd annotations (``iscrowd`` 1) are marked ``ignore`` (lvis-api does not read
+      ``iscrowd``).
+
+    Returns ``dataset``. Raises ValueError (naming ``source``, ending with ``hint``) when
+    groups are needed and no counts are available.
+    """
+    cats = dataset["categories"]
+    where = f" of '{source}'" if source else ""
+    if any("frequency" not in c for c in cats):
+        counts = train_counts if train_counts is not None else counts_from_categories(cats)
+        if counts is None:
+            raise ValueError(
+                f"Categories{where} have no LVIS 'frequency' field and no training image "
+                f"counts to derive it from{': ' + hint if hint else ''}"
+            )
+        assign_frequency(cats, {cid: v["image_count"] for cid, v in counts.items()})
+    images = dataset["images"]
+    if any(
+        "neg_category_ids" not in im or "not_exhaustive_category_ids" not in im for im in images
+    ):
+        all_ids = sorted(c["id"] for c in cats)
+        present = {}
+        for a in dataset["annotations"]:
+            present.setdefault(a["image_id"], set()).add(a["category_id"])
+        for im in images:
+            if "neg_category_ids" not in im:
+                pos = present.get(im["id"], set())
+                im["neg_category_ids"] = [c for c in all_ids if c not in pos]
+            im.setdefault("not_exhaustive_category_ids", [])
+    for a in dataset["annotations"]:
+        if a.get("iscrowd", 0) and "ignore" not in a:
+            a["ignore"] = 1
+    return dataset
+
+
+# ------------------------------------------------------------------------------------------
+# One task
+# ------------------------------------------------------------------------------------------
+def top_per_category(results, k):
+    """Dave et al.'s AP-fixed filter: the top-``k`` scores of each category (ties in input
+    order), the results listed category after category in order of first appearance."""
+    by_cat = OrderedDict()
+    for r in results:
+        by_cat.setdefault(r["category_id"], []).append(r)
+    out = []
+    for anns in by_cat.values():
+        out.extend(sorted(anns, key=lambda r: r["score"], reverse=True)[:k])
+    return out
+
+
+def _lvis_api(gt_dataset, gt_index, results, task, max_dets, dets_per_category, source):
+    """(summary, per_class, num_dets) of lvis-api itself: the standard protocol, or AP-fixed
+    run as Dave et al.'s script runs it."""
+    import numpy as np
+    from lvis import LVIS
+
+    from .fast_lvis import check_detections
+    from .lvis_compat import run_lvis_api
+
+    if task.protocol == "pool" or task.iou_type == "boundary":
+        raise ValueError(
+            f"The lvis-api engine evaluates the standard and fixed protocols; '{task.name}' is "
+            "computed by the fast engine only"
+        )
+    check_detections(gt_index, results, task.iou_type, ignore_boxes=task.masks, source=source)
+    if task.masks:
+        results = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
+    if task.protocol == "fixed":
+        results, max_dets = top_per_category(results, dets_per_category), -1
+    gt = LVIS.__new__(LVIS)  # an LVIS object over an in-memory dict, without reading a file
+    gt.logger = logger
+    gt.dataset = copy.deepcopy(gt_dataset)
+    gt._create_index()
+    ev = run_lvis_api(gt, results, task.iou_type, max_dets=max_dets)
+    precision = ev.eval["precision"]
+    per_class, num_dets = {}, {}
+    for k, cat_id in enumerate(ev.params.cat_ids):
+        p = precision[:, :, k, 0]
+        p = p[p > -1]
+        per_class[cat_id] = float(np.mean(p)) if p.size else float("nan")
+        num_dets[cat_id] = 0
+    for (_, cat_id), dts in ev._dts.items():
+        num_dets[cat_id] += len(dts)
+    return dict(ev.get_results()), per_class, num_dets
+
+
+def _fast(gt_index, results, task, max_dets, dets_per_category, workers):
+    from .fast_lvis import evaluate_lvis
+
+    ev = evaluate_lvis(
+        gt_index,
+        results,
+        task.iou_type,
+        max_dets=max_dets,
+        protocol=task.protocol,
+        dets_per_category=dets_per_category,
+        ignore_boxes=task.masks,
+        workers=workers,
+    )
+    per_class = ev.per_category_ap() if task.per_class else None
+    num_dets = dict(zip(ev.cat_ids, ev.num_dets.tolist()))
+    return dict(ev.results), per_class, num_dets
+
+
+def _pct(v):
+    v = float(v)
+    return float("nan") if v == -1 or math.isnan(v) else v * 100
+
+
+def task_metrics(summary, per_class):
+    """The reported metrics (%) of one task: AP, AP50, AP75, APs, APm, APl, APr, APc, APf, AR
+    (at the task's cap), and, from per-class AP (None for AP-pool), hmean, gmean, min
+    (worst-class metrics, a zero AP replaced by 1e-3 in the means) and num_zero."""
+    res = OrderedDict((k, _pct(summary[k])) for k in SUMMARY_KEYS)
+    ar = [k for k in summary if k.startswith("AR@")]
+    if ar:
+        res["AR"] = _pct(summary[ar[0]])
+    if per_class is not None:
+        worst = worst_class_metrics(per_class.values())
+        res.update(
+            hmean=worst["hmean"] * 100,
+            gmean=worst["gmean"] * 100,
+            min=worst["min"] * 100,
+            num_zero=float(worst["num_zero"]),
+        )
+    return res
+
+
+def _log_task(log, task, engine, res, per_class, num_dets, dets_per_category):
+    keys = list(res)
+    log.info(
+        "Evaluation results for %s (%s engine):\n%s",
+        task.name,
+        engine,
+        markdown_table([[res[k] for k in keys]], keys, floatfmt=".3f"),
+    )
+    if per_class is not None:
+        silent = [c for c, ap in per_class.items() if not math.isnan(ap) and num_dets[c] == 0]
+        if silent:
+            log.info(
+                "%s: %d categories with ground truth have no evaluated detection (AP 0, "
+                "num_dets_%s 0 in the per-class table): %s",
+                task.name,
+                len(silent),
+                task.name,
+                format_examples(silent),
+            )
+    if task.protocol != "standard":
+        short = sum(1 for n in num_dets.values() if n < dets_per_category)
+        if short:
+            log.info(
+                "%s: %d of %d categories have fewer than %d detections evaluated; AP-fixed and "
+                "AP-pool expect %d per category (raise TEST.DETECTIONS_PER_IMAGE and lower "
+                "MODEL.ROI_HEADS.SCORE_THRESH_TEST)",
+                task.name,
+                short,
+                len(num_dets),
+                dets_per_category,
+                dets_per_category,
+            )
+
+
+def evaluate_tasks(
+    gt_dataset,
+    results,
+    tasks,
+    max_dets=300,
+    engine="fast",
+    log=None,
+    dets_per_category=10000,
+    source=None,
+    gt_source=None,
+    workers=None,
+    topk_results=None,
+):
+    """Evaluate LVIS results (1-based dataset category ids) for every task.
+
+    Args:
+        gt_dataset: the prepared annotation dict (:func:`prepare_gt_dataset`), not modified.
+        results: list of result dicts, or a results JSON file (streamed by the fast engine).
+        tasks: :class:`Task` objects or names ("bbox", "segm_fixed", "boundary", ...).
+        max_dets: the per-image cap of the standard protocol.
+        engine: "fast" or "lvis-api" (the reference: standard and fixed protocols only).
+        dets_per_category: the per-category budget of AP-fixed and AP-pool.
+        source / gt_source: file names for error messages.
+        topk_results: the detections AP-fixed / AP-pool evaluate when they are not
+            ``results`` (the training-time evaluator keeps them apart: its per-category top-k).
+
+    Returns:
+        (results, per_class, num_dets): task -> :func:`task_metrics` dict; task -> {category
+        id: AP in [0, 1] or NaN} (tasks with per-class AP); task -> {category id: detections
+        evaluated}.
+    """
+    from .fast_lvis import LVISGroundTruth
+
+    log = log or logger
+    if engine not in ENGINES:
+        raise ValueError(f"Unknown LVIS evaluation engine '{engine}'; choose one of {ENGINES}")
+    gt_index = LVISGroundTruth(gt_dataset, source=gt_source)
+    out, per_class_by_task, num_dets_by_task = OrderedDict(), {}, {}
+    for task in _as_tasks(tasks):
+        dets = results if task.protocol == "standard" or topk_results is None else topk_results
+        if engine == "lvis-api" and not is_empty_results(dets):
+            if not isinstance(dets, (list, tuple)):
+                dets = load_lvis_detections(dets, gt_dataset)
+            summary, per_class, num_dets = _lvis_api(
+                gt_dataset, gt_index, dets, task, max_dets, dets_per_category, source
+            )
+        else:
+            # lvis-api crashes on an empty result list (LVISResults reads results[0]); without
+            # detections every category with ground truth has AP 0, which the fast engine
+            # (equal to lvis-api) gives
+            summary, per_class, num_dets = _fast(
+                gt_index, dets, task, max_dets, dets_per_category, workers
+            )
+        res = task_metrics(summary, per_class)
+        _log_task(log, task, engine, res, per_class, num_dets, dets_per_category)
+        out[task.name] = res
+        if per_class is not None:
+            per_class_by_task[task.name] = per_class
+        num_dets_by_task[task.name] = num_dets
+    return out, per_class_by_task, num_dets_by_task
+
+
+
