@@ -6,6 +6,7 @@ No key outside these two nodes is added or changed.
 """
 
 from . import _check  # noqa: F401  (clear error when Detectron2 is missing)
+
 from detectron2.config import CfgNode as CN  # isort: skip
 
 __all__ = ["add_balms_config"]

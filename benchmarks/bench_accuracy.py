@@ -36,20 +36,26 @@ from _common import write_outputs  # noqa: E402
 
 SYN = os.path.join(REPO, "configs", "synthetic")
 
+RFS = [
+    "DATALOADER.SAMPLER_TRAIN",
+    "RepeatFactorTrainingSampler",
+    "DATALOADER.REPEAT_THRESHOLD",
+    "0.1",
+]
+LOSS = "MODEL.ROI_BOX_HEAD.BALMS.LOSS"
+META = ["BALMS.META.ENABLED", "True"]
+
 # name -> (config, extra opts, stage-1 method or None). Stage-2 runs use STAGE2_FRACTION of the
 # iteration budget on top of their stage-1 run.
 METHODS = {
     "softmax": ("mask_rcnn_r18_softmax.yaml", [], None),
-    "softmax_rfs": (
-        "mask_rcnn_r18_softmax.yaml",
-        [
-            "DATALOADER.SAMPLER_TRAIN",
-            "RepeatFactorTrainingSampler",
-            "DATALOADER.REPEAT_THRESHOLD",
-            "0.1",
-        ],
-        None,
-    ),
+    "softmax_rfs": ("mask_rcnn_r18_softmax.yaml", RFS, None),
+    "sigmoid_rfs": ("mask_rcnn_r18_sigmoid.yaml", RFS, None),
+    "balanced_softmax_rfs": ("mask_rcnn_r18_balanced_softmax.yaml", RFS, None),
+    # the field's peers in the same head
+    "seesaw": ("mask_rcnn_r18_softmax.yaml", [LOSS, "seesaw"], None),
+    "seesaw_rfs": ("mask_rcnn_r18_softmax.yaml", [LOSS, "seesaw", *RFS], None),
+    "eqlv2": ("mask_rcnn_r18_sigmoid.yaml", [LOSS, "eqlv2"], None),
     "d2_sigmoid_ce": (
         "mask_rcnn_r18_softmax.yaml",
         ["MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE", "True"],
@@ -101,6 +107,15 @@ METHODS = {
         "stage2_balanced_sigmoid.yaml",
         ["BALMS.META.ENABLED", "True"],
         "sigmoid",
+    ),
+    "decoupled_balanced_softmax_rfs": ("stage2_balanced_softmax.yaml", RFS, "softmax_rfs"),
+    # the published BALMS recipe: stage 1 sigmoid + RFS; stage 2 balanced sigmoid + Meta
+    # Reweigher + RFS; and its control, stage 2 plain sigmoid + RFS for the same iterations
+    "balms_published": ("stage2_balanced_sigmoid.yaml", [*META, *RFS], "sigmoid_rfs"),
+    "balms_published_control": (
+        "stage2_balanced_sigmoid.yaml",
+        [LOSS, "sigmoid", *RFS],
+        "sigmoid_rfs",
     ),
     # tools/btm.py: fine-tunes (btm.yaml) on the softmax stage-1 model, merge, then stage 2
     "btm": ("btm.yaml", ["--stage2-config", "btm_stage2.yaml"], "softmax"),

@@ -203,9 +203,9 @@ def test_merge_checkpoint_files(tmp_path):
 
 
 def test_tiny_pipeline_merges_evaluates_and_resumes(tmp_path, monkeypatch):
-    from balms_det.engine import btm
     from detectron2.checkpoint import DetectionCheckpointer
 
+    from balms_det.engine import btm
     from balms_det.engine.trainer import BalmsTrainer
 
     fast = ["TEST.DETECTIONS_PER_IMAGE", "20", "MODEL.ROI_BOX_HEAD.BALMS.DIAGNOSTICS_PERIOD", "0"]

@@ -21,7 +21,7 @@ OTHER_LOSSES = [loss for loss in LOSS_FAMILIES if loss != "softmax"]
 @pytest.fixture(scope="module")
 def cat_info(tmp_path_factory):
     path = tmp_path_factory.mktemp("counts") / "cat_info.json"
-    cats = [{"id": i + 1, "name": f"c{i}", "image_count": 3 ** i} for i in range(K)]
+    cats = [{"id": i + 1, "name": f"c{i}", "image_count": 3**i} for i in range(K)]
     path.write_text(json.dumps({"num_images": 400, "categories": cats}))
     return str(path)
 
@@ -128,3 +128,37 @@ def test_data_counts_win_over_a_checkpoint_without_them(cat_info, tmp_path, capl
     counts = bal.roi_heads.box_predictor.class_counts
     assert counts.tolist() == [float(3**i) for i in range(K)]
     assert bal.roi_heads.box_predictor.num_train_images.item() == 400
+
+
+def test_k_row_checkpoint_converts_once_offline(cat_info, tmp_path, caplog):
+    """A published-layout checkpoint (K classifier rows) converts to K+1 rows and then loads
+    with the plain checkpointer."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    model = _plain_project_model("balanced_sigmoid", cat_info)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    key = "roi_heads.box_predictor.cls_score."
+    k_rows = {n: state[key + n][:K].clone().normal_() for n in ("weight", "bias")}
+    state.update({key + n: v for n, v in k_rows.items()})
+    torch.save({"model": state}, tmp_path / "published.pth")
+    out = tmp_path / "converted.pth"
+    tool = f"{REPO}/tools/convert_k_row_classifier.py"
+    p = subprocess.run(
+        [sys.executable, tool, str(tmp_path / "published.pth"), str(out), "--num-classes", str(K)],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 0, p.stderr
+    log = _load(model, str(out), caplog)
+    assert "Skip loading" not in log, log
+    w, b = _classifier(model)
+    assert torch.equal(w[:K], k_rows["weight"]) and torch.all(w[K] == 0) and b[K] == 0
+    p = subprocess.run(
+        [sys.executable, tool, str(tmp_path / "published.pth"), str(out), "--num-classes", "3"],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode != 0 and "--num-classes does not match" in p.stderr

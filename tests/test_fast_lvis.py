@@ -247,9 +247,8 @@ def test_matches_lvis_api(tmp_path, iou_type, seed, adversarial, max_dets):
 def test_file_streaming_in_small_chunks(tmp_path, monkeypatch):
     """Chunked reading of a results file cut at many places (also inside strings), in byte
     ranges read by two processes."""
-    from balms_det.evaluation import _json
-
     import balms_det.evaluation.fast_lvis as fl
+    from balms_det.evaluation import _json
 
     ds = make_dataset(5, n_img=12)
     res = make_results(ds, 6)

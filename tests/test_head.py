@@ -121,9 +121,7 @@ def test_head_loss_is_the_pure_function(loss):
 def test_sigmoid_family_keeps_the_layout_and_ignores_background():
     pred = _predictor("balanced_sigmoid", prior_prob=0.01)
     assert pred.cls_score.out_features == K + 1  # Detectron2's layout, background last
-    assert torch.allclose(
-        pred.cls_score.bias[:K], torch.full((K,), -torch.log(torch.tensor(99.0)))
-    )
+    assert torch.allclose(pred.cls_score.bias[:K], torch.full((K,), -torch.log(torch.tensor(99.0))))
     x = torch.randn(10, 16)
     probs = torch.cat(pred.predict_probs(pred(x), _proposals()))
     assert torch.equal(probs[:, -1], torch.zeros(10))

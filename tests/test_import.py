@@ -15,10 +15,9 @@ def test_import_without_detectron2_names_the_fix():
 
 
 def test_public_api_and_registration():
+    from detectron2.config import get_cfg
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.modeling import ROI_HEADS_REGISTRY
-
-    from detectron2.config import get_cfg
 
     import balms_det
     from balms_det import add_balms_config

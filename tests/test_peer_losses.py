@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from balms_det.modeling.normed_linear import NormedLinear
 from balms_det.losses import sigmoid_loss
 from balms_det.losses.eqlv2 import (
     eqlv2_grad_stats,
@@ -31,6 +30,7 @@ from balms_det.losses.seesaw import (
     seesaw_probs,
     seesaw_update_counts,
 )
+from balms_det.modeling.normed_linear import NormedLinear
 
 F32 = dict(rel=1e-5, abs=1e-6)  # float32 computation vs float64 hand values
 

@@ -167,7 +167,9 @@ def _load_file_dataset(name, json_file, image_root):
         return dicts
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{what} is not valid JSON: {e}") from e
-    except (KeyError, TypeError, AssertionError, IndexError) as e:
+    except (KeyError, TypeError, AssertionError, IndexError, ValueError) as e:
+        if str(e).startswith(what):
+            raise
         raise ValueError(f"{what} is not a COCO/LVIS annotation file ({e!r})") from e
 
 

@@ -70,7 +70,9 @@ def class_balanced_repeat_factors(dataset_dicts, normalize=True):
         annotated image (1 before rescaling), so it is drawn as often as the most common class.
     """
     freq = class_image_frequency(dataset_dicts)
-    factors = [max((1.0 / freq[c] for c in set(instance_classes(d))), default=1.0) for d in dataset_dicts]
+    factors = [
+        max((1.0 / freq[c] for c in set(instance_classes(d))), default=1.0) for d in dataset_dicts
+    ]
     out = torch.tensor(factors, dtype=torch.float64)
     if normalize and len(out):
         out = out * (len(out) / out.sum())

@@ -196,9 +196,8 @@ def _train_worker(cfg_file, subsets_file, log_dir):
 
 
 def _eval_worker(cfg_file, weights, result_file, log_dir):
-    from detectron2.utils import comm
-
     from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.utils import comm
 
     from .trainer import BalmsTrainer
 
@@ -476,10 +475,14 @@ class _Pipeline:
         have = None
         if os.path.exists(merged):
             have = torch.load(merged, map_location="cpu").get("btm_merge")
-        if have == want and all(os.path.getmtime(w) <= os.path.getmtime(merged) for w in ft_weights):
+        if have == want and all(
+            os.path.getmtime(w) <= os.path.getmtime(merged) for w in ft_weights
+        ):
             logger.info("BTM: %s is up to date, merge skipped", merged)
         else:
-            logger.info("BTM: merging %d checkpoints (weights %s) -> %s", n, want["weights"], merged)
+            logger.info(
+                "BTM: merging %d checkpoints (weights %s) -> %s", n, want["weights"], merged
+            )
             merge_checkpoints(ft_weights, weights, merged)
         return merged
 

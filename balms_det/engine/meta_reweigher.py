@@ -63,8 +63,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import losses as L
-from ..evaluation.longtail import GROUPS, frequency_groups
 from ..data.meta_sampler import build_meta_loader, classes_in_dataset, meta_dataset_dicts
+from ..evaluation.longtail import GROUPS, frequency_groups
 from ..modeling.roi_heads import LOSS_FAMILIES, BalmsFastRCNNOutputLayers, class_roi_weights
 from ..utils import format_examples
 
@@ -369,9 +369,7 @@ def _check_settings(mc):
     if mc.WEIGHT_FN not in WEIGHT_FNS:
         raise ValueError(f"BALMS.META.WEIGHT_FN must be one of {WEIGHT_FNS}, got '{mc.WEIGHT_FN}'")
     if mc.META_LOSS not in META_LOSSES:
-        raise ValueError(
-            f"BALMS.META.META_LOSS must be one of {META_LOSSES}, got '{mc.META_LOSS}'"
-        )
+        raise ValueError(f"BALMS.META.META_LOSS must be one of {META_LOSSES}, got '{mc.META_LOSS}'")
     if int(mc.PERIOD) < 1:
         raise ValueError(f"BALMS.META.PERIOD must be >= 1, got {mc.PERIOD}")
     if not mc.LR > 0:

@@ -8,12 +8,17 @@ import os
 import weakref
 
 import torch
-
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, default_setup
-from detectron2.engine import create_ddp_model
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+    default_setup,
+)
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -165,7 +170,8 @@ class BalmsTrainer(DefaultTrainer):
 
 def setup_cfg(config_file="", opts=(), args=None):
     """Config with balms-det keys, merged from a file and overrides; registers the datasets of
-    ``BALMS.DATASETS.REGISTER`` and the synthetic one with the config's parameters. Calls Detectron2's ``default_setup`` when ``args``."""
+    ``BALMS.DATASETS.REGISTER`` and the synthetic one with the config's parameters. Calls Detectron2's ``default_setup`` when ``args``.
+    """
     cfg = get_cfg()
     add_balms_config(cfg)
     if config_file:

@@ -129,5 +129,3 @@ def _weight_and_reduce(
     if reduction == "sum":
         return total
     return total / max(R, 1)
-
-

@@ -49,7 +49,6 @@ def sigmoid_prior_shift(
     return torch.log(pi) - torch.log1p(-pi)
 
 
-
 def _sigmoid_per_roi(logits: torch.Tensor, labels: torch.Tensor, K: int) -> torch.Tensor:
     """(R,) sum over the K classes of BCE-with-logits against one-hot / all-zero targets."""
     # one-hot over K + 1 columns, background column dropped: background rows are all zeros
@@ -142,4 +141,3 @@ def balanced_sigmoid_loss(
     shifted = logits + fg[:, None] * shift[None, :]  # background rows unshifted
     loss = _sigmoid_per_roi(shifted, labels, K)
     return _weight_and_reduce(loss, labels, K, reduction, weights, class_weights)
-

@@ -14,6 +14,7 @@ from ._common import (
     _weight_and_reduce,
 )
 
+
 def balanced_softmax_shift(class_counts, tau: float = 1.0, min_count: float = 1.0) -> torch.Tensor:
     """Balanced Softmax shift of the foreground logits.
 
@@ -174,4 +175,3 @@ def label_over_smooth_loss(
         targets.scatter_add_(1, labels[:, None], torch.full_like(log_p[:, :1], 1.0 - float(delta)))
     loss = -(targets * log_p).sum(dim=1)
     return _weight_and_reduce(loss, labels, K, reduction, weights, class_weights)
-
