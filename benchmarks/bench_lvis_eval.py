@@ -1,5 +1,6 @@
-"""Benchmark LVIS evaluators side by side: lvis-api 0.5.3, faster-coco-eval (if installed)
-and balms_det.evaluation.fast_lvis.
+"""Benchmark LVIS evaluators side by side: lvis-api 0.5.3 (the reference), faster-coco-eval and
+hotcoco 1.3.0 (optional peers, skipped when not installed), and balms-det's engine
+(balms_det.evaluation.fast_lvis) with the standard protocol, AP-fixed, AP-pool and boundary AP.
 
     python benchmarks/bench_lvis_eval.py --images 5000 --dets-per-image 300 --iou-type both
 
@@ -7,12 +8,21 @@ generates (once, cached under output/bench_lvis/) a synthetic LVIS-v1-like set: 
 categories with a long-tailed r/c/f split, 5-10 polygon ground-truth masks per image,
 neg / not-exhaustive category lists, and a results json with ``--dets-per-image``
 detections per image (RLE masks, counts as str, as Detectron2 writes them). Each evaluator
-runs in its own subprocess, timed from loading the json files to the final metrics; its
-peak RSS comes from os.wait4. Prints a Markdown table with speedups and the maximum
-difference of the summary metrics and of the precision array vs lvis-api.
+runs in its own process, started from a bare ``python -c``: its wall time runs from the start
+of the process to the final metrics, imports and file loading included; its peak memory is that
+of the process and the processes it starts (proportional set sizes summed, so that pages a
+forked child shares with its parent count once; sampled every 50 ms or more, keeping the sampler
+under 5% of a CPU), or the process's own high-water mark (VmHWM) when larger. Prints (and writes to
+``<out-dir>/bench_lvis_eval.md``) a Markdown table with speedups, the ratio to hotcoco and the
+maximum difference of the summary metrics and of the precision array to lvis-api.
+
+The standard rows are compared with lvis-api run on the same files. AP-fixed, AP-pool and
+boundary AP have no lvis-api counterpart here (their equality with lvis-api run the way their
+authors run it is tested in tests/test_eval_protocols.py and tests/test_eval_boundary.py).
 """
 
 import argparse
+import datetime
 import json
 import os
 import subprocess
@@ -22,6 +32,7 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 SIZES = [(640, 480), (480, 640), (640, 427), (500, 375), (640, 640), (427, 640)]
 
 
@@ -87,7 +98,7 @@ def generate(out_dir, n_images, dets_per_image, seed=0):
             }
         )
         # ground truth: sizes spanning small / medium / large
-        polys, boxes = [], []
+        polys = []
         for c in gcat.tolist():
             s = float(np.exp(rng.uniform(np.log(8), np.log(min(w, h) * 0.8))))
             bw, bh = min(w - 2.0, s * rng.uniform(0.6, 1.6)), min(
@@ -170,133 +181,163 @@ def generate(out_dir, n_images, dets_per_image, seed=0):
 
 
 # ---------------------------------------------------------------------------------------
-# workers (one evaluator per process)
+# workers: one evaluator per process, a bare ``python -c`` (nothing imported beforehand)
 # ---------------------------------------------------------------------------------------
-KEYS = [
-    "AP",
-    "AP50",
-    "AP75",
-    "APs",
-    "APm",
-    "APl",
-    "APr",
-    "APc",
-    "APf",
-    "AR@300",
-    "ARs@300",
-    "ARm@300",
-    "ARl@300",
+_WORKER_HEAD = """
+import json, sys, time
+gt_path, dt_path, iou_type, out_prefix = sys.argv[1:5]
+"""
+_WORKER_TAIL = """
+done = time.time()
+import numpy as np
+hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+with open(out_prefix + ".json", "w") as f:
+    json.dump({"done": done, "hwm_kb": hwm[0] if hwm else 0,
+               "metrics": {k: float(v) for k, v in metrics.items()}}, f)
+if precision is not None:
+    np.save(out_prefix + ".npy", np.asarray(precision))
+"""
+WORKERS = {
+    "lvis-api": """
+from balms_det.evaluation.lvis_compat import run_lvis_api
+ev = run_lvis_api(gt_path, dt_path, iou_type)
+metrics, precision = ev.get_results(), ev.eval["precision"]
+""",
+    "faster-coco-eval": """
+from faster_coco_eval import COCO, COCOeval_faster
+gt = COCO(gt_path)
+ev = COCOeval_faster(gt, gt.loadRes(dt_path), iouType=iou_type, lvis_style=True,
+                     print_function=lambda *a: None)
+ev.params.maxDets = [300]
+ev.evaluate(); ev.accumulate(); ev.summarize()
+names = {"AP": "AP_all", "AP50": "AP_50", "AP75": "AP_75", "APs": "AP_small", "APm": "AP_medium",
+         "APl": "AP_large", "APr": "APr", "APc": "APc", "APf": "APf", "AR@300": "AR_all",
+         "ARs@300": "AR_small", "ARm@300": "AR_medium", "ARl@300": "AR_large"}
+stats = ev.stats_as_dict
+metrics = {k: stats[v] for k, v in names.items() if v in stats}
+precision = None
+""",
+    "hotcoco": """
+import contextlib, io
+import hotcoco
+gt = hotcoco.LVIS(gt_path)
+ev = hotcoco.LVISEval(gt, hotcoco.LVISResults(gt, dt_path, max_dets=300), iou_type)
+with contextlib.redirect_stdout(io.StringIO()):
+    ev.run()
+metrics = ev.get_results()
+precision = ev.eval["precision"][..., 0]
+""",
+    "balms-det": """
+from balms_det.evaluation.fast_lvis import evaluate_lvis
+protocol = sys.argv[5]
+iou = "boundary" if protocol == "boundary" else iou_type
+r = evaluate_lvis(gt_path, dt_path, iou, protocol="standard" if protocol == "boundary" else protocol)
+metrics, precision = r.results, r.precision
+print("stages:", {k: round(v, 2) for k, v in r.timings.items()}, file=sys.stderr)
+""",
+}
+# (row label, worker, protocol argument): the balms-det rows of the table
+ROWS = [
+    ("lvis-api 0.5.3", "lvis-api", None),
+    ("faster-coco-eval", "faster-coco-eval", None),
+    ("hotcoco 1.3.0", "hotcoco", None),
+    ("balms-det standard", "balms-det", "standard"),
+    ("balms-det AP-fixed", "balms-det", "fixed"),
+    ("balms-det AP-pool", "balms-det", "pool"),
+    ("balms-det boundary", "balms-det", "boundary"),
 ]
+PEERS = {"faster-coco-eval": "faster_coco_eval", "hotcoco": "hotcoco"}
 
 
-def _load_module(name):
-    """Load balms_det/evaluation/<name>.py alone: the package __init__ imports Detectron2
-    and torch, whose time and memory are not the evaluator's."""
-    import importlib.util
-
-    path = os.path.join(ROOT, "balms_det", "evaluation", name + ".py")
-    spec = importlib.util.spec_from_file_location("_bench_" + name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _vmhwm_kb():
-    """Peak RSS of this process image (ru_maxrss of a child can include the parent's
-    memory at fork time, before exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
+def _tree_pss_kb(pid):
+    """Proportional set size (KiB) of a process and its descendants: pages they share (a
+    forked child's view of its parent's memory) counted once in all."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+                        break
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return total
 
 
-def worker(name, gt_path, dt_path, iou_type, out_prefix):
-    # imports first: timed from loading the json files to the final metrics
-    if name == "lvis-api":
-        import lvis  # noqa: F401
-
-        run_lvis_api = _load_module("lvis_compat").run_lvis_api
-    elif name == "fast_lvis":
-        evaluate_lvis = _load_module("fast_lvis").evaluate_lvis
-    elif name == "faster-coco-eval":
-        from faster_coco_eval import COCO, COCOeval_faster
-    t0 = time.perf_counter()
-    if name == "lvis-api":
-        ev = run_lvis_api(gt_path, dt_path, iou_type)
-        metrics = {k: float(v) for k, v in ev.get_results().items()}
-        precision = ev.eval["precision"]
-    elif name == "fast_lvis":
-        r = evaluate_lvis(gt_path, dt_path, iou_type)
-        metrics = {k: float(v) for k, v in r.results.items()}
-        precision = r.precision
-        print("stages:", {k: round(v, 2) for k, v in r.timings.items()}, file=sys.stderr)
-    elif name == "faster-coco-eval":
-        gt = COCO(gt_path)
-        dt = gt.loadRes(dt_path)
-        ev = COCOeval_faster(
-            gt, dt, iouType=iou_type, lvis_style=True, print_function=lambda *a: None
-        )
-        ev.params.maxDets = [300]
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-        stats = ev.stats_as_dict
-        m = {
-            "AP": "AP_all",
-            "AP50": "AP_50",
-            "AP75": "AP_75",
-            "APs": "AP_small",
-            "APm": "AP_medium",
-            "APl": "AP_large",
-            "APr": "APr",
-            "APc": "APc",
-            "APf": "APf",
-            "AR@300": "AR_all",
-            "ARs@300": "AR_small",
-            "ARm@300": "AR_medium",
-            "ARl@300": "AR_large",
-        }
-        metrics = {k: float(stats[v]) for k, v in m.items() if v in stats}
-        precision = None
-    else:
-        raise ValueError(name)
-    wall = time.perf_counter() - t0
-    with open(out_prefix + ".json", "w") as f:
-        json.dump({"wall": wall, "metrics": metrics, "vmhwm_kb": _vmhwm_kb()}, f)
-    if precision is not None:
-        np.save(out_prefix + ".npy", precision)
-
-
-def run_worker(name, gt_path, dt_path, iou_type, out_prefix):
-    cmd = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--worker",
-        name,
-        "--gt",
-        gt_path,
-        "--dt",
-        dt_path,
-        "--iou-type",
-        iou_type,
-        "--out-prefix",
-        out_prefix,
-    ]
-    p = subprocess.Popen(cmd)
-    _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode != 0:
+def run_worker(worker, gt_path, dt_path, iou_type, out_prefix, protocol=None):
+    """(wall s from process start to metrics, peak MB, metrics, precision path) or None."""
+    code = _WORKER_HEAD + WORKERS[worker] + _WORKER_TAIL
+    cmd = [sys.executable, "-c", code, gt_path, dt_path, iou_type, out_prefix]
+    if protocol:
+        cmd.append(protocol)
+    for ext in (".json", ".npy"):
+        if os.path.exists(out_prefix + ext):
+            os.remove(out_prefix + ext)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    t0 = time.time()
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    peak = 0
+    while True:
+        pid, status, _ = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            break
+        t = time.perf_counter()
+        peak = max(peak, _tree_pss_kb(p.pid))
+        # reading a large process's page tables costs: keep the sampler under 5% of a CPU
+        time.sleep(max(0.05, 20 * (time.perf_counter() - t)))
+    if os.waitstatus_to_exitcode(status) != 0 or not os.path.exists(out_prefix + ".json"):
         return None
     with open(out_prefix + ".json") as f:
         res = json.load(f)
-    # KiB on Linux; VmHWM when available (see _vmhwm_kb)
-    res["peak_mb"] = (res.get("vmhwm_kb") or usage.ru_maxrss) / 1024.0
-    res["precision_path"] = out_prefix + ".npy" if os.path.exists(out_prefix + ".npy") else None
-    return res
+    peak = max(peak, res["hwm_kb"])  # the process's own high-water mark (KiB)
+    npy = out_prefix + ".npy"
+    return res["done"] - t0, peak / 1024.0, res["metrics"], npy if os.path.exists(npy) else None
+
+
+def _diffs(res, ref):
+    common = [k for k in ref[2] if k in res[2]]
+    diff = max(abs(res[2][k] - ref[2][k]) for k in common) if common else None
+    pdiff = None
+    if res[3] and ref[3]:
+        a, b = np.load(res[3]), np.load(ref[3])
+        if a.shape == b.shape:
+            pdiff = float(np.abs(a - b).max())
+    return diff, pdiff
+
+
+def _table(rows, args, data_dir, command):
+    f = lambda v, fmt: "-" if v is None else fmt % v
+    lines = [
+        f"{args.images} images x {args.dets_per_image} detections/image, "
+        f"{datetime.date.today().isoformat()}, `{command}`",
+        "",
+        "| evaluator | iou type | wall s | peak MB | vs lvis-api | wall / hotcoco "
+        "| max abs metric diff | max abs precision diff |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r["wall"] is None:
+            lines.append(f"| {r['label']} | {r['iou']} | failed | | | | | |")
+            continue
+        lines.append(
+            "| %s | %s | %.2f | %.0f | %s | %s | %s | %s |"
+            % (
+                r["label"],
+                r["iou"],
+                r["wall"],
+                r["peak"],
+                f(r["speedup"], "%.1fx"),
+                f(r["vs_hotcoco"], "%.2f"),
+                f(r["diff"], "%.2e"),
+                f(r["pdiff"], "%.2e"),
+            )
+        )
+    return "\n".join(lines)
 
 
 def main():
@@ -304,17 +345,15 @@ def main():
     ap.add_argument("--images", type=int, default=5000)
     ap.add_argument("--dets-per-image", type=int, default=300)
     ap.add_argument("--iou-type", default="both", choices=["bbox", "segm", "both"])
-    ap.add_argument("--evaluators", default="lvis-api,faster-coco-eval,fast_lvis")
+    ap.add_argument(
+        "--rows",
+        default=",".join(r[0] for r in ROWS),
+        help="comma-separated row labels to run (default: all)",
+    )
     ap.add_argument("--out-dir", default=os.path.join(ROOT, "output", "bench_lvis"))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--gt", help=argparse.SUPPRESS)
-    ap.add_argument("--dt", help=argparse.SUPPRESS)
-    ap.add_argument("--out-prefix", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.worker:
-        worker(args.worker, args.gt, args.dt, args.iou_type, args.out_prefix)
-        return
+    command = "python benchmarks/bench_lvis_eval.py " + " ".join(sys.argv[1:])
 
     data_dir = os.path.join(
         args.out_dir, "img%d_det%d_seed%d" % (args.images, args.dets_per_image, args.seed)
@@ -335,63 +374,47 @@ def main():
         % (os.path.getsize(gt_path) / 2**20, os.path.getsize(dt_path) / 2**20),
         flush=True,
     )
+    wanted = [r for r in ROWS if r[0] in args.rows.split(",")]
+    import importlib.util
 
-    names = [n for n in args.evaluators.split(",") if n]
-    if "faster-coco-eval" in names:
-        try:
-            import faster_coco_eval  # noqa: F401
-        except ImportError:
-            print("faster-coco-eval not installed: skipped")
-            names.remove("faster-coco-eval")
+    for label, worker, _ in list(wanted):
+        if worker in PEERS and importlib.util.find_spec(PEERS[worker]) is None:
+            print(f"{label}: not installed, skipped", flush=True)
+            wanted = [r for r in wanted if r[0] != label]
     iou_types = ["bbox", "segm"] if args.iou_type == "both" else [args.iou_type]
     rows = []
     for iou_type in iou_types:
-        ref = None
-        for name in names:
-            print("running %s (%s) ..." % (name, iou_type), flush=True)
-            res = run_worker(
-                name,
-                gt_path,
-                dt_path,
-                iou_type,
-                os.path.join(data_dir, "out_%s_%s" % (name, iou_type)),
-            )
-            if res is None:
-                rows.append((name, iou_type, None, None, None, None, None))
+        ref = hot = None
+        for label, worker, protocol in wanted:
+            if protocol == "boundary" and iou_type != "segm":
                 continue
-            if name == "lvis-api":
+            shown = "boundary" if protocol == "boundary" else iou_type
+            print("running %s (%s) ..." % (label, shown), flush=True)
+            prefix = os.path.join(data_dir, "out_%s_%s_%s" % (worker, protocol, iou_type))
+            res = run_worker(worker, gt_path, dt_path, iou_type, prefix, protocol)
+            row = dict(label=label, iou=shown, wall=None, peak=None, speedup=None)
+            row.update(vs_hotcoco=None, diff=None, pdiff=None)
+            rows.append(row)
+            if res is None:
+                print("  failed", flush=True)
+                continue
+            row.update(wall=res[0], peak=res[1])
+            if worker == "lvis-api":
                 ref = res
-            speed = diff = pdiff = None
+            if worker == "hotcoco":
+                hot = res
             if ref is not None:
-                speed = ref["wall"] / res["wall"]
-                common = [k for k in ref["metrics"] if k in res["metrics"]]
-                diff = max(abs(res["metrics"][k] - ref["metrics"][k]) for k in common)
-                if res["precision_path"] and ref["precision_path"]:
-                    pdiff = float(
-                        np.abs(
-                            np.load(res["precision_path"]) - np.load(ref["precision_path"])
-                        ).max()
-                    )
-            rows.append((name, iou_type, res["wall"], res["peak_mb"], speed, diff, pdiff))
-            print("  %.1f s, %.0f MB peak" % (res["wall"], res["peak_mb"]), flush=True)
+                row["speedup"] = ref[0] / res[0]
+                if protocol in (None, "standard"):
+                    row["diff"], row["pdiff"] = _diffs(res, ref)
+            if hot is not None:
+                row["vs_hotcoco"] = res[0] / hot[0]
+            print("  %.2f s, %.0f MB peak" % (res[0], res[1]), flush=True)
+    table = _table(rows, args, data_dir, command)
+    from _common import write_outputs
 
-    f = lambda v, fmt: "-" if v is None else fmt % v
     print()
-    print("%d images x %d detections/image (%s)" % (args.images, args.dets_per_image, data_dir))
-    print()
-    print(
-        "| evaluator | iou type | wall s | peak MB | speedup vs lvis-api "
-        "| max abs metric diff | max abs precision diff |"
-    )
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for name, it, wall, mb, speed, diff, pdiff in rows:
-        if wall is None:
-            print("| %s | %s | failed | | | | |" % (name, it))
-            continue
-        print(
-            "| %s | %s | %.2f | %.0f | %s | %s | %s |"
-            % (name, it, wall, mb, f(speed, "%.1fx"), f(diff, "%.2e"), f(pdiff, "%.2e"))
-        )
+    write_outputs(args.out_dir, "bench_lvis_eval", table, {"command": command, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -256,7 +256,7 @@ def test_file_streaming_in_small_chunks(tmp_path, monkeypatch):
         res[i]["note"] = '}, {"a": 1}, {'
     res_path = _write(tmp_path, "res.json", res)
     expected = json.loads(open(res_path).read())
-    (first, stop, last), = _json.array_ranges(res_path, 1)
+    ((first, stop, last),) = _json.array_ranges(res_path, 1)
     chunks = [c for c, _ in _json.iter_array(res_path, first, stop, last, chunk_bytes=997)]
     assert len(chunks) > 3
     assert [d for c in chunks for d in c] == expected
@@ -269,6 +269,36 @@ def test_file_streaming_in_small_chunks(tmp_path, monkeypatch):
     monkeypatch.setattr(fl, "PARALLEL_MIN_BYTES", 0)
     assert_same(fl.evaluate_lvis(ds, res_path, "bbox", workers=2), ref)
     assert_same(fl.evaluate_lvis(ds, res_path, "bbox", workers=1), ref)
+
+
+def test_strip_segmentations_is_exact():
+    """Parsing without the segmentations (the bbox path) gives every other value, and gives up
+    where the text is not what it looks like."""
+    from balms_det.evaluation import _json
+    from balms_det.evaluation.detections_io import strip_segmentations
+
+    ds = make_dataset(25, n_img=6)
+    res = make_results(ds, 26)
+    res = [r for r in res if isinstance(r["segmentation"], dict)]
+    for r in res[::5]:
+        r["segmentation"]["counts"] += "\\"  # a counts string ending with a backslash
+    text = json.dumps(res)[1:-1].encode()
+    stripped = strip_segmentations(text)
+    assert stripped is not None and len(stripped) < len(text) / 2
+    got = _json.loads(b"[" + stripped + b"]")
+    assert got == [{k: v for k, v in r.items() if k != "segmentation"} for r in res]
+    # an escaped quote in some string: every quote is no longer a delimiter
+    odd = json.dumps([dict(res[0], note='say "hi"')] + res[1:])[1:-1].encode()
+    assert strip_segmentations(odd) is None
+    # the pattern inside a string (after an odd number of quotes) is left alone
+    inside = b'{"image_id": 1, "note": "x, "segmentation": {"size": [1, 1], "counts": "P"}"}'
+    assert strip_segmentations(inside) is None
+    # not the last member of an object, or after no value
+    assert (
+        strip_segmentations(b'{"a": 1, "segmentation": {"size": [1, 1], "counts": "P"}, "b": 2}')
+        is None
+    )
+    assert strip_segmentations(b'[1, "segmentation": {"size": [1, 1], "counts": "P"}]') is None
 
 
 def test_segmentation_only_results(tmp_path):

@@ -12,12 +12,11 @@ import pycocotools.mask as mask_utils
 import pytest
 import torch
 
+from balms_det.evaluation.detections_io import LVISInputError, evaluate_detections_file
 from balms_det.evaluation.lvis_compat import run_lvis_api
-from balms_det.evaluation.lvis_evaluator import (
+from balms_det.evaluation.lvis_evaluator import BalmsLVISEvaluator
+from balms_det.evaluation.protocols import (
     SUMMARY_KEYS,
-    BalmsLVISEvaluator,
-    DetectionFileError,
-    evaluate_detections_file,
     evaluate_tasks,
     prepare_gt_dataset,
     task_metrics,
@@ -156,7 +155,7 @@ def test_metrics_match_lvis_api_both_engines(tmp_path):
         assert math.isnan(expected["APl"])  # -1 in lvis-api (no large object) -> NaN
         assert 0 < expected["AP"] < 100 and expected["APr"] > 0
         for engine in ("lvis-api", "fast"):
-            res, pc = evaluate_tasks(gt, results, [task], engine=engine)
+            res, pc, _ = evaluate_tasks(gt, results, [task], engine=engine)
             for k in SUMMARY_KEYS:
                 assert _same(
                     res[task][k], float(summary[k] * 100) if summary[k] != -1 else float("nan")
@@ -295,7 +294,7 @@ def test_coco_format_groups_from_training_counts(coco_datasets, tmp_path):
     prepared = prepare_gt_dataset(
         _coco_val(), {c: {"image_count": n} for c, n in TRAIN_IMAGES.items()}
     )
-    ref, _ = evaluate_tasks(prepared, results, ["bbox", "segm"], engine="lvis-api")
+    ref, _, _ = evaluate_tasks(prepared, results, ["bbox", "segm"], engine="lvis-api")
     for task in ("bbox", "segm"):
         assert all(_same(res[task][k], ref[task][k]) for k in ref[task]), task
 
@@ -315,7 +314,8 @@ def test_coco_format_groups_from_training_counts(coco_datasets, tmp_path):
         assert (out / name).exists(), name
     csv_lines = (out / "per_class_ap.csv").read_text().splitlines()
     assert csv_lines[0] == (
-        "category_id,name,group,train_image_count,train_instance_count," "AP_bbox,AP_segm"
+        "category_id,name,group,train_image_count,train_instance_count,"
+        "AP_bbox,AP_segm,num_dets_bbox,num_dets_segm"
     )
     assert csv_lines[1].startswith("2,c2,f,101,102,")
 
@@ -426,7 +426,7 @@ def test_bad_detection_files(tmp_path):
 
     broken = tmp_path / "broken.json"
     broken.write_text('[{"image_id": 1, "category_id": ')
-    with pytest.raises(DetectionFileError, match="broken.json.*not valid JSON"):
+    with pytest.raises(LVISInputError, match="broken.json.*not valid JSON"):
         evaluate_detections_file(gt_path, str(broken))
     with pytest.raises(SystemExit, match="broken.json"):
         tool.main(["--gt", gt_path, "--dets", str(broken)])
@@ -435,7 +435,7 @@ def test_bad_detection_files(tmp_path):
     results[3] = dict(results[3], category_id=77)
     results[5] = dict(results[5], category_id=1203)
     bad_cat = _write(tmp_path / "bad_cat.json", results)
-    with pytest.raises(DetectionFileError, match=r"bad_cat.json.*category ids \[77, 1203\]"):
+    with pytest.raises(LVISInputError, match=r"bad_cat.json.*category ids \[77, 1203\]"):
         evaluate_detections_file(gt_path, bad_cat)
     with pytest.raises(SystemExit, match=r"bad_cat.json.*77"):
         tool.main(["--gt", gt_path, "--dets", bad_cat, "--engine", "lvis-api"])
@@ -443,11 +443,11 @@ def test_bad_detection_files(tmp_path):
     results = tiny_results()
     results[0] = dict(results[0], image_id=999)
     bad_img = _write(tmp_path / "bad_img.json", results)
-    with pytest.raises(DetectionFileError, match=r"bad_img.json.*image ids \[999\]"):
+    with pytest.raises(LVISInputError, match=r"bad_img.json.*image ids \[999\]"):
         evaluate_detections_file(gt_path, bad_img)
 
     not_list = _write(tmp_path / "not_list.json", {"image_id": 1})
-    with pytest.raises(DetectionFileError, match="not_list.json.*list"):
+    with pytest.raises(LVISInputError, match="not_list.json.*list"):
         evaluate_detections_file(gt_path, not_list)
 
     # Detectron2's saved predictions with a contiguous id beyond the dataset's 4 categories
@@ -456,7 +456,7 @@ def test_bad_detection_files(tmp_path):
     torch.save(
         [{"image_id": 1, "instances": [dict(r, category_id=0), dict(r, category_id=9)]}], pth
     )
-    with pytest.raises(DetectionFileError, match=r"instances_predictions.pth.*\[9\]"):
+    with pytest.raises(LVISInputError, match=r"instances_predictions.pth.*\[9\]"):
         evaluate_detections_file(gt_path, str(pth))
 
 

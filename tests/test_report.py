@@ -5,6 +5,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 
 import pytest
 
@@ -142,7 +143,9 @@ def test_plots_and_comparison(tmp_path):
     assert ta["gmean"] == pytest.approx(5.0)
     assert ta["min"] == 0.0 and ta["num_zero"] == 1
     assert table[1]["num_zero"] == 0 and table[1]["min"] == pytest.approx(20.0)
-    assert "| a |" in format_compare_table(table)
+    md = format_compare_table(table)
+    assert md.splitlines()[0].split("|")[1].strip() == "label"
+    assert re.search(r"^\| a +\| +25\.00 \| +0\.00 \| +25\.00 \| +50\.00 \|", md, re.M)
 
 
 def test_compare_results_tool(tmp_path, capsys):
@@ -166,7 +169,7 @@ def test_compare_results_tool(tmp_path, capsys):
     )
     assert [t["label"] for t in table] == ["base", "new"]
     assert table[1]["APr"] == pytest.approx(30.0) and not math.isnan(table[1]["hmean"])
-    assert "| new |" in capsys.readouterr().out
+    assert re.search(r"^\| new +\| .*\| +30\.00 \|", capsys.readouterr().out, re.M)
     assert _png_ok(str(tmp_path / "cmp.png"))
     with pytest.raises(SystemExit, match="missing"):
         tool.main([str(tmp_path / "x"), str(tmp_path / "missing")])

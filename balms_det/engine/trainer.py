@@ -154,13 +154,7 @@ class BalmsTrainer(DefaultTrainer):
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
         if evaluator_type == "lvis":
-            return BalmsLVISEvaluator(
-                dataset_name,
-                output_dir=output_folder,
-                max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
-                train_dataset_names=cfg.DATASETS.TRAIN,
-                engine=cfg.BALMS.EVAL.ENGINE,
-            )
+            return BalmsLVISEvaluator.from_config(cfg, dataset_name, output_folder)
         if evaluator_type == "coco":
             return COCOEvaluator(dataset_name, output_dir=output_folder)
         raise NotImplementedError(
@@ -180,7 +174,8 @@ def setup_cfg(config_file="", opts=(), args=None):
     register_datasets_from_cfg(cfg)
     cfg.freeze()
     if args is not None:
-        default_setup(cfg, args)
+        default_setup(cfg, args)  # Detectron2's and fvcore's loggers, config dump, seeds
+        setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="balms_det")
     return cfg
 
 

@@ -73,15 +73,12 @@ def _crop(rle, box):
     if x1 <= x0 or y1 <= y0:
         return 0, 0, np.zeros((0, 0), np.uint8)
     ends = np.cumsum(runs)
-    fg_start = (ends - runs)[1::2]
-    fg_end = ends[1::2]
     lo, hi = x0 * h, x1 * h  # the columns x0..x1-1, column-major
-    s = np.clip(fg_start, lo, hi) - lo
-    e = np.clip(fg_end, lo, hi) - lo
-    keep = e > s
-    size = hi - lo + 1
-    flat = np.bincount(s[keep], minlength=size) - np.bincount(e[keep], minlength=size)
-    cols = np.cumsum(flat[:-1]).astype(np.uint8).reshape(x1 - x0, h)
+    clipped = np.maximum(np.minimum(ends, hi) - np.maximum(ends - runs, lo), 0)
+    if int(ends[-1]) != h * w:
+        raise ValueError(f"RLE counts cover {int(ends[-1])} pixels, not the {h} x {w} image")
+    values = (np.arange(len(runs)) % 2).astype(np.uint8)  # runs alternate 0, 1, 0, ...
+    cols = np.repeat(values, clipped).reshape(x1 - x0, h)
     return y0, x0, np.ascontiguousarray(cols.T[y0:y1])
 
 
@@ -113,7 +110,8 @@ def boundary_iou(a, b):
     if y1 <= y0 or x1 <= x0:
         return 0.0
     inter = np.count_nonzero(
-        a.pixels[y0 - ya : y1 - ya, x0 - xa : x1 - xa] & b.pixels[y0 - yb : y1 - yb, x0 - xb : x1 - xb]
+        a.pixels[y0 - ya : y1 - ya, x0 - xa : x1 - xa]
+        & b.pixels[y0 - yb : y1 - yb, x0 - xb : x1 - xb]
     )
     if inter == 0:
         return 0.0

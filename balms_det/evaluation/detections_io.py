@@ -117,7 +117,9 @@ def _scores(values, batch, base, source):
         score = np.array(values, dtype=np.float64).reshape(len(values))
     except (TypeError, ValueError):
         bad = [
-            i for i, s in enumerate(values) if isinstance(s, bool) or not isinstance(s, (int, float))
+            i
+            for i, s in enumerate(values)
+            if isinstance(s, bool) or not isinstance(s, (int, float))
         ]
         _raise_for(batch, base, bad, source, "score is not a number")
     if not np.isfinite(score).all():
@@ -133,10 +135,12 @@ def _boxes(boxes, batch, pos, base, source):
     ``pos``; malformed or non-finite boxes name their detections."""
     arr = None
     try:
-        arr = np.array(boxes, dtype=np.float64)
+        if not boxes or set(map(len, boxes)) == {4}:
+            flat = itertools.chain.from_iterable(boxes)
+            arr = np.fromiter(flat, np.float64, 4 * len(boxes)).reshape(-1, 4)
     except (TypeError, ValueError):
         pass
-    if arr is None or arr.shape != (len(boxes), 4):
+    if arr is None:
         bad = [
             p
             for p, b in zip(pos, boxes)
@@ -149,7 +153,7 @@ def _boxes(boxes, batch, pos, base, source):
     if not finite.all():
         bad = [pos[i] for i in np.flatnonzero(~finite).tolist()]
         _raise_for(batch, base, bad, source, "bbox has a NaN or infinite coordinate")
-    return arr.reshape(-1, 4)
+    return arr
 
 
 def _structure(batch, base, source):
@@ -165,7 +169,31 @@ def _structure(batch, base, source):
     raise AssertionError("unreachable: every result is well formed")
 
 
-def extract_columns(batch, base, gt, source, need_segs, ignore_boxes=False, stripped=False):
+def _box_column(batch, base, source, ignore_boxes):
+    """(has_box (n,), box (n, 4), NaN where absent) of a chunk; a result needs a bbox or a
+    segmentation (a segmentation when boxes are ignored)."""
+    n = len(batch)
+    if ignore_boxes:
+        lacking = [i for i, d in enumerate(batch) if "segmentation" not in d]
+        if lacking:
+            _raise_for(batch, base, lacking, source, "has no segmentation (masks are evaluated)")
+        return np.zeros(n, bool), np.full((n, 4), np.nan)
+    box_any = [d.get("bbox") for d in batch]
+    nobox = box_any.count(None)
+    if nobox == 0:
+        return np.ones(n, bool), _boxes(box_any, batch, range(n), base, source)
+    has_box = np.array([b is not None for b in box_any])
+    lacking = [i for i in np.flatnonzero(~has_box).tolist() if "segmentation" not in batch[i]]
+    if lacking:
+        _raise_for(batch, base, lacking, source, "has neither bbox nor segmentation")
+    pos = np.flatnonzero(has_box).tolist()
+    box = np.full((n, 4), np.nan)
+    if pos:
+        box[pos] = _boxes([box_any[i] for i in pos], batch, pos, base, source)
+    return has_box, box
+
+
+def extract_columns(batch, base, gt, source, need_segs, ignore_boxes=False):
     """Validate a chunk of LVIS results and return its :class:`Columns`.
 
     Args:
@@ -174,9 +202,6 @@ def extract_columns(batch, base, gt, source, need_segs, ignore_boxes=False, stri
         source: the results file (named in errors), or None.
         need_segs: keep the segmentations of the relevant detections.
         ignore_boxes: treat the results as having no "bbox" (mask AP with mask areas).
-        stripped: the chunk was parsed without its segmentations
-            (:func:`strip_segmentations`); None is returned when a detection lacks a box (the
-            caller then parses the chunk as it is).
 
     Raises LVISInputError for a result that is not a dict, lacks image_id / category_id /
     score (or both bbox and segmentation), has a non-integer id, a non-numeric, NaN or infinite
@@ -195,30 +220,7 @@ def extract_columns(batch, base, gt, source, need_segs, ignore_boxes=False, stri
     img = _as_int_ids(img, batch, base, "image_id", source)
     cat = _as_int_ids(cat, batch, base, "category_id", source)
     score = _scores(score, batch, base, source)
-    if ignore_boxes:
-        box_any = [None] * n
-        has_box = np.zeros(n, bool)
-        lacking = [i for i, d in enumerate(batch) if "segmentation" not in d]
-        if lacking:
-            _raise_for(batch, base, lacking, source, "has no segmentation (masks are evaluated)")
-    else:
-        box_any = [d.get("bbox") for d in batch]
-        nobox = box_any.count(None)
-        has_box = np.ones(n, bool) if nobox == 0 else np.array([b is not None for b in box_any])
-        if nobox and stripped:
-            return None
-        if nobox:
-            lacking = [i for i in np.flatnonzero(~has_box).tolist() if "segmentation" not in batch[i]]
-            if lacking:
-                _raise_for(batch, base, lacking, source, "has neither bbox nor segmentation")
-    if has_box.all():
-        box = _boxes(box_any, batch, range(n), base, source)
-    else:
-        pos = np.flatnonzero(has_box).tolist()
-        box = np.full((n, 4), np.nan)
-        if pos:
-            box[pos] = _boxes([box_any[i] for i in pos], batch, pos, base, source)
-    del box_any
+    has_box, box = _box_column(batch, base, source, ignore_boxes)
     iidx, ifound = _lookup(gt.img_ids, img)
     cidx, cfound = _lookup(gt.cat_ids, cat)
     known = ifound & cfound
@@ -367,43 +369,60 @@ def check_segmentations(segs, h, w, index, ident, source):
 # ------------------------------------------------------------------------------------------
 # Reading results in chunks
 # ------------------------------------------------------------------------------------------
-# A segmentation as Detectron2 writes it (json.dumps of mask_util.encode's RLE). Removed from
-# the text before parsing when no mask is needed: parsing is then about twice as fast.
+# A segmentation as Python's json writes Detectron2's results, the last member of a result.
+# Removed from the text before parsing when no mask is needed: parsing is then faster.
 _SEG_PAIR = re.compile(rb', "segmentation": \{"size": \[\d+, \d+\], "counts": "[^"]*"\}')
-_BS_QUOTE = b'\\"'
+_VALUE_END = frozenset(b'"}]0123456789el')
 
 
 def _no_escaped_quote(text):
     """True when no string of ``text`` holds an escaped quote (a quote after an odd number of
     backslashes): every quote is then a string delimiter."""
-    i = text.find(_BS_QUOTE)
+    i = text.find(b'\\"')
     while i >= 0:
         j = i
         while j >= 0 and text[j] == 0x5C:
             j -= 1
         if (i - j) % 2 == 1:
             return False
-        i = text.find(_BS_QUOTE, i + 2)
+        i = text.find(b'\\"', i + 2)
     return True
 
 
 def strip_segmentations(text):
-    """``text`` (a JSON array of results) without its Detectron2-style segmentations, or None.
+    """``text`` (results, comma-separated) without their Detectron2-style segmentations, or
+    None when that cannot be done exactly.
 
-    Exact: with no escaped quote in ``text`` every quote delimits a string, so a match of
-    :data:`_SEG_PAIR` is one whole ``, "segmentation": {"size": [h, w], "counts": "..."}`` pair
-    of some object, and removing it changes no other value."""
+    Exact: with no escaped quote every quote delimits a string, so a match of
+    :data:`_SEG_PAIR` starting after an even number of quotes lies outside strings and is one
+    whole ``"segmentation": {...}`` member; preceded by the end of a value and followed by the
+    object's closing brace, it is the last member of an object. Removing it keeps the text
+    valid exactly when it was, and every other value as it was."""
     if b'"segmentation"' not in text or not _no_escaped_quote(text):
         return None
-    return _SEG_PAIR.sub(b"", text)
+    spans = [m.span() for m in _SEG_PAIR.finditer(text)]
+    if not spans:
+        return None
+    quotes = np.flatnonzero(np.frombuffer(text, np.uint8) == 0x22)
+    if (np.searchsorted(quotes, [s for s, _ in spans]) % 2).any():
+        return None
+    out, prev = [], 0
+    for s, e in spans:
+        if s == 0 or text[s - 1] not in _VALUE_END or text[e : e + 1] != b"}":
+            return None
+        out.append(text[prev:s])
+        prev = e
+    out.append(text[prev:])
+    return b"".join(out)
 
 
-def iter_result_chunks(results, ranges=None, transform=None, step=1 << 15):
-    """Yield ``(base, batch, original)`` chunks of results: a list (sliced), or a JSON file
-    read in the byte ranges ``ranges`` (from :func:`balms_det.evaluation._json.array_ranges`;
-    default: the whole array). ``original`` is the chunk's text when it was parsed from
-    ``transform``'s rewrite of it, else None. ``base`` counts from the range's start, so a
-    range's bases are offsets within it."""
+def iter_result_chunks(results, ranges=None, strip=False, step=1 << 12):
+    """Yield ``(base, batch, original)`` chunks of results: a list (sliced, ``ranges`` a
+    (start, stop) slice), or a JSON file read in the byte ranges ``ranges`` (from
+    :func:`balms_det.evaluation._json.array_ranges`; default: the whole array). For a file,
+    ``base`` counts from the first range's start. With ``strip``, a file's chunks are parsed
+    without their segmentations where :func:`strip_segmentations` can; ``original`` is then
+    the chunk's text (parse it when a segmentation is needed after all), else None."""
     if isinstance(results, (list, tuple)):
         lo, hi = ranges if ranges is not None else (0, len(results))
         for s in range(lo, hi, step):
@@ -412,8 +431,9 @@ def iter_result_chunks(results, ranges=None, transform=None, step=1 << 15):
     path = results
     if ranges is None:
         ranges = array_ranges_or_raise(path, 1)
+    transform = strip_segmentations if strip else None
+    base = 0
     for start, stop, last in ranges:
-        base = 0
         try:
             for items, original in _json.iter_array(path, start, stop, last, transform):
                 yield base, items, original
@@ -596,18 +616,13 @@ def evaluate_detections_file(
         (results, per_class, outputs): task -> metrics (%), task -> {category id: AP}, and
         :func:`balms_det.evaluation.report.write_report`'s dict (empty without output_dir).
     """
-    from .protocols import evaluate_tasks, plan_tasks, prepare_gt_dataset, tasks_of_results
+    from .protocols import evaluate_tasks, plan_tasks, prepare_gt_dataset
 
     log = log or logger
     gt_json = os.fspath(gt_json)
     detections = os.fspath(detections)
     gt = load_gt_dataset(gt_json)
-    train_counts = None
-    if train_json:
-        from ..class_counts import counts_from_annotation_file
-
-        info, _ = counts_from_annotation_file(os.fspath(train_json))
-        train_counts = {c["id"]: c for c in info}
+    train_counts = _train_counts(train_json)
     prepare_gt_dataset(
         gt, train_counts, gt_json, hint="pass --train-json (the training annotation file)"
     )
@@ -617,13 +632,7 @@ def evaluate_detections_file(
     results = detections
     if is_pth(detections) or engine != "fast":
         results = load_lvis_detections(detections, gt, category_mapping)
-    if iou_types:
-        iou_types = tuple(iou_types)
-    elif is_empty_results(results):
-        has_masks = any("segmentation" in a for a in gt["annotations"])
-        iou_types = ("bbox", "segm") if has_masks else ("bbox",)
-    else:
-        iou_types = tasks_of_results(results)
+    iou_types = _iou_types(iou_types, results, gt)
     tasks = plan_tasks(iou_types, protocols)
     log.info(
         "Evaluating '%s' against '%s' (%s)", detections, gt_json, ", ".join(t.name for t in tasks)
@@ -656,6 +665,30 @@ def evaluate_detections_file(
             num_dets_by_task=num_dets,
         )
     return res, per_class, outputs
+
+
+def _train_counts(train_json):
+    """{category id: counts} of a training annotation file, or None."""
+    if not train_json:
+        return None
+    from ..class_counts import counts_from_annotation_file
+
+    info, _ = counts_from_annotation_file(os.fspath(train_json))
+    return {c["id"]: c for c in info}
+
+
+def _iou_types(iou_types, results, gt):
+    """The iou types asked for, else those the detections support (bbox and, when the
+    annotations have masks, segm for no detection at all)."""
+    from .protocols import tasks_of_results
+
+    if iou_types:
+        return tuple(iou_types)
+    if is_empty_results(results):
+        return (
+            ("bbox", "segm") if any("segmentation" in a for a in gt["annotations"]) else ("bbox",)
+        )
+    return tasks_of_results(results)
 
 
 def is_empty_results(results):

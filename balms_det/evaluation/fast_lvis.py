@@ -47,10 +47,7 @@ reused for several evaluations (e.g. bbox and segm of the same results).
 
 import contextlib
 import gc
-import math
 import os
-import pickle
-import signal
 import time
 from collections import OrderedDict
 
@@ -58,6 +55,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 
 from . import _json
+from ._parallel import default_workers, run_forked
 from .boundary import boundary_crops, boundary_iou, dilation
 from .detections_io import (
     LVISInputError,
@@ -67,7 +65,6 @@ from .detections_io import (
     check_segmentations,
     extract_columns,
     iter_result_chunks,
-    strip_segmentations,
 )
 from .longtail import GROUPS
 from .matching import (
@@ -78,6 +75,7 @@ from .matching import (
     IOU_THRS,
     REC_THRS,
     THR_EFF,
+    Cells,
     accumulate,
     greedy_match,
 )
@@ -87,6 +85,7 @@ __all__ = [
     "LVISGroundTruth",
     "LVISEvalResult",
     "evaluate_lvis",
+    "evaluate_protocols",
     "check_detections",
     "default_workers",
     "PROTOCOLS",
@@ -126,74 +125,6 @@ def _gc_paused():
     finally:
         if enabled:
             gc.enable()
-
-
-# ----------------------------------------------------------------------------------------
-# Processes
-# ----------------------------------------------------------------------------------------
-def default_workers():
-    """Processes the engine uses by default: the CPUs this process may run on, at most 2."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        n = os.cpu_count() or 1
-    return max(1, min(2, n))
-
-
-def _run_forked(fn, jobs):
-    """``[fn(*job) for job in jobs]``: the first job in this process, the others in forked
-    children (which see this process's memory as it is, without copying it), their results
-    sent back pickled. An exception of any job is raised here."""
-    if len(jobs) <= 1 or not hasattr(os, "fork"):
-        return [fn(*job) for job in jobs]
-    children = []
-    try:
-        for job in jobs[1:]:
-            r, w = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # child: compute, send, leave without running the parent's exit code
-                os.close(r)
-                code = 0
-                try:
-                    out = (True, fn(*job))
-                except BaseException as e:  # noqa: BLE001 (sent to the parent)
-                    out = (False, e)
-                try:
-                    data = pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)
-                except Exception as e:  # noqa: BLE001
-                    data = pickle.dumps((False, RuntimeError(f"unpicklable result: {e!r}")))
-                try:
-                    with os.fdopen(w, "wb") as f:
-                        f.write(data)
-                except BaseException:  # noqa: BLE001
-                    code = 1
-                os._exit(code)
-            os.close(w)
-            children.append((pid, r))
-        outs = [fn(*jobs[0])]
-        for pid, r in children:
-            with os.fdopen(r, "rb") as f:
-                data = f.read()
-            os.waitpid(pid, 0)
-            if not data:
-                raise RuntimeError("an evaluation worker process died without a result")
-            ok, value = pickle.loads(data)
-            if not ok:
-                raise value
-            outs.append(value)
-        children = []
-        return outs
-    finally:
-        for pid, r in children:  # after an error here: stop and reap the others
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except OSError:
-                pass
-            try:
-                os.close(r)
-            except OSError:
-                pass
 
 
 # ----------------------------------------------------------------------------------------
@@ -254,6 +185,7 @@ class LVISGroundTruth:
         self._rle_cache = {}
         self._boundary_cache = {}
         self._boxes = None
+        self._img_bounds = None
         self._index_images_and_categories()
         self._index_annotations()
 
@@ -365,11 +297,17 @@ class LVISGroundTruth:
         return self._boxes
 
     def rles(self, idx):
-        """RLEs (as lvis.LVIS.ann_to_rle) of the kept ground truth ``idx`` (cached)."""
-        missing = [int(i) for i in idx if int(i) not in self._rle_cache]
+        """RLEs (as lvis.LVIS.ann_to_rle) of the kept ground truth ``idx`` (cached; all the
+        ground truth of an image is converted at once)."""
+        cache = self._rle_cache
+        missing = [int(i) for i in idx if int(i) not in cache]
         if missing:
-            self._convert(missing)
-        return [self._rle_cache[int(i)] for i in idx]
+            if self._img_bounds is None:  # image k's ground truth: [bounds[k], bounds[k + 1])
+                self._img_bounds = np.searchsorted(self.g_img, np.arange(len(self.img_ids) + 1))
+            bounds = self._img_bounds
+            for k in sorted(set(self.g_img[missing].tolist())):
+                self._convert(range(int(bounds[k]), int(bounds[k + 1])))
+        return [cache[int(i)] for i in idx]
 
     def boundaries(self, idx):
         """:class:`balms_det.evaluation.boundary.BoundaryCrop` of the kept ground truth
@@ -443,8 +381,6 @@ class _Reading:
         self.areas = "all" if ignore_boxes else areas
         self.need_segs = self.masks or self.areas == "all"
         self.source = source
-        # segmentations are not parsed when nothing needs them (unless a detection has no box)
-        self.transform = None if self.need_segs or ignore_boxes else strip_segmentations
 
 
 # columns of the detections read (see detections_io.Columns); of the relevant ones also
@@ -495,12 +431,11 @@ def _read_part(results, rng, how):
     is_list = isinstance(results, (list, tuple))
     parts = []
     bad_img, bad_cat = [0, set()], [0, set()]
-    for base, batch, original in iter_result_chunks(results, rng if is_list else [rng], how.transform):
-        args = (base, how.gt, how.source, how.need_segs, how.ignore_boxes)
-        c = extract_columns(batch, *args, stripped=original is not None)
-        if c is None:  # a detection without a box: its segmentation is needed after all
-            batch = _json.loads(original)
-            c = extract_columns(batch, *args)
+    strip = not (how.need_segs or how.ignore_boxes)  # segmentations only of boxless ones
+    for base, batch, original in iter_result_chunks(results, rng if is_list else [rng], strip):
+        if original is not None and any("bbox" not in d for d in batch):
+            batch = _json.loads(b"[" + original + b"]")  # their segmentations are needed
+        c = extract_columns(batch, base, how.gt, how.source, how.need_segs, how.ignore_boxes)
         _tally_unknown(bad_img, c.img, batch, "image_id")
         _tally_unknown(bad_cat, c.cat, batch, "category_id")
         parts.append(_mask_work(c, batch, base, how))
@@ -512,7 +447,6 @@ def _mask_work(c, batch, base, how):
     """The columns of a chunk (a dict, see :data:`_FIELDS`) with, for its relevant detections,
     RLEs made of their segmentations, mask areas, boxes from masks and, for mask iou types, the
     IoUs with the ground truth of their cell."""
-    gt = how.gt
     rel_idx = np.flatnonzero(c.rel)
     nrel = len(rel_idx)
     out = dict(
@@ -533,8 +467,28 @@ def _mask_work(c, batch, base, how):
     has_box = c.has_box[rel_idx]
     need = np.flatnonzero(np.ones(nrel, bool) if how.need_segs else ~has_box)
     img = c.img[rel_idx]
-    h = gt.img_h[img]
-    w = gt.img_w[img]
+    _to_rles(segs, need, img, out, batch, rel_idx, base, how)
+    want = np.zeros(nrel, bool)
+    want[need] = True
+    if how.areas != "all":
+        want &= ~has_box
+    want_idx = np.flatnonzero(want & ~out["no_seg"])
+    if len(want_idx):
+        out["mask_area"][want_idx] = mask_utils.area([segs[j] for j in want_idx.tolist()])
+    boxless = np.flatnonzero(~has_box)
+    if len(boxless):
+        out["box"][boxless] = np.asarray(mask_utils.toBbox([segs[j] for j in boxless.tolist()]))
+    if how.masks and how.ious:
+        out["iou_off"], out["iou_val"] = _mask_ious(c.cat[rel_idx], segs, img, how)
+    return out
+
+
+def _to_rles(segs, need, img, out, batch, rel_idx, base, how):
+    """Check the segmentations ``segs[need]`` (one validator) and turn those that are not
+    compressed RLEs into RLEs, in place; a missing one becomes its box as a polygon (lvis-api's
+    LVISResults), marked in ``out["no_seg"]``."""
+    h = how.gt.img_h[img]
+    w = how.gt.img_w[img]
 
     def index(j):
         return base + int(rel_idx[need[j]])
@@ -547,9 +501,9 @@ def _mask_work(c, batch, base, how):
     for jj in check_segmentations(sub, h[need], w[need], index, ident, how.source):
         j = int(need[jj])
         s = segs[j]
-        if s is None:  # LVISResults: a result without segmentation gets its box as polygon
+        if s is None:
             out["no_seg"][j] = True
-            x1, y1, bw, bh = c.box[j].tolist()
+            x1, y1, bw, bh = out["box"][j].tolist()
             x2, y2 = x1 + bw, y1 + bh
             s = [[x1, y1, x1, y2, x2, y2, x2, y1]]
         try:
@@ -559,20 +513,6 @@ def _mask_work(c, batch, base, how):
                 f"Detections{_where(how.source)}: detection #{index(jj)} ({ident(jj)}): "
                 f"malformed segmentation: {e}"
             ) from None
-    want = np.zeros(nrel, bool)
-    want[need] = True
-    if how.areas != "all":
-        want &= ~has_box
-    want &= ~out["no_seg"]
-    want_idx = np.flatnonzero(want)
-    if len(want_idx):
-        out["mask_area"][want_idx] = mask_utils.area([segs[j] for j in want_idx.tolist()])
-    boxless = np.flatnonzero(~has_box)
-    if len(boxless):
-        out["box"][boxless] = np.asarray(mask_utils.toBbox([segs[j] for j in boxless.tolist()]))
-    if how.masks and how.ious:
-        out["iou_off"], out["iou_val"] = _mask_ious(c.cat[rel_idx], segs, img, how)
-    return out
 
 
 def _mask_ious(cat, segs, img, how):
@@ -643,7 +583,7 @@ def _read_detections(results, how, workers):
     processes; raises the validator's errors (with indices as in the results)."""
     jobs = _jobs(results, how, workers)
     try:
-        outs = _run_forked(_read_part, jobs)
+        outs = run_forked(_read_part, jobs)
     except LVISInputError:
         if len(jobs) == 1:
             raise
@@ -757,6 +697,7 @@ def _evaluated(cols, gt, iou_type, protocol, max_dets, dets_per_category, source
     for name in ("pos", "img", "cat", "key", "score", "area", "box", "iou_off"):
         setattr(d, name, getattr(d, name)[order])
     d.nel = np.isin(d.key, gt.nel_keys, assume_unique=False)
+    d.num_kept = np.bincount(cols["cat"][keep], minlength=gt.num_cats)
     return d
 
 
@@ -774,7 +715,7 @@ def _box_ious(db, gb):
         return np.where((w > 0) & (h > 0), i / u, 0.0)
 
 
-def _match(d, gt, iou_type, cols):
+def _match(d, gt, iou_type, iou_val):
     """(nz, igm): for each evaluated detection, per area range and threshold, matched to
     ground truth with a nonzero id / to ignored ground truth."""
     n = len(d.key)
@@ -789,30 +730,28 @@ def _match(d, gt, iou_type, cols):
     gs, gn = gt.cell_start[gi], gt.cell_count[gi]
     det = np.repeat(ds - np.r_[0, np.cumsum(dn)[:-1]], dn) + np.arange(dn.sum())
     det_g = np.repeat(gn, dn)  # ground truth of each detection's cell
-    det_gs = np.repeat(gs, dn)
-    pair_det = np.repeat(det, det_g)
     pair_first = np.r_[0, np.cumsum(det_g)[:-1]]
-    pair_gt = np.repeat(det_gs, det_g) + (np.arange(det_g.sum()) - np.repeat(pair_first, det_g))
+    within = np.arange(det_g.sum()) - np.repeat(pair_first, det_g)
     if iou_type == "bbox":
-        vals = _box_ious(d.box[pair_det], gt.boxes()[pair_gt])
+        pair_gt = np.repeat(np.repeat(gs, dn), det_g) + within
+        vals = _box_ious(d.box[np.repeat(det, det_g)], gt.boxes()[pair_gt])
     else:
-        off = np.repeat(d.iou_off[det], det_g) + (np.arange(det_g.sum()) - np.repeat(pair_first, det_g))
-        vals = cols["iou_val"][off]
-    best = np.maximum.reduceat(vals, pair_first) if len(vals) else vals
-    items = []
-    p = 0
-    q = 0
-    for c in range(len(both)):
-        m_c, g_c = int(dn[c]), int(gn[c])
-        block = vals[p : p + m_c * g_c].reshape(m_c, g_c)
-        ok = np.flatnonzero(best[q : q + m_c] >= _THR0)
-        if len(ok):
-            g0 = int(gs[c])
-            gsl = slice(g0, g0 + g_c)
-            items.append((ok + int(ds[c]), block[ok], gt.g_ig_area[gsl].T, gt.g_id_nonzero[gsl]))
-        p += m_c * g_c
-        q += m_c
-    greedy_match(items, nz, igm)
+        vals = iou_val[np.repeat(d.iou_off[det], det_g) + within]
+    # rows: detections reaching the lowest threshold against some ground truth of their cell
+    ok = np.flatnonzero(np.maximum.reduceat(vals, pair_first) >= _THR0)
+    cell_of = np.repeat(np.arange(len(both)), dn)[ok]
+    M = np.bincount(cell_of, minlength=len(both))
+    keep = np.flatnonzero(M)
+    cells = Cells(
+        rows=det[ok],
+        row_start=np.r_[0, np.cumsum(M)[:-1]][keep],
+        M=M[keep],
+        g_start=gs[keep],
+        G=gn[keep],
+        iou=vals,
+        iou_start=pair_first[ok],
+    )
+    greedy_match(cells, gt.g_ig_area, gt.g_id_nonzero, nz, igm)
     return nz, igm
 
 
@@ -827,7 +766,8 @@ class LVISEvalResult:
 
     ``num_dets[k]``: detections of category k the protocol evaluated (kept, of area > 0, in an
     image where the category is positive or negative); a category with ground truth and 0
-    here has AP 0 because nothing of it was evaluated."""
+    here has AP 0 because nothing of it was evaluated. ``num_kept[k]``: those the protocol kept
+    (the per-image cap or the per-category top-k), before the other filters."""
 
     def __init__(
         self,
@@ -840,6 +780,7 @@ class LVISEvalResult:
         recall,
         freq_groups,
         num_dets,
+        num_kept=None,
         dets_per_category=None,
         timings=None,
     ):
@@ -857,6 +798,7 @@ class LVISEvalResult:
         self.recall = recall
         self.freq_groups = freq_groups
         self.num_dets = num_dets
+        self.num_kept = num_kept
         self.timings = timings or {}
         self.results = self._summarize_all()
 
@@ -967,52 +909,72 @@ def evaluate_lvis(
         missing or malformed fields, NaN or infinite scores or boxes, malformed boxes or
         segmentations (polygons of fewer than 3 points included).
     """
+    out = evaluate_protocols(
+        gt,
+        results,
+        iou_type,
+        (protocol,),
+        max_dets=max_dets,
+        dets_per_category=dets_per_category,
+        ignore_boxes=ignore_boxes,
+        workers=workers,
+    )
+    return out[protocol]
+
+
+def evaluate_protocols(
+    gt,
+    results,
+    iou_type,
+    protocols,
+    max_dets=300,
+    *,
+    dets_per_category=DETS_PER_CATEGORY,
+    ignore_boxes=False,
+    workers=None,
+):
+    """:func:`evaluate_lvis` for several protocols of the same results and iou type, which are
+    read (and their IoUs computed) once: {protocol: LVISEvalResult}."""
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type: {iou_type} is not supported.")
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol: {protocol} is not one of {PROTOCOLS}")
-    if protocol != "standard" and int(dets_per_category) < 1:
+    bad = [p for p in protocols if p not in PROTOCOLS]
+    if bad or not protocols:
+        raise ValueError(f"protocols: {list(protocols)} are not among {PROTOCOLS}")
+    if any(p != "standard" for p in protocols) and int(dets_per_category) < 1:
         raise ValueError(f"dets_per_category must be at least 1, not {dets_per_category}")
     workers = default_workers() if workers is None else max(1, int(workers))
     with _gc_paused():
-        return _evaluate(
-            gt, results, iou_type, max_dets, protocol, int(dets_per_category), ignore_boxes, workers
-        )
+        t0 = time.perf_counter()
+        if not isinstance(gt, LVISGroundTruth):
+            gt = LVISGroundTruth(gt)
+        t_gt = time.perf_counter() - t0
+        source = os.fspath(results) if isinstance(results, (str, os.PathLike)) else None
+        args = (max_dets, int(dets_per_category), source)
+        cols = None
+        out = {}
+        for areas in ("boxless", "all"):
+            left = [p for p in protocols if p not in out]
+            if not left:
+                break
+            t0 = time.perf_counter()
+            how = _Reading(gt, iou_type, ignore_boxes, areas, source)
+            cols = _read_detections(results, how, workers)
+            t_read = time.perf_counter() - t0
+            for p in left:
+                # None: the first kept result has no box, every area is a mask area (read again)
+                t0 = time.perf_counter()
+                d = _evaluated(cols, gt, iou_type, p, *args)
+                if d is not None:
+                    out[p] = _result(d, gt, iou_type, p, cols["iou_val"], workers, args, t0)
+                    out[p].timings.update(gt=t_gt, detections=t_read)
+                    out[p].timings.move_to_end("select_match_accumulate")
+        return {p: out[p] for p in protocols}
 
 
-def _evaluate(gt, results, iou_type, max_dets, protocol, dets_per_category, ignore_boxes, workers):
-    t0 = time.perf_counter()
-    if not isinstance(gt, LVISGroundTruth):
-        gt = LVISGroundTruth(gt)
-    t1 = time.perf_counter()
-    source = os.fspath(results) if isinstance(results, (str, os.PathLike)) else None
-    how = _Reading(gt, iou_type, ignore_boxes, "boxless", source)
-    cols = _read_detections(results, how, workers)
-    d = _evaluated(cols, gt, iou_type, protocol, max_dets, dets_per_category, source)
-    if d is None:  # the first kept result has no box: every area is a mask area
-        how = _Reading(gt, iou_type, ignore_boxes, "all", source)
-        cols = _read_detections(results, how, workers)
-        d = _evaluated(cols, gt, iou_type, protocol, max_dets, dets_per_category, source)
-    t2 = time.perf_counter()
-    nz, igm = _match(d, gt, iou_type, cols)
-    del cols
-    t3 = time.perf_counter()
-    dt_mask = (d.area[:, None] < AREA_LO) | (d.area[:, None] > AREA_HI) | d.nel[:, None]
-    dt_ig = igm | (~nz & dt_mask[:, :, None])
-    del igm
-    tp = nz & ~dt_ig
-    fp = ~nz & ~dt_ig
-    del dt_ig, nz
-    if protocol == "pool":
-        order, bounds, num_gt = _pool_groups(d, gt)
-    else:
-        # per category: -score, image id, input order (lvis-api's mergesorts)
-        order = np.lexsort((d.pos, d.img, -d.score, d.cat))
-        bounds = np.searchsorted(d.cat[order], np.arange(gt.num_cats + 1))
-        num_gt = gt.num_gt
-    precision, recall = accumulate(tp, fp, order, bounds, num_gt)
-    t4 = time.perf_counter()
-    timings = OrderedDict(gt=t1 - t0, detections=t2 - t1, match=t3 - t2, accumulate=t4 - t3)
+def _result(d, gt, iou_type, protocol, iou_val, workers, args, t0):
+    max_dets, dets_per_category, _ = args
+    precision, recall = _score(d, gt, iou_type, iou_val, protocol, workers)
+    timings = OrderedDict(select_match_accumulate=time.perf_counter() - t0)
     return LVISEvalResult(
         iou_type,
         protocol,
@@ -1023,9 +985,75 @@ def _evaluate(gt, results, iou_type, max_dets, protocol, dets_per_category, igno
         recall,
         gt.freq_groups,
         np.bincount(d.cat, minlength=gt.num_cats),
+        d.num_kept,
         dets_per_category if protocol != "standard" else None,
         timings,
     )
+
+
+PARALLEL_MIN_EVALUATED = 100_000  # evaluated detections below which one process scores them
+
+
+def _true_false_positives(d, gt, iou_type, iou_val):
+    """(tp, fp): (n, A, T) true / false positives of the evaluated detections (neither:
+    ignored, as lvis-api's dt_ignore)."""
+    nz, igm = _match(d, gt, iou_type, iou_val)
+    dt_mask = (d.area[:, None] < AREA_LO) | (d.area[:, None] > AREA_HI) | d.nel[:, None]
+    dt_ig = igm | (~nz & dt_mask[:, :, None])
+    del igm
+    return nz & ~dt_ig, ~nz & ~dt_ig
+
+
+def _subset(d, idx):
+    out = _Detections()
+    for name in ("pos", "img", "cat", "key", "score", "area", "box", "iou_off", "nel"):
+        setattr(out, name, getattr(d, name)[idx])
+    return out
+
+
+def _score_part(d, gt, iou_type, iou_val, cats, pooled):
+    """Match the detections of the categories ``cats`` (indices); then their precision and
+    recall (T, R, |cats|, A), (T, |cats|, A), or for AP-pool their (indices, packed tp, fp)."""
+    mask = np.zeros(gt.num_cats, bool)
+    mask[cats] = True
+    idx = np.flatnonzero(mask[d.cat])
+    sub = _subset(d, idx) if len(idx) < len(d.cat) else d
+    tp, fp = _true_false_positives(sub, gt, iou_type, iou_val)
+    if pooled:
+        return idx, np.packbits(tp, axis=None), np.packbits(fp, axis=None)
+    # per category: -score, image id, input order (lvis-api's mergesorts)
+    order = np.lexsort((sub.pos, sub.img, -sub.score, sub.cat))
+    bounds = np.searchsorted(sub.cat[order], np.arange(gt.num_cats + 1))
+    num_gt = np.where(mask[:, None], gt.num_gt, 0)
+    precision, recall = accumulate(tp, fp, order, bounds, num_gt)
+    return precision[:, :, cats], recall[:, cats]
+
+
+def _score(d, gt, iou_type, iou_val, protocol, workers):
+    """lvis-api's precision and recall of the evaluated detections; categories split
+    between ``workers`` processes (balanced by their detections)."""
+    n = len(d.cat)
+    parts = workers if workers > 1 and n >= PARALLEL_MIN_EVALUATED else 1
+    weight = np.cumsum(np.bincount(d.cat, minlength=gt.num_cats) + 1)
+    cut = np.searchsorted(weight, weight[-1] * np.arange(1, parts) / parts)
+    groups = [g for g in np.split(np.arange(gt.num_cats), cut) if len(g)]
+    pooled = protocol == "pool"
+    outs = run_forked(_score_part, [(d, gt, iou_type, iou_val, g, pooled) for g in groups])
+    if not pooled:
+        precision = -np.ones((_NT, len(REC_THRS), gt.num_cats, _NA))
+        recall = -np.ones((_NT, gt.num_cats, _NA))
+        for g, (p, r) in zip(groups, outs):
+            precision[:, :, g] = p
+            recall[:, g] = r
+        return precision, recall
+    tp = np.zeros((n, _NA, _NT), bool)
+    fp = np.zeros((n, _NA, _NT), bool)
+    for idx, tp_bits, fp_bits in outs:
+        size = len(idx) * _NA * _NT
+        tp[idx] = np.unpackbits(tp_bits, count=size).reshape(-1, _NA, _NT).astype(bool)
+        fp[idx] = np.unpackbits(fp_bits, count=size).reshape(-1, _NA, _NT).astype(bool)
+    order, bounds, num_gt = _pool_groups(d, gt)
+    return accumulate(tp, fp, order, bounds, num_gt)
 
 
 def check_detections(

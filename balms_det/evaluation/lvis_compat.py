@@ -3,8 +3,8 @@
 lvis 0.5.3, the only release on PyPI, calls ``np.float`` in ``LVISEval.accumulate``;
 the alias was removed in numpy 1.24, so ``LVISEval.run()`` crashes there.
 :func:`lvis_numpy_compat` puts the alias back for the duration of a ``with`` block.
-:func:`run_lvis_api` is the reference evaluator (and the fallback of
-:mod:`balms_det.evaluation.fast_lvis`).
+:func:`run_lvis_api` is the reference evaluator (the ``lvis-api`` engine of
+:mod:`balms_det.evaluation.protocols`, and what the tests compare the fast engine with).
 """
 
 import contextlib
@@ -45,7 +45,9 @@ def run_lvis_api(gt, results, iou_type, max_dets=300):
             segmentation) or path to a results json. A list is shallow-copied per
             element, as lvis-api adds keys ("area", "id") to each result.
         iou_type: "bbox" or "segm".
-        max_dets: detections kept per image (over all categories), lvis-api's cap.
+        max_dets: detections kept per image (over all categories), lvis-api's cap; -1 for
+            none (``LVISResults(..., max_dets=-1)`` and ``params.max_dets = -1``, how Dave et al.
+            run AP-fixed after keeping the top-k detections of each category).
     Returns:
         lvis.LVISEval after ``run()``: ``.results`` / ``get_results()``, ``.eval``.
     """

@@ -123,6 +123,29 @@ def _top_per_image(instances, k):
     return [r for i, r in enumerate(instances) if i in keep]
 
 
+def _check_annotations(dataset_name, meta, json_file):
+    if json_file and not os.path.exists(json_file):
+        if meta.get("synthetic_config", None) is not None:
+            DatasetCatalog.get(dataset_name)  # generated on first use
+        else:
+            raise FileNotFoundError(
+                f"Annotation file '{json_file}' of dataset '{dataset_name}' does not exist; "
+                "see datasets/README.md for where to put it"
+            )
+
+
+def _check_options(engine, protocols, fixed_dets_per_category):
+    if engine not in ENGINES:
+        raise ValueError(f"Unknown LVIS evaluation engine '{engine}'; choose one of {ENGINES}")
+    bad = [p for p in protocols if p not in PROTOCOLS]
+    if bad or not protocols:
+        raise ValueError(f"Unknown evaluation protocols {bad}; choose among {list(PROTOCOLS)}")
+    if int(fixed_dets_per_category) < 1:
+        raise ValueError(
+            f"fixed_dets_per_category must be at least 1, not {fixed_dets_per_category}"
+        )
+
+
 class BalmsLVISEvaluator(LVISEvaluator):
     """Detectron2's ``LVISEvaluator`` with a working, faster metric computation, the challenge
     protocols and long-tail extras. Results (in %), per task ("bbox", "segm", "bbox_fixed",
@@ -163,24 +186,9 @@ class BalmsLVISEvaluator(LVISEvaluator):
         """
         meta = MetadataCatalog.get(dataset_name)
         json_file = meta.get("json_file", None)
-        if json_file and not os.path.exists(json_file):
-            if meta.get("synthetic_config", None) is not None:
-                DatasetCatalog.get(dataset_name)  # generated on first use
-            else:
-                raise FileNotFoundError(
-                    f"Annotation file '{json_file}' of dataset '{dataset_name}' does not exist; "
-                    "see datasets/README.md for where to put it"
-                )
-        if engine not in ENGINES:
-            raise ValueError(f"Unknown LVIS evaluation engine '{engine}'; choose one of {ENGINES}")
-        protocols = tuple(protocols)
-        bad = [p for p in protocols if p not in PROTOCOLS]
-        if bad or not protocols:
-            raise ValueError(f"Unknown evaluation protocols {bad}; choose among {list(PROTOCOLS)}")
-        if int(fixed_dets_per_category) < 1:
-            raise ValueError(
-                f"fixed_dets_per_category must be at least 1, not {fixed_dets_per_category}"
-            )
+        _check_annotations(dataset_name, meta, json_file)
+        protocols = (protocols,) if isinstance(protocols, str) else tuple(protocols)
+        _check_options(engine, protocols, fixed_dets_per_category)
         if meta.get("thing_classes", None) is None:
             # a COCO-format dataset registered without metadata: loading it sets thing_classes
             # and thing_dataset_id_to_contiguous_id, needed to map predicted ids back

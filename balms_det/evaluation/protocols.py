@@ -27,10 +27,13 @@ import logging
 import math
 import mmap
 import os
-from collections import OrderedDict, namedtuple
+from collections import Counter, OrderedDict, namedtuple
+
+import numpy as np
 
 from ..utils import format_examples, markdown_table
 from .detections_io import is_empty_results, load_lvis_detections
+from .fast_lvis import LVISGroundTruth, check_detections, evaluate_protocols
 from .longtail import GROUPS, assign_frequency, worst_class_metrics
 
 __all__ = [
@@ -63,10 +66,6 @@ class Task(namedtuple("Task", ["name", "iou_type", "protocol"])):
     @property
     def masks(self):
         return self.iou_type != "bbox"
-
-    @property
-    def per_class(self):
-        return self.protocol != "pool"
 
 
 def _task_of_name(name):
@@ -211,12 +210,10 @@ def top_per_category(results, k):
 
 
 def _lvis_api(gt_dataset, gt_index, results, task, max_dets, dets_per_category, source):
-    """(summary, per_class, num_dets) of lvis-api itself: the standard protocol, or AP-fixed
-    run as Dave et al.'s script runs it."""
-    import numpy as np
+    """(summary, per_class, num_dets, short) of lvis-api itself: the standard protocol, or
+    AP-fixed run as Dave et al.'s script runs it."""
     from lvis import LVIS
 
-    from .fast_lvis import check_detections
     from .lvis_compat import run_lvis_api
 
     if task.protocol == "pool" or task.iou_type == "boundary":
@@ -227,7 +224,10 @@ def _lvis_api(gt_dataset, gt_index, results, task, max_dets, dets_per_category, 
     check_detections(gt_index, results, task.iou_type, ignore_boxes=task.masks, source=source)
     if task.masks:
         results = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
+    short = 0
     if task.protocol == "fixed":
+        counts = Counter(r["category_id"] for r in results)
+        short = sum(1 for c in gt_index.cat_ids.tolist() if counts[c] < dets_per_category)
         results, max_dets = top_per_category(results, dets_per_category), -1
     gt = LVIS.__new__(LVIS)  # an LVIS object over an in-memory dict, without reading a file
     gt.logger = logger
@@ -243,25 +243,30 @@ def _lvis_api(gt_dataset, gt_index, results, task, max_dets, dets_per_category, 
         num_dets[cat_id] = 0
     for (_, cat_id), dts in ev._dts.items():
         num_dets[cat_id] += len(dts)
-    return dict(ev.get_results()), per_class, num_dets
+    return dict(ev.get_results()), per_class, num_dets, short
 
 
-def _fast(gt_index, results, task, max_dets, dets_per_category, workers):
-    from .fast_lvis import evaluate_lvis
-
-    ev = evaluate_lvis(
+def _fast(gt_index, results, task, protocols, max_dets, dets_per_category, workers):
+    """{protocol: (summary, per_class, num_dets, short)} of the fast engine for ``task``'s iou
+    type and ``protocols`` (read once); ``short``: categories with fewer than
+    ``dets_per_category`` detections kept (AP-fixed / AP-pool want that many)."""
+    k = dets_per_category
+    evs = evaluate_protocols(
         gt_index,
         results,
         task.iou_type,
+        protocols,
         max_dets=max_dets,
-        protocol=task.protocol,
         dets_per_category=dets_per_category,
         ignore_boxes=task.masks,
         workers=workers,
     )
-    per_class = ev.per_category_ap() if task.per_class else None
-    num_dets = dict(zip(ev.cat_ids, ev.num_dets.tolist()))
-    return dict(ev.results), per_class, num_dets
+    out = {}
+    for protocol, ev in evs.items():
+        per_class = ev.per_category_ap() if protocol != "pool" else None
+        num_dets = dict(zip(ev.cat_ids, ev.num_dets.tolist()))
+        out[protocol] = dict(ev.results), per_class, num_dets, int((ev.num_kept < k).sum())
+    return out
 
 
 def _pct(v):
@@ -288,7 +293,7 @@ def task_metrics(summary, per_class):
     return res
 
 
-def _log_task(log, task, engine, res, per_class, num_dets, dets_per_category):
+def _log_task(log, task, engine, res, per_class, num_dets, dets_per_category, short):
     keys = list(res)
     log.info(
         "Evaluation results for %s (%s engine):\n%s",
@@ -307,19 +312,17 @@ def _log_task(log, task, engine, res, per_class, num_dets, dets_per_category):
                 task.name,
                 format_examples(silent),
             )
-    if task.protocol != "standard":
-        short = sum(1 for n in num_dets.values() if n < dets_per_category)
-        if short:
-            log.info(
-                "%s: %d of %d categories have fewer than %d detections evaluated; AP-fixed and "
-                "AP-pool expect %d per category (raise TEST.DETECTIONS_PER_IMAGE and lower "
-                "MODEL.ROI_HEADS.SCORE_THRESH_TEST)",
-                task.name,
-                short,
-                len(num_dets),
-                dets_per_category,
-                dets_per_category,
-            )
+    if task.protocol != "standard" and short:
+        log.info(
+            "%s: %d of %d categories have fewer than %d detections in the results; AP-fixed "
+            "and AP-pool expect %d per category (raise TEST.DETECTIONS_PER_IMAGE and lower "
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST)",
+            task.name,
+            short,
+            len(num_dets),
+            dets_per_category,
+            dets_per_category,
+        )
 
 
 def evaluate_tasks(
@@ -353,35 +356,42 @@ def evaluate_tasks(
         id: AP in [0, 1] or NaN} (tasks with per-class AP); task -> {category id: detections
         evaluated}.
     """
-    from .fast_lvis import LVISGroundTruth
-
     log = log or logger
     if engine not in ENGINES:
         raise ValueError(f"Unknown LVIS evaluation engine '{engine}'; choose one of {ENGINES}")
     gt_index = LVISGroundTruth(gt_dataset, source=gt_source)
     out, per_class_by_task, num_dets_by_task = OrderedDict(), {}, {}
-    for task in _as_tasks(tasks):
-        dets = results if task.protocol == "standard" or topk_results is None else topk_results
+    tasks = _as_tasks(tasks)
+
+    def dets_of(task):
+        return results if task.protocol == "standard" or topk_results is None else topk_results
+
+    fast = {}  # (detections, iou type) -> the fast engine's results of all their protocols
+    for task in tasks:
+        dets = dets_of(task)
         if engine == "lvis-api" and not is_empty_results(dets):
             if not isinstance(dets, (list, tuple)):
                 dets = load_lvis_detections(dets, gt_dataset)
-            summary, per_class, num_dets = _lvis_api(
+            summary, per_class, num_dets, short = _lvis_api(
                 gt_dataset, gt_index, dets, task, max_dets, dets_per_category, source
             )
         else:
             # lvis-api crashes on an empty result list (LVISResults reads results[0]); without
             # detections every category with ground truth has AP 0, which the fast engine
             # (equal to lvis-api) gives
-            summary, per_class, num_dets = _fast(
-                gt_index, dets, task, max_dets, dets_per_category, workers
-            )
+            key = (id(dets), task.iou_type)
+            if key not in fast:
+                protocols = [
+                    t.protocol for t in tasks if t.iou_type == task.iou_type and dets_of(t) is dets
+                ]
+                fast[key] = _fast(
+                    gt_index, dets, task, protocols, max_dets, dets_per_category, workers
+                )
+            summary, per_class, num_dets, short = fast[key][task.protocol]
         res = task_metrics(summary, per_class)
-        _log_task(log, task, engine, res, per_class, num_dets, dets_per_category)
+        _log_task(log, task, engine, res, per_class, num_dets, dets_per_category, short)
         out[task.name] = res
         if per_class is not None:
             per_class_by_task[task.name] = per_class
         num_dets_by_task[task.name] = num_dets
     return out, per_class_by_task, num_dets_by_task
-
-
-
