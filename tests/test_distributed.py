@@ -145,26 +145,28 @@ def _detections(path):
 
 
 def test_cli_evaluation_with_two_processes_equals_one(trained, tmp_path):
+    """The same checkpoint evaluated by the tool's evaluation in this one process and by the
+    command line with two processes: the same detections and every metric equal."""
     weights = str(trained / "model_final.pth")
-    outs = {}
-    for n in (1, 2):
-        out = tmp_path / f"eval{n}"
-        p = _tool(
-            "--config-file",
-            TINY,
-            "--num-gpus",
-            str(n),
-            "--eval-only",
-            "MODEL.DEVICE",
-            "cpu",
-            *FAST,
-            "MODEL.WEIGHTS",
-            weights,
-            "OUTPUT_DIR",
-            str(out),
-        )
-        assert "Long-tail results" in p.stdout
-        outs[n] = out / "inference" / "synth_lt_tiny_val"
+    opts = ["MODEL.DEVICE", "cpu", *FAST, "MODEL.WEIGHTS", weights]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each process of the command (OMP_NUM_THREADS=1): same sums
+    try:
+        _load_tool().evaluate(tiny_cfg(*opts, output_dir=tmp_path / "eval1"))
+    finally:
+        torch.set_num_threads(threads)
+    p = _tool(
+        "--config-file",
+        TINY,
+        "--num-gpus",
+        "2",
+        "--eval-only",
+        *opts,
+        "OUTPUT_DIR",
+        str(tmp_path / "eval2"),
+    )
+    assert "Long-tail results" in p.stdout
+    outs = {n: tmp_path / f"eval{n}" / "inference" / "synth_lt_tiny_val" for n in (1, 2)}
     d1 = _detections(outs[1] / "lvis_instances_results.json")
     d2 = _detections(outs[2] / "lvis_instances_results.json")
     assert len(d1) >= 100 and d1 == d2

@@ -41,7 +41,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..class_counts import instance_classes
-from ..utils import atomic_write_json
+from ..evaluation.longtail import GROUPS
+from ..utils import atomic_write_json, markdown_table
 
 __all__ = [
     "BalancedSubset",
@@ -224,9 +225,9 @@ def format_subset_statistics(stats, groups=None):
         groups (list[str]): the r/c/f group of each class (optional): adds per-group columns.
     """
     head = ["subset", "images", "instances", "inst/class min", "median", "max", "max/min"]
-    gnames = [g for g in ("r", "c", "f") if groups and g in groups]
+    gnames = [g for g in GROUPS if groups and g in groups]
     head += [f"inst/class {g}" for g in gnames]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for i, s in enumerate(stats):
         inst = np.asarray(s["instances"])
         present = inst[np.asarray(s["available_images"]) > 0]
@@ -244,8 +245,8 @@ def format_subset_statistics(stats, groups=None):
         for g in gnames:
             sel = np.asarray([gg == g for gg in groups]) & (np.asarray(s["available_images"]) > 0)
             row.append(f"{inst[sel].mean():.1f}" if sel.any() else "-")
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+        rows.append(row)
+    return markdown_table(rows, head)
 
 
 def subset_dataset_name(source_names, seed, index):
