@@ -120,6 +120,32 @@ METHODS = {
     # tools/btm.py: fine-tunes (btm.yaml) on the softmax stage-1 model, merge, then stage 2
     "btm": ("btm.yaml", ["--stage2-config", "btm_stage2.yaml"], "softmax"),
 }
+# The Meta Reweigher at longer stage 2 (published recipe and its control) and a faster meta
+# learning rate; the Label Over-Smoothing sweep (delta, foreground-only or not) from softmax.
+STAGE2_ITERS = {}
+for _n in (300, 900):
+    METHODS[f"balms_published_it{_n}"] = METHODS["balms_published"]
+    METHODS[f"balms_published_control_it{_n}"] = METHODS["balms_published_control"]
+    STAGE2_ITERS[f"balms_published_it{_n}"] = STAGE2_ITERS[f"balms_published_control_it{_n}"] = _n
+METHODS["balms_published_it300_mlr0.1"] = (
+    "stage2_balanced_sigmoid.yaml",
+    [*META, "BALMS.META.LR", "0.1", *RFS],
+    "sigmoid_rfs",
+)
+STAGE2_ITERS["balms_published_it300_mlr0.1"] = 300
+LOS_DELTAS = ("0.1", "0.3", "0.5", "0.7", "0.9")
+for _d in LOS_DELTAS:
+    for _fg in ("False", "True"):
+        METHODS[f"decoupled_los_d{_d}" + ("_fg" if _fg == "True" else "")] = (
+            "stage2_label_over_smooth.yaml",
+            [
+                "MODEL.ROI_BOX_HEAD.BALMS.LOS_DELTA",
+                _d,
+                "MODEL.ROI_BOX_HEAD.BALMS.LOS_FOREGROUND_ONLY",
+                _fg,
+            ],
+            "softmax",
+        )
 BTM_LABEL = "btm+stage2"  # the row of tools/btm.py's results that is the method
 STAGE2_FRACTION = 0.3
 COLUMNS = ("AP", "APr", "APc", "APf", "AP_box", "hmean", "gmean", "train_min")
@@ -178,6 +204,8 @@ def run_method(args, method, seed):
         str(args.data_seed),
         "BALMS.SYNTHETIC.MAX_IMAGES_PER_CLASS",
         str(args.max_images_per_class),
+        "BALMS.SYNTHETIC.VAL_INSTANCES_PER_CLASS",
+        str(args.val_instances_per_class),
     ]
     if args.image_size:
         s = str(args.image_size)
@@ -199,7 +227,8 @@ def run_method(args, method, seed):
         opts = opts + common + ["OUTPUT_DIR", d] + _schedule(args.iters, False)
     else:
         s1 = os.path.join(run_method(args, stage1, seed), "model_final.pth")
-        stage2 = common + _schedule(max(1, int(round(args.iters * STAGE2_FRACTION))), True)
+        n2 = STAGE2_ITERS.get(method) or max(1, int(round(args.iters * STAGE2_FRACTION)))
+        stage2 = common + _schedule(n2, True)
         if method == "btm":
             tool = "btm.py"
             opts = [
@@ -286,6 +315,144 @@ def summarize(rows_by_method):
     return out
 
 
+# two-sided 95% quantiles of Student's t by degrees of freedom (n - 1 for n paired seeds)
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
+T975.update({9: 2.262, 10: 2.228, 12: 2.179, 14: 2.145, 16: 2.120, 18: 2.101, 20: 2.086})
+T975.update({25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980})
+PAIRED_METRICS = ("APr", "AP", "gmean")
+
+
+def t975(df):
+    """Student's t quantile for ``df``, from the largest tabulated df <= ``df`` (conservative)."""
+    return T975[max(k for k in T975 if k <= df)]
+
+
+def paired_interval(diffs):
+    """(mean, low, high) of the 95% t-interval of paired differences (NaN for fewer than 2)."""
+    n = len(diffs)
+    mean = statistics.fmean(diffs)
+    if n < 2:
+        return mean, float("nan"), float("nan")
+    half = t975(n - 1) * statistics.stdev(diffs) / n**0.5
+    return mean, mean - half, mean + half
+
+
+def paired_differences(rows_by_method, baselines=("softmax", "softmax_rfs")):
+    """{baseline: {method: {metric: {mean, low, high, diffs}}}}: per-seed differences of each
+    method against each baseline (same seed = same stage-1 data order and initialisation)."""
+    out = {}
+    for base in baselines:
+        if base not in rows_by_method:
+            continue
+        out[base] = {}
+        for method, rows in rows_by_method.items():
+            if method in baselines[: baselines.index(base) + 1]:
+                continue
+            out[base][method] = {}
+            for k in PAIRED_METRICS:
+                d = [a[k] - b[k] for a, b in zip(rows, rows_by_method[base])]
+                mean, lo, hi = paired_interval(d)
+                out[base][method][k] = dict(mean=mean, low=lo, high=hi, diffs=d)
+    return out
+
+
+def per_class_ap(args, method, seed):
+    """{category id: (group, mask AP %)} of one run from its ``per_class_ap.json`` (None when
+    the run has no such file)."""
+    d = os.path.dirname(metrics_path(run_dir(args.out, method, seed), method))
+    path = os.path.join(d, "per_class_ap.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        rows = json.load(f)
+    return {
+        r["category_id"]: (r.get("group"), r["AP_segm"])
+        for r in rows
+        if r.get("AP_segm") is not None
+    }
+
+
+def per_class_differences(args, methods, baselines):
+    """{baseline: {method: {"APr": ..., "AP": ...}}}: per-class paired differences of mask AP
+    (method minus baseline, averaged over seeds), mean and 95% t-interval over the classes (rare
+    classes for APr, all for AP). The unit is the class: this resolves a difference within one
+    data set and schedule, not across seeds of training."""
+    out = {}
+    for base in baselines:
+        if base not in methods:
+            continue
+        b = [per_class_ap(args, base, s) for s in args.seeds]
+        if None in b:
+            continue
+        out[base] = {}
+        for method in methods:
+            if method in baselines[: baselines.index(base) + 1]:
+                continue
+            m = [per_class_ap(args, method, s) for s in args.seeds]
+            if None in m:
+                continue
+            diff, group = {}, {}
+            for ms, bs in zip(m, b):
+                for c in set(ms) & set(bs):
+                    diff.setdefault(c, []).append(ms[c][1] - bs[c][1])
+                    group[c] = bs[c][0]
+            d = {c: statistics.fmean(v) for c, v in diff.items()}
+            res = {}
+            for k, keep in (("APr", lambda c: group[c] == "r"), ("AP", lambda c: True)):
+                v = [d[c] for c in d if keep(c)]
+                mean, lo, hi = paired_interval(v) if v else (float("nan"),) * 3
+                res[k] = dict(mean=mean, low=lo, high=hi, classes=len(v))
+            out[base][method] = res
+    return out
+
+
+def paired_markdown(paired, metrics=PAIRED_METRICS, note=None):
+    lines = []
+    for base, methods in paired.items():
+        cols = [f"{k} - {base}" for k in metrics]
+        lines += ["", f"| method | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+        for method, by_metric in methods.items():
+            cells = []
+            for k in metrics:
+                v = by_metric[k]
+                if v["low"] != v["low"]:
+                    cells.append(f"{v['mean']:+.2f}")
+                    continue
+                mark = " *" if v["low"] > 0 or v["high"] < 0 else ""
+                cells.append(f"{v['mean']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]{mark}")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if lines:
+        lines.append(
+            note
+            or "\nPaired difference per seed (method minus baseline, same seed), mean and 95% "
+            "t-interval over seeds; * = the interval excludes 0."
+        )
+    return "\n".join(lines)
+
+
+def meta_weights(args, method, seed):
+    """Range and LVIS-group means of the learned class weights WEIGHT_FN(psi) of a Meta
+    Reweigher run (the predictor's ``class_weights`` buffer in ``model_final.pth``), or None."""
+    if "BALMS.META.ENABLED" not in METHODS[method][1]:
+        return None
+    import torch
+
+    sys.path.insert(0, REPO)
+    from balms_det.evaluation.longtail import frequency_group
+    from balms_det.evaluation.report import read_per_class_table
+
+    d = run_dir(args.out, method, seed)
+    state = torch.load(os.path.join(d, "model_final.pth"), map_location="cpu")["model"]
+    w = state["roi_heads.box_predictor.class_weights"].double().tolist()
+    rows = read_per_class_table(os.path.dirname(metrics_path(d, method)))
+    groups = [frequency_group(r.get("train_image_count") or 0) for r in rows]
+    out = dict(min=min(w), max=max(w))
+    for g in ("r", "c", "f"):
+        v = [x for x, gg in zip(w, groups) if gg == g]
+        out[g] = statistics.fmean(v) if v else float("nan")
+    return out
+
+
 def markdown(summary, seeds):
     head = "| method | " + " | ".join(COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
@@ -306,7 +473,7 @@ def markdown(summary, seeds):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--iters", type=int, default=300, help="stage-1 iteration budget")
     p.add_argument(
         "--train-images",
@@ -315,6 +482,12 @@ def main():
         help="training images of the synthetic set (the main job has 1000)",
     )
     p.add_argument("--classes", type=int, default=48)
+    p.add_argument(
+        "--val-instances-per-class",
+        type=int,
+        default=20,
+        help="instances of every class in the balanced validation split (the main job has 8)",
+    )
     p.add_argument(
         "--max-images-per-class",
         type=int,
@@ -335,6 +508,15 @@ def main():
     p.add_argument("--num-gpus", type=int, default=1, help="processes per run (launch)")
     p.add_argument("--out", default=os.path.join(REPO, "output", "bench_accuracy"))
     p.add_argument(
+        "--report", default="accuracy", help="name of the <out>/<report>.md/.json tables"
+    )
+    p.add_argument(
+        "--baselines",
+        nargs="+",
+        default=["softmax", "softmax_rfs"],
+        help="methods every other is compared with, paired by seed",
+    )
+    p.add_argument(
         "opts",
         nargs=argparse.REMAINDER,
         default=[],
@@ -343,28 +525,54 @@ def main():
     )
     args = p.parse_args()
     args.out = os.path.abspath(args.out)
-    rows, failed = {}, {}
-    for method in args.methods:
-        # a failed run is reported and the others go on (its dependants are skipped)
-        stage1 = METHODS[method][2]
-        if stage1 in failed:
-            failed[method] = f"its stage 1 ({stage1}) failed"
-            continue
-        try:
-            for s in args.seeds:
+    failed = {}
+    # seed-major order: an interrupted benchmark has every method at the first seeds
+    for s in args.seeds:
+        for method in args.methods:
+            # a failed run is reported and the others go on (its dependants are skipped)
+            stage1 = METHODS[method][2]
+            if method in failed:
+                continue
+            if stage1 in failed:
+                failed[method] = f"its stage 1 ({stage1}) failed"
+                continue
+            try:
                 run_method(args, method, s)
-        except SystemExit as e:
-            failed[method] = str(e)
-            print(str(e), flush=True)
-            continue
-        rows[method] = [collect(args, method, s) for s in args.seeds]
+            except SystemExit as e:
+                failed[method] = str(e)
+                print(str(e), flush=True)
+    rows = {m: [collect(args, m, s) for s in args.seeds] for m in args.methods if m not in failed}
     summary = summarize(rows)
-    md = markdown(summary, args.seeds)
+    paired = paired_differences(rows, args.baselines) if len(args.seeds) > 1 else {}
+    by_class = per_class_differences(args, list(rows), args.baselines)
+    weights = {
+        m: [meta_weights(args, m, s) for s in args.seeds]
+        for m in rows
+        if "BALMS.META.ENABLED" in METHODS[m][1]
+    }
+    md = markdown(summary, args.seeds) + "\n" + paired_markdown(paired)
+    md += "\n" + paired_markdown(
+        by_class,
+        ("APr", "AP"),
+        "\nPer-class paired difference of mask AP (method minus baseline, mean over seeds per "
+        "class), mean and 95% t-interval over classes (rare classes for APr); * = excludes 0.",
+    )
+    if weights:
+        md += "\n\nLearned class weights WEIGHT_FN(psi) of the Meta Reweigher runs (mean over seeds):\n"
+        md += "\n| method | stage-2 iters | min | max | mean r | mean c | mean f |\n|---|---|---|---|---|---|---|"
+        for m, ws in weights.items():
+            n2 = STAGE2_ITERS.get(m) or max(1, int(round(args.iters * STAGE2_FRACTION)))
+            avg = {k: statistics.fmean(w[k] for w in ws) for k in ws[0]}
+            md += (
+                f"\n| {m} | {n2} | "
+                + " | ".join(f"{avg[k]:.3f}" for k in ("min", "max", "r", "c", "f"))
+                + " |"
+            )
     if failed:
         md += "\n\nFailed: " + "; ".join(f"{m}: {why}" for m, why in failed.items())
-    write_outputs(
-        args.out, "accuracy", md, {"args": vars(args), "summary": summary, "failed": failed}
-    )
+    payload = {"args": vars(args), "summary": summary, "paired": paired, "by_class": by_class}
+    payload["meta_weights"] = weights
+    write_outputs(args.out, args.report, md, {**payload, "failed": failed})
     if failed:
         raise SystemExit(f"[bench] {len(failed)} method(s) failed: {', '.join(failed)}")
 

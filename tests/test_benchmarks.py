@@ -6,6 +6,7 @@ import json
 import math
 import os
 import pathlib
+import statistics
 import subprocess
 import sys
 
@@ -160,3 +161,58 @@ def test_accuracy_failed_method_is_reported_and_the_rest_goes_on(tmp_path, monke
     assert set(out["failed"]) == {"sigmoid", "decoupled_balanced_sigmoid"}
     md = (tmp_path / "accuracy.md").read_text()
     assert "Failed: sigmoid" in md and "its stage 1 (sigmoid) failed" in md
+
+
+def test_paired_interval_hand_computed():
+    bench = _load_bench("bench_accuracy")
+    # diffs 1, 2, 3: mean 2, sample std 1, t(0.975, 2) = 4.303 -> 2 +- 4.303 / sqrt(3)
+    mean, lo, hi = bench.paired_interval([1.0, 2.0, 3.0])
+    half = 4.303 / math.sqrt(3)
+    assert (mean, lo, hi) == pytest.approx((2.0, 2.0 - half, 2.0 + half))
+    assert bench.t975(47) == 2.021 and bench.t975(16) == 2.120  # largest tabulated df <= df
+    assert math.isnan(bench.paired_interval([1.0])[1])
+
+
+def test_paired_differences_pair_by_seed_and_mark_resolved_gains():
+    bench = _load_bench("bench_accuracy")
+    rows = {
+        "softmax": [dict(APr=1.0, AP=10.0, gmean=3.0), dict(APr=5.0, AP=12.0, gmean=4.0)],
+        "softmax_rfs": [dict(APr=2.0, AP=9.0, gmean=3.5), dict(APr=6.1, AP=12.5, gmean=4.0)],
+        "x": [dict(APr=3.0, AP=10.0, gmean=3.0), dict(APr=7.2, AP=13.0, gmean=4.0)],
+    }
+    p = bench.paired_differences(rows)
+    # x - softmax per seed: APr (2.0, 2.2): mean 2.1, std 0.1414, t(1) = 12.706
+    v = p["softmax"]["x"]["APr"]
+    assert v["diffs"] == pytest.approx([2.0, 2.2])
+    half = 12.706 * statistics.stdev([2.0, 2.2]) / math.sqrt(2)
+    assert (v["low"], v["high"]) == pytest.approx((2.1 - half, 2.1 + half))
+    assert set(p["softmax"]) == {"softmax_rfs", "x"} and set(p["softmax_rfs"]) == {"x"}
+    md = bench.paired_markdown(p)
+    # a gain whose interval excludes 0 is starred, one that does not is not
+    x_row = next(line for line in md.splitlines() if line.startswith("| x |"))
+    apr, ap, gmean = (c.strip() for c in x_row.split("|")[2:5])
+    assert apr.startswith("+2.10 [") and apr.endswith("*")  # [0.83, 3.37]
+    assert ap.startswith("+0.50 [") and not ap.endswith("*")  # diffs 0, 1: [-5.85, 6.85]
+    assert gmean == "+0.00 [+0.00, +0.00]"  # no difference at all
+
+
+def test_per_class_differences_from_the_per_class_tables(tmp_path):
+    bench = _load_bench("bench_accuracy")
+    args = argparse.Namespace(out=str(tmp_path), seeds=[0, 1])
+    ap = {  # (group, AP) of 3 classes per method and seed
+        "softmax": [[("r", 0.0), ("r", 10.0), ("f", 50.0)], [("r", 2.0), ("r", 8.0), ("f", 52.0)]],
+        "x": [[("r", 4.0), ("r", 12.0), ("f", 50.0)], [("r", 6.0), ("r", 14.0), ("f", 51.0)]],
+    }
+    for method, seeds in ap.items():
+        for s, classes in enumerate(seeds):
+            d = pathlib.Path(bench.metrics_path(bench.run_dir(str(tmp_path), method, s), method))
+            d.parent.mkdir(parents=True)
+            rows = [dict(category_id=i + 1, group=g, AP_segm=a) for i, (g, a) in enumerate(classes)]
+            (d.parent / "per_class_ap.json").write_text(json.dumps(rows))
+    out = bench.per_class_differences(args, ["softmax", "x"], ["softmax", "softmax_rfs"])
+    assert set(out) == {"softmax"}  # softmax_rfs did not run
+    # per class, mean over seeds: r (4, 4) -> 4, (2, 6) -> 4; f (0, -1) -> -0.5
+    r, a = out["softmax"]["x"]["APr"], out["softmax"]["x"]["AP"]
+    assert r["classes"] == 2 and r["mean"] == pytest.approx(4.0)
+    assert r["low"] == pytest.approx(4.0) and r["high"] == pytest.approx(4.0)  # no spread
+    assert a["classes"] == 3 and a["mean"] == pytest.approx(7.5 / 3)

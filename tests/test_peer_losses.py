@@ -567,3 +567,47 @@ def test_half_precision_inputs(dtype):
         torch.testing.assert_close(a.grad.float(), b.grad, **HALF_TOL[dtype])
         for sa, sb in zip(out_a[1:], out_b[1:]):  # EQLv2's statistics: float32 either way
             assert sa.dtype == torch.float32 and torch.equal(sa, sb)
+
+
+# ------------------------------------------------------------------------------------------
+# Kill and resume: the running state (Seesaw's counts, EQLv2's accumulated gradients)
+# ------------------------------------------------------------------------------------------
+STATE = {"seesaw": ("seesaw_counts",), "eqlv2": ("eqlv2_pos_grad", "eqlv2_neg_grad")}
+
+
+@pytest.mark.parametrize("loss", sorted(STATE))
+def test_kill_and_resume_restores_the_running_state(loss, tmp_path):
+    from conftest import tiny_cfg
+    from test_meta_reweigher import FAST, _Killed, _resumable_trainer
+
+    k = 2
+    opts = ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", loss, *FAST]
+    opts += ["SOLVER.MAX_ITER", str(2 * k), "SOLVER.CHECKPOINT_PERIOD", str(k)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        full = _resumable_trainer(tiny_cfg(*opts, output_dir=tmp_path / "full"))
+        full.resume_or_load(resume=False)
+        full.train()
+        cut = tiny_cfg(*opts, output_dir=tmp_path / "cut")
+        first = _resumable_trainer(cut, kill_after=k - 1)
+        first.resume_or_load(resume=False)
+        with pytest.raises(_Killed):
+            first.train()
+        after_k = {n: getattr(first.model.roi_heads.box_predictor, n).clone() for n in STATE[loss]}
+        del first
+        second = _resumable_trainer(cut)
+        second.resume_or_load(resume=True)
+        assert second.start_iter == k
+        p = second.model.roi_heads.box_predictor
+        for n in STATE[loss]:  # restored from the checkpoint, not reset to zero
+            assert getattr(p, n).abs().sum() > 0
+            torch.testing.assert_close(getattr(p, n), after_k[n], rtol=0, atol=0)
+        second._trainer.data_loader.start = second.start_iter
+        second.train()
+    finally:
+        torch.set_num_threads(threads)
+    a, b = full.model.roi_heads.box_predictor, second.model.roi_heads.box_predictor
+    for n in STATE[loss]:
+        torch.testing.assert_close(getattr(b, n), getattr(a, n), rtol=1e-6, atol=1e-6)
+        assert getattr(b, n).abs().sum() > 0
