@@ -22,6 +22,7 @@ AP, and the training time (every training of the method: stage 1, BTM fine-tunes
 """
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -155,9 +156,16 @@ def run_dir(out, method, seed):
     return os.path.join(out, method, f"seed{seed}")
 
 
-def metrics_path(d, method, dataset="synth_lt_val"):
+def metrics_path(d, method, dataset=None):
+    """``lvis_metrics.json`` of a run: of ``dataset``, else of the one dataset the run evaluated
+    (a user's DATASETS.TEST passed through), else where the synthetic set's would be."""
     if method == "btm":
         d = os.path.join(d, "eval", BTM_LABEL)
+    if dataset is None:
+        found = sorted(glob.glob(os.path.join(d, "inference", "*", "lvis_metrics.json")))
+        if found:
+            return found[0]
+        dataset = "synth_lt_val"
     return os.path.join(d, "inference", dataset, "lvis_metrics.json")
 
 

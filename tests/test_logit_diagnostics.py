@@ -3,6 +3,8 @@ import math
 
 import numpy as np
 import pytest
+from conftest import tiny_cfg
+
 from balms_det.evaluation.logit_diagnostics import (
     diagnostics_group_means,
     diagnostics_rows,
@@ -10,7 +12,6 @@ from balms_det.evaluation.logit_diagnostics import (
     logit_diagnostics,
     num_unseparated,
 )
-from conftest import tiny_cfg
 
 # Two classes, four ROIs (hand computation in the comments).
 Z = [[3.0, 1.0], [1.0, 0.0], [0.0, 2.0], [2.0, 4.0]]
@@ -95,10 +96,10 @@ def test_bench_diagnostics_on_a_run_folder(tmp_path, monkeypatch, seeded):
     import os
     import sys
 
+    from conftest import REPO
     from detectron2.checkpoint import DetectionCheckpointer
 
     from balms_det.engine.trainer import BalmsTrainer
-    from conftest import REPO
 
     run = tmp_path / "softmax" / "seed0"
     cfg = tiny_cfg(output_dir=run)
