@@ -10,7 +10,13 @@ that of the extra iterations. ``btm`` fine-tunes the stage-1 softmax model on 3 
 few-shot subsets (``--btm-iters`` iterations each), averages them and runs the balanced-softmax stage 2.
 Runs whose metrics exist are reused, so the command resumes where it stopped.
 
-    python benchmarks/bench_accuracy.py --seeds 0 1 --out output/bench_accuracy   # this CPU
+``--methods`` takes method names and groups of them: ``main`` (the default: the table every seed
+runs), ``los_sweep`` (Label Over-Smoothing deltas, foreground-only or not, and their control),
+``meta_study`` (the Meta Reweigher at longer stage 2 and a faster meta learning rate) and ``all``.
+
+    python benchmarks/bench_accuracy.py --seeds 0 1 2 --out output/bench_accuracy   # this CPU
+    python benchmarks/bench_accuracy.py --seeds 0 --methods los_sweep --report los_sweep \
+        --baselines decoupled_softmax
     python benchmarks/bench_accuracy.py --methods softmax decoupled_balanced_softmax --seeds 0 \
         --iters 2 --train-images 160 --classes 12 --max-images-per-class 130   # smoke
     python benchmarks/bench_accuracy.py --device cuda --num-gpus 8 --iters 20000 \
@@ -18,7 +24,10 @@ Runs whose metrics exist are reused, so the command resumes where it stopped.
 
 Writes ``<out>/accuracy.md`` and ``<out>/accuracy.json``: per method, mean and spread (sample
 std over seeds) of mask AP, APr, APc, APf, box AP, harmonic and geometric mean of per-class mask
-AP, and the training time (every training of the method: stage 1, BTM fine-tunes, stage 2).
+AP, and the training time (every training of the method: stage 1, BTM fine-tunes, stage 2);
+with several seeds, the "which method should I use" rows and the paired differences against the
+baselines (per seed, 95% t-interval); the per-class paired differences (over classes, also for
+one seed); the learned class weights of the Meta Reweigher runs.
 """
 
 import argparse
@@ -147,9 +156,49 @@ for _d in LOS_DELTAS:
             ],
             "softmax",
         )
+# Named groups of methods (``--methods main``): "main" is the table every seed runs; the two
+# studies run from the same stage-1 models (a seed is enough for their per-class intervals).
+METHOD_GROUPS = {
+    "main": [
+        "softmax",
+        "softmax_rfs",
+        "sigmoid_rfs",
+        "balanced_softmax",
+        "balanced_softmax_rfs",
+        "balanced_sigmoid",
+        "seesaw",
+        "seesaw_rfs",
+        "eqlv2",
+        "decoupled_softmax",
+        "decoupled_balanced_softmax",
+        "decoupled_balanced_softmax_rfs",
+        "balms_published",
+        "balms_published_control",
+    ],
+    "los_sweep": ["decoupled_softmax"]
+    + [f"decoupled_los_d{d}{fg}" for d in LOS_DELTAS for fg in ("", "_fg")],
+    "meta_study": [
+        "balms_published",
+        "balms_published_control",
+        "balms_published_it300",
+        "balms_published_control_it300",
+        "balms_published_it300_mlr0.1",
+    ],
+    "all": list(METHODS),
+}
 BTM_LABEL = "btm+stage2"  # the row of tools/btm.py's results that is the method
 STAGE2_FRACTION = 0.3
 COLUMNS = ("AP", "APr", "APc", "APf", "AP_box", "hmean", "gmean", "train_min")
+
+
+def expand_methods(names):
+    """Method names with group names replaced by their members, each once, in order."""
+    out = []
+    for name in names:
+        for m in METHOD_GROUPS.get(name, [name]):
+            if m not in out:
+                out.append(m)
+    return out
 
 
 def run_dir(out, method, seed):
@@ -214,6 +263,8 @@ def run_method(args, method, seed):
         str(args.max_images_per_class),
         "BALMS.SYNTHETIC.VAL_INSTANCES_PER_CLASS",
         str(args.val_instances_per_class),
+        "TEST.DETECTIONS_PER_IMAGE",
+        str(args.dets_per_image),
     ]
     if args.image_size:
         s = str(args.image_size)
@@ -364,6 +415,77 @@ def paired_differences(rows_by_method, baselines=("softmax", "softmax_rfs")):
     return out
 
 
+def _paired_cell(rows_by_method, method, other, metric):
+    """'+d [lo, hi]' (with ' *' when the interval excludes 0) of method minus other, per seed."""
+    d = [a[metric] - b[metric] for a, b in zip(rows_by_method[method], rows_by_method[other])]
+    mean, lo, hi = paired_interval(d)
+    if lo != lo:
+        return dict(mean=mean, low=lo, high=hi, text=f"{mean:+.2f}")
+    mark = " *" if lo > 0 or hi < 0 else ""
+    return dict(mean=mean, low=lo, high=hi, text=f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]{mark}")
+
+
+def recommendations(rows_by_method, baselines=("softmax", "softmax_rfs")):
+    """The "which method should I use" rows: for APr, AP and gmean, the method of the best mean
+    with its paired difference (per seed, 95% t-interval) against the runner-up and against each
+    baseline; then the cheapest method (training minutes) whose APr gain over the first
+    baseline has an interval above 0. A claim holds where its interval excludes 0."""
+    if len(rows_by_method) < 2:
+        return []
+
+    def mean(m, k):
+        return statistics.fmean(r[k] for r in rows_by_method[m])
+
+    bases = [b for b in baselines if b in rows_by_method]
+    out = []
+    for metric in ("APr", "AP", "gmean"):
+        best, second = sorted(rows_by_method, key=lambda m: -mean(m, metric))[:2]
+        vs = {second: _paired_cell(rows_by_method, best, second, metric)}
+        vs.update({b: _paired_cell(rows_by_method, best, b, metric) for b in bases if b != best})
+        out.append(dict(question=f"best {metric}", metric=metric, method=best, vs=vs))
+    if bases:
+        base = bases[0]
+        gains = [
+            m
+            for m in rows_by_method
+            if m != base and _paired_cell(rows_by_method, m, base, "APr")["low"] > 0
+        ]
+        row = dict(question=f"cheapest resolved APr gain over {base}", metric="APr", vs={})
+        row["method"] = min(gains, key=lambda m: mean(m, "train_min")) if gains else None
+        if row["method"] is not None:
+            row["vs"] = {b: _paired_cell(rows_by_method, row["method"], b, "APr") for b in bases}
+        out.append(row)
+    return out
+
+
+def recommendations_markdown(recs, summary):
+    if not recs:
+        return ""
+    lines = [
+        "",
+        "| question | method | its value | train min | difference (paired by seed, 95% interval) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in recs:
+        m = r["method"]
+        if m is None:
+            lines.append(f"| {r['question']} | none | | | no interval excludes 0 |")
+            continue
+        val, t = summary[m][r["metric"]], summary[m]["train_min"]
+        vs = "; ".join(f"{r['metric']} vs {o}: {c['text']}" for o, c in r["vs"].items())
+        lines.append(
+            f"| {r['question']} | {m} | {r['metric']} {val['mean']:.2f} ± {val['std']:.2f} | "
+            f"{t['mean']:.1f} | {vs} |"
+        )
+    lines.append(
+        "\nWhich method should I use: the best mean of each metric, with its paired difference "
+        "(per seed, method minus the other, mean and 95% t-interval; * = excludes 0) against "
+        "the runner-up and the baselines; a best whose interval against the runner-up includes 0 "
+        "is tied with it."
+    )
+    return "\n".join(lines)
+
+
 def per_class_ap(args, method, seed):
     """{category id: (group, mask AP %)} of one run from its ``per_class_ap.json`` (None when
     the run has no such file)."""
@@ -480,9 +602,22 @@ def markdown(summary, seeds):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["main"],
+        choices=list(METHODS) + list(METHOD_GROUPS),
+        help="methods, or groups of them: " + ", ".join(METHOD_GROUPS) + " (default: main)",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--iters", type=int, default=300, help="stage-1 iteration budget")
+    p.add_argument("--iters", type=int, default=200, help="stage-1 iteration budget")
+    p.add_argument(
+        "--dets-per-image",
+        type=int,
+        default=100,
+        help="TEST.DETECTIONS_PER_IMAGE of every evaluation (inference of 300 masks per image "
+        "costs more than a stage-2 training here; the images hold a few objects each)",
+    )
     p.add_argument(
         "--train-images",
         type=int,
@@ -532,6 +667,7 @@ def main():
         "e.g. TEST.DETECTIONS_PER_IMAGE 100",
     )
     args = p.parse_args()
+    args.methods = expand_methods(args.methods)
     args.out = os.path.abspath(args.out)
     failed = {}
     # seed-major order: an interrupted benchmark has every method at the first seeds
@@ -558,7 +694,9 @@ def main():
         for m in rows
         if "BALMS.META.ENABLED" in METHODS[m][1]
     }
-    md = markdown(summary, args.seeds) + "\n" + paired_markdown(paired)
+    recs = recommendations(rows, args.baselines) if len(args.seeds) > 1 else []
+    md = markdown(summary, args.seeds) + "\n" + recommendations_markdown(recs, summary)
+    md += "\n" + paired_markdown(paired)
     md += "\n" + paired_markdown(
         by_class,
         ("APr", "AP"),
@@ -580,6 +718,7 @@ def main():
         md += "\n\nFailed: " + "; ".join(f"{m}: {why}" for m, why in failed.items())
     payload = {"args": vars(args), "summary": summary, "paired": paired, "by_class": by_class}
     payload["meta_weights"] = weights
+    payload["recommendations"] = recs
     write_outputs(args.out, args.report, md, {**payload, "failed": failed})
     if failed:
         raise SystemExit(f"[bench] {len(failed)} method(s) failed: {', '.join(failed)}")

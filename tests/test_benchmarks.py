@@ -216,3 +216,51 @@ def test_per_class_differences_from_the_per_class_tables(tmp_path):
     assert r["classes"] == 2 and r["mean"] == pytest.approx(4.0)
     assert r["low"] == pytest.approx(4.0) and r["high"] == pytest.approx(4.0)  # no spread
     assert a["classes"] == 3 and a["mean"] == pytest.approx(7.5 / 3)
+
+
+def test_method_groups_expand_in_order_once():
+    bench = _load_bench("bench_accuracy")
+    got = bench.expand_methods(["softmax", "los_sweep", "decoupled_softmax"])
+    assert got[:2] == ["softmax", "decoupled_softmax"]  # the sweep's control, once
+    assert got[2:4] == ["decoupled_los_d0.1", "decoupled_los_d0.1_fg"]
+    assert len(got) == 2 + 2 * len(bench.LOS_DELTAS)
+    assert all(m in bench.METHODS for g in bench.METHOD_GROUPS.values() for m in g)
+    # every stage 1 of the main table is in it (its decoupled rows start from them)
+    main = bench.METHOD_GROUPS["main"]
+    assert all(bench.METHODS[m][2] in main for m in main if bench.METHODS[m][2])
+
+
+def test_recommendations_name_the_best_with_paired_intervals():
+    bench = _load_bench("bench_accuracy")
+
+    def runs(aprs, aps, gmeans, minutes):
+        rest = dict(APc=0.0, APf=0.0, AP_box=0.0, hmean=0.0, train_min=minutes)
+        return [dict(APr=r, AP=a, gmean=g, **rest) for r, a, g in zip(aprs, aps, gmeans)]
+
+    rows = {
+        "softmax": runs([1.0, 2.0, 3.0], [30.0, 31.0, 32.0], [5.0, 5.0, 5.0], 3.0),
+        "softmax_rfs": runs([3.0, 4.0, 5.5], [30.0, 30.0, 31.0], [6.0, 6.0, 6.0], 3.0),
+        "slow": runs([5.0, 3.5, 6.5], [31.0, 32.0, 33.0], [5.5, 5.5, 5.5], 9.0),
+    }
+    recs = {r["question"]: r for r in bench.recommendations(rows)}
+    best_apr = recs["best APr"]
+    assert best_apr["method"] == "slow"
+    # slow - softmax_rfs per seed: 2, -0.5, 1 -> mean 0.8333, interval includes 0 (a tie)
+    v = best_apr["vs"]["softmax_rfs"]
+    half = 4.303 * statistics.stdev([2.0, -0.5, 1.0]) / math.sqrt(3)
+    mean = 2.5 / 3
+    assert (v["mean"], v["low"], v["high"]) == pytest.approx((mean, mean - half, mean + half))
+    assert v["text"] == "+0.83 [%+.2f, %+.2f]" % (mean - half, mean + half)
+    # slow - softmax: 4, 1.5, 3.5: [-0.29, +6.29], not resolved either
+    assert best_apr["vs"]["softmax"]["text"] == "+3.00 [-0.29, +6.29]"
+    assert recs["best AP"]["method"] == "slow" and recs["best gmean"]["method"] == "softmax_rfs"
+    assert recs["best AP"]["vs"]["softmax"]["text"] == "+1.00 [+1.00, +1.00] *"
+    # only softmax_rfs beats softmax on APr with an interval above 0 (2, 2, 2.5)
+    assert recs["cheapest resolved APr gain over softmax"]["method"] == "softmax_rfs"
+    md = bench.recommendations_markdown(list(recs.values()), bench.summarize(rows))
+    assert "| best APr | slow | APr 5.00 ± 1.50 | 9.0 |" in md
+    # no gain resolved: the row says so
+    same = {"softmax": rows["softmax"], "x": rows["softmax"]}
+    last = bench.recommendations(same)[-1]
+    assert last["method"] is None
+    assert "| none |" in bench.recommendations_markdown([last], bench.summarize(same))
