@@ -183,6 +183,8 @@ METHOD_GROUPS = {
         "balms_published_it300",
         "balms_published_control_it300",
         "balms_published_it300_mlr0.1",
+        "balms_published_it900",
+        "balms_published_control_it900",
     ],
     "all": list(METHODS),
 }
