@@ -25,8 +25,8 @@ bench: venv
 	$(BENCH) --seeds 0 1 2 --methods main $(BENCH_ARGS)
 	$(BENCH) --seeds 0 --methods los_sweep --baselines decoupled_softmax --report los_sweep $(BENCH_ARGS)
 	$(BENCH) --seeds 0 --methods meta_study --report meta_study \
-		--baselines balms_published_control balms_published_control_it300 \
-		balms_published_control_it900 $(BENCH_ARGS)
+		--baselines balms_published_no_meta balms_published_no_meta_it300 \
+		balms_published_no_meta_it900 $(BENCH_ARGS)
 	$(PY) benchmarks/bench_diagnostics.py --out output/bench_accuracy --seeds 0 --methods \
 		softmax decoupled_softmax decoupled_balanced_softmax decoupled_los_d0.5 \
 		decoupled_los_d0.9 decoupled_los_d0.9_fg balanced_softmax seesaw eqlv2 sigmoid_rfs \

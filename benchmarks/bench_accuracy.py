@@ -127,6 +127,9 @@ METHODS = {
         [LOSS, "sigmoid", *RFS],
         "sigmoid_rfs",
     ),
+    # the recipe without the Meta Reweigher (stage 2 balanced sigmoid + RFS): separates the
+    # hook's effect from that of the balanced loss
+    "balms_published_no_meta": ("stage2_balanced_sigmoid.yaml", RFS, "sigmoid_rfs"),
     # tools/btm.py: fine-tunes (btm.yaml) on the softmax stage-1 model, merge, then stage 2
     "btm": ("btm.yaml", ["--stage2-config", "btm_stage2.yaml"], "softmax"),
 }
@@ -135,8 +138,9 @@ METHODS = {
 STAGE2_ITERS = {}
 for _n in (300, 900):
     METHODS[f"balms_published_it{_n}"] = METHODS["balms_published"]
-    METHODS[f"balms_published_control_it{_n}"] = METHODS["balms_published_control"]
-    STAGE2_ITERS[f"balms_published_it{_n}"] = STAGE2_ITERS[f"balms_published_control_it{_n}"] = _n
+    for _v in ("", "_control", "_no_meta"):
+        METHODS[f"balms_published{_v}_it{_n}"] = METHODS[f"balms_published{_v}"]
+        STAGE2_ITERS[f"balms_published{_v}_it{_n}"] = _n
 METHODS["balms_published_it300_mlr0.1"] = (
     "stage2_balanced_sigmoid.yaml",
     [*META, "BALMS.META.LR", "0.1", *RFS],
@@ -174,18 +178,16 @@ METHOD_GROUPS = {
         "decoupled_balanced_softmax_rfs",
         "balms_published",
         "balms_published_control",
+        "balms_published_no_meta",
     ],
     "los_sweep": ["decoupled_softmax"]
     + [f"decoupled_los_d{d}{fg}" for d in LOS_DELTAS for fg in ("", "_fg")],
     "meta_study": [
-        "balms_published",
-        "balms_published_control",
-        "balms_published_it300",
-        "balms_published_control_it300",
-        "balms_published_it300_mlr0.1",
-        "balms_published_it900",
-        "balms_published_control_it900",
-    ],
+        f"balms_published{v}{n}"
+        for n in ("", "_it300", "_it900")
+        for v in ("", "_control", "_no_meta")
+    ]
+    + ["balms_published_it300_mlr0.1"],
     "all": list(METHODS),
 }
 BTM_LABEL = "btm+stage2"  # the row of tools/btm.py's results that is the method
