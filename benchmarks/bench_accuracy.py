@@ -179,6 +179,8 @@ METHOD_GROUPS = {
         "balms_published",
         "balms_published_control",
         "balms_published_no_meta",
+        "softmax_posthoc",
+        "btm",
     ],
     "los_sweep": ["decoupled_softmax"]
     + [f"decoupled_los_d{d}{fg}" for d in LOS_DELTAS for fg in ("", "_fg")],
