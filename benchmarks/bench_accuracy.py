@@ -421,14 +421,21 @@ def paired_differences(rows_by_method, baselines=("softmax", "softmax_rfs")):
     return out
 
 
+def interval_text(v):
+    """'+d [lo, hi]' of a paired difference {mean, low, high}, ' *' when the interval excludes
+    0; the mean alone when there is no interval (one pair)."""
+    if v["low"] != v["low"]:
+        return f"{v['mean']:+.2f}"
+    mark = " *" if v["low"] > 0 or v["high"] < 0 else ""
+    return f"{v['mean']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]{mark}"
+
+
 def _paired_cell(rows_by_method, method, other, metric):
-    """'+d [lo, hi]' (with ' *' when the interval excludes 0) of method minus other, per seed."""
+    """Paired difference (per seed) of method minus other: {mean, low, high, text}."""
     d = [a[metric] - b[metric] for a, b in zip(rows_by_method[method], rows_by_method[other])]
     mean, lo, hi = paired_interval(d)
-    if lo != lo:
-        return dict(mean=mean, low=lo, high=hi, text=f"{mean:+.2f}")
-    mark = " *" if lo > 0 or hi < 0 else ""
-    return dict(mean=mean, low=lo, high=hi, text=f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]{mark}")
+    v = dict(mean=mean, low=lo, high=hi)
+    return dict(v, text=interval_text(v))
 
 
 def recommendations(rows_by_method, baselines=("softmax", "softmax_rfs")):
@@ -548,14 +555,7 @@ def paired_markdown(paired, metrics=PAIRED_METRICS, note=None):
         cols = [f"{k} - {base}" for k in metrics]
         lines += ["", f"| method | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
         for method, by_metric in methods.items():
-            cells = []
-            for k in metrics:
-                v = by_metric[k]
-                if v["low"] != v["low"]:
-                    cells.append(f"{v['mean']:+.2f}")
-                    continue
-                mark = " *" if v["low"] > 0 or v["high"] < 0 else ""
-                cells.append(f"{v['mean']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]{mark}")
+            cells = [interval_text(by_metric[k]) for k in metrics]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
     if lines:
         lines.append(
