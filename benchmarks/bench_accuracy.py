@@ -402,6 +402,14 @@ def paired_interval(diffs):
     return mean, mean - half, mean + half
 
 
+def paired_difference(rows_by_method, method, other, metric):
+    """{mean, low, high, diffs}: per-seed differences of ``metric``, method minus other, with
+    their 95% t-interval."""
+    d = [a[metric] - b[metric] for a, b in zip(rows_by_method[method], rows_by_method[other])]
+    mean, lo, hi = paired_interval(d)
+    return dict(mean=mean, low=lo, high=hi, diffs=d)
+
+
 def paired_differences(rows_by_method, baselines=("softmax", "softmax_rfs")):
     """{baseline: {method: {metric: {mean, low, high, diffs}}}}: per-seed differences of each
     method against each baseline (same seed = same stage-1 data order and initialisation)."""
@@ -415,9 +423,7 @@ def paired_differences(rows_by_method, baselines=("softmax", "softmax_rfs")):
                 continue
             out[base][method] = {}
             for k in PAIRED_METRICS:
-                d = [a[k] - b[k] for a, b in zip(rows, rows_by_method[base])]
-                mean, lo, hi = paired_interval(d)
-                out[base][method][k] = dict(mean=mean, low=lo, high=hi, diffs=d)
+                out[base][method][k] = paired_difference(rows_by_method, method, base, k)
     return out
 
 
@@ -431,10 +437,8 @@ def interval_text(v):
 
 
 def _paired_cell(rows_by_method, method, other, metric):
-    """Paired difference (per seed) of method minus other: {mean, low, high, text}."""
-    d = [a[metric] - b[metric] for a, b in zip(rows_by_method[method], rows_by_method[other])]
-    mean, lo, hi = paired_interval(d)
-    v = dict(mean=mean, low=lo, high=hi)
+    """:func:`paired_difference` with its table text."""
+    v = paired_difference(rows_by_method, method, other, metric)
     return dict(v, text=interval_text(v))
 
 

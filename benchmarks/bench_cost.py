@@ -96,13 +96,11 @@ class Variant:
         """Fill a cached Meta Reweigher's feature cache with every image of its meta set: the
         steady state of a stage 2 longer than one pass over the meta set (a cold cache runs the
         detector on every new meta image, which is the uncached step)."""
-        from detectron2.data import DatasetCatalog, DatasetMapper
+        from balms_det.data.meta_sampler import meta_dataset_dicts, meta_mapper
 
         cfg = self.trainer.cfg
-        dicts = DatasetCatalog.get(cfg.BALMS.META.DATASET or cfg.DATASETS.TRAIN[0])
-        mapper_args = DatasetMapper.from_config(cfg, True)
-        mapper_args.update(use_instance_mask=False, recompute_boxes=False)
-        mapper = DatasetMapper(**mapper_args)
+        dicts = meta_dataset_dicts(cfg)
+        mapper = meta_mapper(cfg)
         for i in range(0, len(dicts), 8):
             self.hook.meta_features([mapper(d) for d in dicts[i : i + 8]])
         return len(self.hook.cache)

@@ -120,6 +120,14 @@ def meta_dataset_dicts(cfg):
     return get_detection_dataset_dicts(names, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
 
 
+def meta_mapper(cfg):
+    """The mapper of meta images: the training mapper, minus instance masks (only boxes and
+    classes are used)."""
+    mapper_args = DatasetMapper.from_config(cfg, True)
+    mapper_args.update(use_instance_mask=False, recompute_boxes=False)
+    return DatasetMapper(**mapper_args)
+
+
 def build_meta_loader(cfg, dataset_dicts, seed, skip_batches=0):
     """Infinite loader of class-balanced meta batches (lists of mapped dicts, like training).
 
@@ -143,12 +151,9 @@ def build_meta_loader(cfg, dataset_dicts, seed, skip_batches=0):
     factors = class_balanced_repeat_factors(dataset_dicts)
     sampler = RepeatFactorTrainingSampler(factors, seed=int(seed))
     sampler = SkipSampler(sampler, skip=int(skip_batches) * (total // world))
-    # the training mapper, minus instance masks (only boxes and classes are used)
-    mapper_args = DatasetMapper.from_config(cfg, True)
-    mapper_args.update(use_instance_mask=False, recompute_boxes=False)
     return build_detection_train_loader(
         dataset=dataset_dicts,
-        mapper=DatasetMapper(**mapper_args),
+        mapper=meta_mapper(cfg),
         sampler=sampler,
         total_batch_size=total,
         aspect_ratio_grouping=False,
