@@ -23,6 +23,7 @@ __all__ = ["loads", "read_file", "array_ranges", "iter_array", "BadJSON", "HAVE_
 HAVE_ORJSON = orjson is not None
 # orjson is fastest on pieces of a few hundred KB (they stay in the CPU caches)
 CHUNK_BYTES = 1 << 18
+SCAN_CHUNK_BYTES = 1 << 22  # a scanner (see iter_array) makes no object per element: larger
 _BOUNDARY = re.compile(rb"\}\s*,\s*\{")
 _WS = b" \t\r\n"
 
@@ -113,10 +114,14 @@ def array_ranges(path, parts):
     return [(s, e, i == len(starts) - 1) for i, (s, e) in enumerate(zip(starts, stops))]
 
 
-def _parse_piece(piece, offset, transform=None):
-    """(elements, original) of ``'[' + piece + ']'``: ``transform`` (bytes -> bytes or None) may
-    rewrite the piece first; ``original`` is the piece when its rewrite was parsed, else None.
-    BadJSON when it does not parse."""
+def _parse_piece(piece, offset, transform=None, scan=None):
+    """(elements, original) of ``'[' + piece + ']'``: ``scan`` (bytes -> object or None) may
+    read the piece instead, ``transform`` (bytes -> bytes or None) rewrite it first; ``original``
+    is the piece when its rewrite was parsed, else None. BadJSON when it does not parse."""
+    if scan is not None:
+        got = scan(piece)
+        if got is not None:
+            return got, None
     if transform is not None:
         fast = transform(piece)
         if fast is not None:
@@ -130,13 +135,15 @@ def _parse_piece(piece, offset, transform=None):
         raise BadJSON(str(e), offset) from None
 
 
-def iter_array(path, start, stop, last, transform=None, chunk_bytes=None):
+def iter_array(path, start, stop, last, transform=None, chunk_bytes=None, scan=None):
     """Yield ``(elements, original)`` for the byte range ``[start, stop)`` of a JSON array (from
     :func:`array_ranges`), a chunk at a time.
 
     ``transform`` may rewrite a chunk's text before it is parsed (it must keep the text valid
     exactly when it was, and every value the caller reads); ``original`` is then the chunk's
-    text, so that the caller can parse it as it is. A range that is not ``last`` must end with
+    text, so that the caller can parse it as it is. ``scan`` may read a chunk instead of the
+    parser: it returns what to yield (with ``original`` None), only for text that is valid
+    JSON, or None to leave the chunk to the parser. A range that is not ``last`` must end with
     ', ' before the next range's first element; its last piece proves that boundary. Raises
     BadJSON when the range does not parse."""
     chunk_bytes = chunk_bytes or CHUNK_BYTES
@@ -157,7 +164,7 @@ def iter_array(path, start, stop, last, transform=None, chunk_bytes=None):
                         raise BadJSON("no ',' between two elements", base + len(piece))
                     piece = piece[:-1].rstrip(_WS)
                 if piece:
-                    yield _parse_piece(piece, base, transform)
+                    yield _parse_piece(piece, base, transform, scan)
                 elif not last or base != start:
                     raise BadJSON("an element is missing", base)
                 return
@@ -167,7 +174,7 @@ def iter_array(path, start, stop, last, transform=None, chunk_bytes=None):
                 marks = list(_BOUNDARY.finditer(buf))
             for m in reversed(marks[-8:]):
                 try:
-                    parsed = _parse_piece(buf[: m.start() + 1], base, transform)
+                    parsed = _parse_piece(buf[: m.start() + 1], base, transform, scan)
                 except BadJSON:
                     continue  # not between two top-level elements: try an earlier one
                 yield parsed

@@ -25,6 +25,7 @@ from . import _json
 __all__ = [
     "LVISInputError",
     "extract_columns",
+    "lookup_ids",
     "check_segmentation",
     "iter_result_chunks",
     "strip_segmentations",
@@ -221,8 +222,8 @@ def extract_columns(batch, base, gt, source, need_segs, ignore_boxes=False):
     cat = _as_int_ids(cat, batch, base, "category_id", source)
     score = _scores(score, batch, base, source)
     has_box, box = _box_column(batch, base, source, ignore_boxes)
-    iidx, ifound = _lookup(gt.img_ids, img)
-    cidx, cfound = _lookup(gt.cat_ids, cat)
+    iidx, ifound = lookup_ids(gt.img_ids, img)
+    cidx, cfound = lookup_ids(gt.cat_ids, cat)
     known = ifound & cfound
     rel = known & _in_sorted(gt.rel_keys, iidx * gt.num_cats + cidx)
     c = Columns()
@@ -251,7 +252,7 @@ def _no_columns(need_segs):
     return c
 
 
-def _lookup(sorted_ids, values):
+def lookup_ids(sorted_ids, values):
     """Index of each value in ``sorted_ids`` and a mask of the values found there."""
     if len(sorted_ids) == 0:
         return np.zeros(len(values), np.int64), np.zeros(len(values), bool)
@@ -260,7 +261,7 @@ def _lookup(sorted_ids, values):
 
 
 def _in_sorted(sorted_vals, values):
-    return _lookup(sorted_vals, values)[1]
+    return lookup_ids(sorted_vals, values)[1]
 
 
 def check_ids(unknown_img, unknown_cat, source, gt_source):
@@ -416,13 +417,15 @@ def strip_segmentations(text):
     return b"".join(out)
 
 
-def iter_result_chunks(results, ranges=None, strip=False, step=1 << 12):
+def iter_result_chunks(results, ranges=None, strip=False, step=1 << 12, scan=None):
     """Yield ``(base, batch, original)`` chunks of results: a list (sliced, ``ranges`` a
     (start, stop) slice), or a JSON file read in the byte ranges ``ranges`` (from
     :func:`balms_det.evaluation._json.array_ranges`; default: the whole array). For a file,
     ``base`` counts from the first range's start. With ``strip``, a file's chunks are parsed
     without their segmentations where :func:`strip_segmentations` can; ``original`` is then
-    the chunk's text (parse it when a segmentation is needed after all), else None."""
+    the chunk's text (parse it when a segmentation is needed after all), else None. With
+    ``scan`` (see :func:`balms_det.evaluation._json.iter_array`), a file's chunk is what it
+    returns where it returns something (with ``original`` None), in larger chunks."""
     if isinstance(results, (list, tuple)):
         lo, hi = ranges if ranges is not None else (0, len(results))
         for s in range(lo, hi, step):
@@ -431,11 +434,13 @@ def iter_result_chunks(results, ranges=None, strip=False, step=1 << 12):
     path = results
     if ranges is None:
         ranges = array_ranges_or_raise(path, 1)
-    transform = strip_segmentations if strip else None
+    transform = strip_segmentations if strip and scan is None else None
+    chunk_bytes = _json.SCAN_CHUNK_BYTES if scan is not None else None
     base = 0
     for start, stop, last in ranges:
         try:
-            for items, original in _json.iter_array(path, start, stop, last, transform):
+            chunks = _json.iter_array(path, start, stop, last, transform, chunk_bytes, scan)
+            for items, original in chunks:
                 yield base, items, original
                 base += len(items)
         except _json.BadJSON as e:

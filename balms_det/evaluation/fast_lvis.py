@@ -54,7 +54,7 @@ from collections import OrderedDict
 import numpy as np
 import pycocotools.mask as mask_utils
 
-from . import _json
+from . import _json, _native
 from ._parallel import default_workers, run_forked
 from .boundary import boundary_crops, boundary_iou, dilation
 from .detections_io import (
@@ -432,7 +432,19 @@ def _read_part(results, rng, how):
     parts = []
     bad_img, bad_cat = [0, set()], [0, set()]
     strip = not (how.need_segs or how.ignore_boxes)  # segmentations only of boxless ones
-    for base, batch, original in iter_result_chunks(results, rng if is_list else [rng], strip):
+    scan = _native.scan if _native.available() and not is_list else None
+    chunks = iter_result_chunks(results, rng if is_list else [rng], strip, scan=scan)
+    for base, batch, original in chunks:
+        if isinstance(batch, _native.Scanned):
+            got = _native.native_columns(batch, how)
+            if got is not None:
+                cols, (img_ids, cat_ids) = got
+                for tally, ids in ((bad_img, img_ids), (bad_cat, cat_ids)):
+                    tally[0] += len(ids)
+                    tally[1].update(ids.tolist())
+                parts.append(cols)
+                continue
+            batch = _json.loads(b"[" + batch.text + b"]")  # the Python reader decides
         if original is not None and any("bbox" not in d for d in batch):
             batch = _json.loads(b"[" + original + b"]")  # their segmentations are needed
         c = extract_columns(batch, base, how.gt, how.source, how.need_segs, how.ignore_boxes)

@@ -1,0 +1,861 @@
+/* The compiled core of balms-det's LVIS evaluation engine (optional: the engine gives the same
+ * numbers without it, in numpy and Python).
+ *
+ * scan_results: a piece of a JSON array of LVIS results (the text between two top-level
+ *     elements, as balms_det.evaluation._json.iter_array cuts it) read straight into columns:
+ *     image_id, category_id, score, bbox, and where the segmentation lies in the text. No
+ *     Python object per detection. Anything it does not take as is (NaN literals, non-ASCII
+ *     text, ids that are not plain integers, a missing key, ...) is left to the Python reader,
+ *     which raises the errors.
+ * decode_rles / mask_ious: COCO compressed RLE strings (pycocotools' format) decoded, and the
+ *     IoUs of detection masks with the ground-truth masks of their cell, with pycocotools'
+ *     rleIou's integer counts (hence bit-equal values).
+ *
+ * Numbers are converted correctly rounded, as Python's float() does (checked in the tests).
+ * Every input comes in through the buffer protocol (numpy arrays, bytes); no numpy headers.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ST_OK 0
+#define ST_BAD (-1)   /* not valid JSON */
+#define ST_OTHER (-2) /* for the Python reader (valid or not) */
+#define MAX_DEPTH 512
+
+typedef const unsigned char *cp;
+
+typedef struct {
+    cp p, end;
+    int depth;
+} Cur;
+
+static inline int is_digit(unsigned char ch) { return ch >= '0' && ch <= '9'; }
+
+static inline void skip_ws(Cur *c) {
+    while (c->p < c->end) {
+        unsigned char ch = *c->p;
+        if (ch == ' ' || ch == '\n' || ch == '\r' || ch == '\t')
+            c->p++;
+        else
+            break;
+    }
+}
+
+static inline int is_hex(unsigned char ch) {
+    return is_digit(ch) || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F');
+}
+
+/* A JSON string at c->p (a '"'). On success c->p follows the closing quote, [*s, *e) are the
+ * raw contents and *esc tells whether they hold an escape. */
+static int scan_string(Cur *c, cp *s, cp *e, int *esc) {
+    cp p = c->p + 1, end = c->end;
+    int escaped = 0;
+    *s = p;
+    while (p < end) {
+        unsigned char ch = *p;
+        if (ch == '"') {
+            *e = p;
+            c->p = p + 1;
+            *esc = escaped;
+            return ST_OK;
+        }
+        if (ch == '\\') {
+            escaped = 1;
+            if (p + 1 >= end)
+                return ST_BAD;
+            unsigned char n = p[1];
+            if (n == 'u') {
+                if (p + 6 > end)
+                    return ST_BAD;
+                for (int k = 2; k < 6; k++)
+                    if (!is_hex(p[k]))
+                        return ST_BAD;
+                p += 6;
+                continue;
+            }
+            if (n == '"' || n == '\\' || n == '/' || n == 'b' || n == 'f' || n == 'n' ||
+                n == 'r' || n == 't') {
+                p += 2;
+                continue;
+            }
+            return ST_BAD;
+        }
+        if (ch < 0x20)
+            return ST_BAD;
+        if (ch >= 0x80)
+            return ST_OTHER; /* UTF-8 validation: left to the Python reader */
+        p++;
+    }
+    return ST_BAD;
+}
+
+/* A JSON number at c->p: [*s, c->p) after the call; *is_int: no fraction, no exponent. */
+static int scan_number(Cur *c, cp *s, int *is_int) {
+    cp p = c->p, end = c->end;
+    int integer = 1;
+    *s = p;
+    if (p < end && *p == '-')
+        p++;
+    if (p >= end)
+        return ST_BAD;
+    if (*p == 'I')
+        return ST_OTHER; /* -Infinity: Python's json takes it */
+    if (*p == '0')
+        p++;
+    else if (*p >= '1' && *p <= '9')
+        while (p < end && is_digit(*p))
+            p++;
+    else
+        return ST_BAD;
+    if (p < end && *p == '.') {
+        integer = 0;
+        p++;
+        if (p >= end || !is_digit(*p))
+            return ST_BAD;
+        while (p < end && is_digit(*p))
+            p++;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        integer = 0;
+        p++;
+        if (p < end && (*p == '+' || *p == '-'))
+            p++;
+        if (p >= end || !is_digit(*p))
+            return ST_BAD;
+        while (p < end && is_digit(*p))
+            p++;
+    }
+    c->p = p;
+    *is_int = integer;
+    return ST_OK;
+}
+
+static int literal(Cur *c, const char *word) {
+    size_t n = strlen(word);
+    if ((size_t)(c->end - c->p) < n || memcmp(c->p, word, n) != 0)
+        return ST_BAD;
+    c->p += n;
+    return ST_OK;
+}
+
+static int skip_value(Cur *c);
+
+static int skip_container(Cur *c, unsigned char close, int keyed) {
+    int st;
+    if (++c->depth > MAX_DEPTH)
+        return ST_OTHER;
+    c->p++;
+    skip_ws(c);
+    if (c->p < c->end && *c->p == close) {
+        c->p++;
+        c->depth--;
+        return ST_OK;
+    }
+    for (;;) {
+        if (keyed) {
+            cp s, e;
+            int esc;
+            if (c->p >= c->end || *c->p != '"')
+                return ST_BAD;
+            if ((st = scan_string(c, &s, &e, &esc)) != ST_OK)
+                return st;
+            skip_ws(c);
+            if (c->p >= c->end || *c->p != ':')
+                return ST_BAD;
+            c->p++;
+            skip_ws(c);
+        }
+        if ((st = skip_value(c)) != ST_OK)
+            return st;
+        skip_ws(c);
+        if (c->p >= c->end)
+            return ST_BAD;
+        if (*c->p == ',') {
+            c->p++;
+            skip_ws(c);
+            continue;
+        }
+        if (*c->p == close) {
+            c->p++;
+            c->depth--;
+            return ST_OK;
+        }
+        return ST_BAD;
+    }
+}
+
+static int skip_value(Cur *c) {
+    cp s, e;
+    int flag;
+    if (c->p >= c->end)
+        return ST_BAD;
+    switch (*c->p) {
+    case '{':
+        return skip_container(c, '}', 1);
+    case '[':
+        return skip_container(c, ']', 0);
+    case '"':
+        return scan_string(c, &s, &e, &flag);
+    case 't':
+        return literal(c, "true");
+    case 'f':
+        return literal(c, "false");
+    case 'n':
+        return literal(c, "null");
+    case 'N':
+    case 'I':
+        return ST_OTHER; /* NaN, Infinity */
+    default:
+        return scan_number(c, &s, &flag);
+    }
+}
+
+/* ---- numbers --------------------------------------------------------------------------- */
+#if LDBL_MANT_DIG >= 64
+static const long double P10L[28] = {
+    1e0L,  1e1L,  1e2L,  1e3L,  1e4L,  1e5L,  1e6L,  1e7L,  1e8L,  1e9L,
+    1e10L, 1e11L, 1e12L, 1e13L, 1e14L, 1e15L, 1e16L, 1e17L, 1e18L, 1e19L,
+    1e20L, 1e21L, 1e22L, 1e23L, 1e24L, 1e25L, 1e26L, 1e27L}; /* all exact in 64 bits */
+#endif
+static const double P10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                               1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                               1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* The double nearest to the JSON number [s, e), as Python's float() gives it (an integer
+ * token as float(int(token))). Fast exact paths, else Python's own correctly rounded
+ * conversion. ST_OTHER when it cannot be converted. */
+static int to_double(cp s, cp e, int is_int, double *out) {
+    cp p = s;
+    int neg = 0, sig = 0, exp10 = 0, exp_neg = 0, exp_val = 0;
+    uint64_t m = 0;
+    if (*p == '-') {
+        neg = 1;
+        p++;
+    }
+    for (; p < e && is_digit(*p); p++) {
+        if (m == 0 && *p == '0')
+            continue;
+        if (++sig > 19)
+            goto slow;
+        m = m * 10 + (uint64_t)(*p - '0');
+    }
+    if (p < e && *p == '.') {
+        for (p++; p < e && is_digit(*p); p++) {
+            exp10--;
+            if (m == 0 && *p == '0')
+                continue;
+            if (++sig > 19)
+                goto slow;
+            m = m * 10 + (uint64_t)(*p - '0');
+        }
+    }
+    if (p < e && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (*p == '+' || *p == '-')
+            exp_neg = *p++ == '-';
+        for (; p < e && is_digit(*p); p++) {
+            if (exp_val > 10000)
+                goto slow;
+            exp_val = exp_val * 10 + (*p - '0');
+        }
+        exp10 += exp_neg ? -exp_val : exp_val;
+    }
+    if (m == 0) {
+        *out = (neg && !is_int) ? -0.0 : 0.0;
+        return ST_OK;
+    }
+    if (m < ((uint64_t)1 << 53) && exp10 >= -22 && exp10 <= 22) {
+        /* Clinger: both operands exact, one correctly rounded operation */
+        double v = exp10 < 0 ? (double)m / P10[-exp10] : (double)m * P10[exp10];
+        *out = neg ? -v : v;
+        return ST_OK;
+    }
+#if LDBL_MANT_DIG >= 64
+    if (exp10 >= -27 && exp10 <= 27) {
+        /* one correctly rounded operation in extended precision, then rounded to double:
+         * right unless the extended result is exactly halfway between two doubles (it is
+         * within half an extended ulp of the true value, and such a midpoint is representable) */
+        long double r = exp10 < 0 ? (long double)m / P10L[-exp10] : (long double)m * P10L[exp10];
+        double d = (double)r;
+        long double diff = r - (long double)d;
+        int midpoint = 0;
+        if (diff > 0)
+            midpoint = diff * 2 == (long double)nextafter(d, INFINITY) - (long double)d;
+        else if (diff < 0)
+            midpoint = -diff * 2 == (long double)d - (long double)nextafter(d, -INFINITY);
+        if (!midpoint && isfinite(d)) {
+            *out = neg ? -d : d;
+            return ST_OK;
+        }
+    }
+#endif
+slow: {
+    char buf[128];
+    size_t n = (size_t)(e - s);
+    double v;
+    if (n >= sizeof(buf))
+        return ST_OTHER;
+    memcpy(buf, s, n);
+    buf[n] = 0;
+    if (is_int) { /* float(int(token)): correctly rounded, or too large (OverflowError) */
+        PyObject *o = PyLong_FromString(buf, NULL, 10);
+        if (o == NULL) {
+            PyErr_Clear();
+            return ST_OTHER;
+        }
+        v = PyLong_AsDouble(o);
+        Py_DECREF(o);
+    } else {
+        v = PyOS_string_to_double(buf, NULL, NULL);
+    }
+    if (v == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return ST_OTHER;
+    }
+    *out = v;
+    return ST_OK;
+}
+}
+
+/* A JSON integer (no fraction, no exponent, at most 18 digits) into int64. */
+static int to_int64(Cur *c, int64_t *out) {
+    cp s;
+    int is_int, st;
+    if (c->p >= c->end)
+        return ST_BAD;
+    if (!(*c->p == '-' || is_digit(*c->p)))
+        return ST_OTHER;
+    if ((st = scan_number(c, &s, &is_int)) != ST_OK)
+        return st;
+    cp p = s;
+    int neg = 0;
+    if (*p == '-') {
+        neg = 1;
+        p++;
+    }
+    if (!is_int || c->p - p > 18)
+        return ST_OTHER;
+    int64_t v = 0;
+    for (; p < c->p; p++)
+        v = v * 10 + (*p - '0');
+    *out = neg ? -v : v;
+    return ST_OK;
+}
+
+static int number_value(Cur *c, double *out) {
+    cp s;
+    int is_int, st;
+    if (c->p >= c->end)
+        return ST_BAD;
+    if (!(*c->p == '-' || is_digit(*c->p)))
+        return ST_OTHER; /* not a number (or NaN / Infinity): the Python reader says so */
+    if ((st = scan_number(c, &s, &is_int)) != ST_OK)
+        return st;
+    return to_double(s, c->p, is_int, out);
+}
+
+/* ---- one result ------------------------------------------------------------------------ */
+#define F_BOX 1      /* has a "bbox" of 4 numbers */
+#define F_SEG 2      /* has a "segmentation" */
+#define F_RLE 4      /* ... a compressed RLE: {"size": [h, w], "counts": "..."} */
+#define F_ESCAPED 8  /* ... whose counts hold an escape */
+
+typedef struct {
+    int64_t *img, *cat, *seg;
+    double *score, *box;
+    uint8_t *flags;
+} Out;
+
+static int key_is(cp s, cp e, const char *name) {
+    size_t n = strlen(name);
+    return (size_t)(e - s) == n && memcmp(s, name, n) == 0;
+}
+
+/* '[' n, n, n, n ']' */
+static int box_value(Cur *c, double *box) {
+    int st;
+    if (c->p >= c->end || *c->p != '[')
+        return ST_OTHER;
+    c->p++;
+    for (int k = 0; k < 4; k++) {
+        skip_ws(c);
+        if ((st = number_value(c, box + k)) != ST_OK)
+            return st;
+        skip_ws(c);
+        if (c->p >= c->end)
+            return ST_BAD;
+        if (*c->p != (k < 3 ? ',' : ']'))
+            return ST_OTHER;
+        c->p++;
+    }
+    return ST_OK;
+}
+
+/* {"size": [h, w], "counts": "..."} (other keys skipped): seg[2..5] = h, w, counts span */
+static int rle_value(Cur *c, int64_t *seg, int *escaped) {
+    int st, have_size = 0, have_counts = 0;
+    if (c->p >= c->end || *c->p != '{')
+        return ST_OTHER;
+    c->p++;
+    skip_ws(c);
+    if (c->p < c->end && *c->p == '}')
+        return ST_OTHER;
+    for (;;) {
+        cp s, e;
+        int esc;
+        if (c->p >= c->end || *c->p != '"')
+            return ST_BAD;
+        if ((st = scan_string(c, &s, &e, &esc)) != ST_OK)
+            return st;
+        if (esc)
+            return ST_OTHER;
+        skip_ws(c);
+        if (c->p >= c->end || *c->p != ':')
+            return ST_BAD;
+        c->p++;
+        skip_ws(c);
+        if (key_is(s, e, "size")) {
+            int64_t hw[2];
+            if (c->p >= c->end || *c->p != '[')
+                return ST_OTHER;
+            c->p++;
+            for (int k = 0; k < 2; k++) {
+                skip_ws(c);
+                if ((st = to_int64(c, hw + k)) != ST_OK)
+                    return st;
+                skip_ws(c);
+                if (c->p >= c->end || *c->p != (k == 0 ? ',' : ']'))
+                    return ST_OTHER;
+                c->p++;
+            }
+            seg[2] = hw[0];
+            seg[3] = hw[1];
+            have_size = 1;
+        } else if (key_is(s, e, "counts")) {
+            cp cs, ce;
+            if (c->p >= c->end || *c->p != '"')
+                return ST_OTHER;
+            if ((st = scan_string(c, &cs, &ce, &esc)) != ST_OK)
+                return st;
+            seg[4] = (int64_t)(intptr_t)cs;
+            seg[5] = (int64_t)(intptr_t)ce;
+            *escaped = esc;
+            have_counts = 1;
+        } else if ((st = skip_value(c)) != ST_OK) {
+            return st;
+        }
+        skip_ws(c);
+        if (c->p >= c->end)
+            return ST_BAD;
+        if (*c->p == ',') {
+            c->p++;
+            skip_ws(c);
+            continue;
+        }
+        if (*c->p == '}') {
+            c->p++;
+            return have_size && have_counts ? ST_OK : ST_OTHER;
+        }
+        return ST_BAD;
+    }
+}
+
+static int one_result(Cur *c, Out *o, Py_ssize_t i, cp base) {
+    int st, have = 0;
+    uint8_t flags = 0;
+    double *box = o->box + 4 * i;
+    int64_t *seg = o->seg + 6 * i;
+    if (c->p >= c->end || *c->p != '{')
+        return c->p < c->end ? ST_OTHER : ST_BAD;
+    c->p++;
+    skip_ws(c);
+    box[0] = box[1] = box[2] = box[3] = NAN;
+    for (int k = 0; k < 6; k++)
+        seg[k] = -1;
+    if (c->p < c->end && *c->p == '}')
+        return ST_OTHER;
+    for (;;) {
+        cp s, e;
+        int esc;
+        if (c->p >= c->end || *c->p != '"')
+            return ST_BAD;
+        if ((st = scan_string(c, &s, &e, &esc)) != ST_OK)
+            return st;
+        if (esc)
+            return ST_OTHER; /* an escaped key may spell a known one */
+        skip_ws(c);
+        if (c->p >= c->end || *c->p != ':')
+            return ST_BAD;
+        c->p++;
+        skip_ws(c);
+        if (key_is(s, e, "image_id")) {
+            if ((st = to_int64(c, o->img + i)) != ST_OK)
+                return st;
+            have |= 1;
+        } else if (key_is(s, e, "category_id")) {
+            if ((st = to_int64(c, o->cat + i)) != ST_OK)
+                return st;
+            have |= 2;
+        } else if (key_is(s, e, "score")) {
+            if ((st = number_value(c, o->score + i)) != ST_OK)
+                return st;
+            have |= 4;
+        } else if (key_is(s, e, "bbox")) {
+            if ((st = box_value(c, box)) != ST_OK)
+                return st;
+            flags |= F_BOX;
+        } else if (key_is(s, e, "segmentation")) {
+            Cur probe = *c;
+            int escaped = 0;
+            cp start = c->p;
+            flags = (uint8_t)((flags | F_SEG) & ~(F_RLE | F_ESCAPED));
+            seg[2] = seg[3] = seg[4] = seg[5] = -1;
+            if (rle_value(&probe, seg, &escaped) == ST_OK) {
+                *c = probe;
+                flags |= F_RLE | (escaped ? F_ESCAPED : 0);
+                seg[4] -= (int64_t)(intptr_t)base;
+                seg[5] -= (int64_t)(intptr_t)base;
+            } else {
+                seg[2] = seg[3] = seg[4] = seg[5] = -1;
+                if ((st = skip_value(c)) != ST_OK)
+                    return st;
+            }
+            seg[0] = start - base;
+            seg[1] = c->p - base;
+        } else if ((st = skip_value(c)) != ST_OK) {
+            return st;
+        }
+        skip_ws(c);
+        if (c->p >= c->end)
+            return ST_BAD;
+        if (*c->p == ',') {
+            c->p++;
+            skip_ws(c);
+            continue;
+        }
+        if (*c->p == '}') {
+            c->p++;
+            break;
+        }
+        return ST_BAD;
+    }
+    if (have != 7)
+        return ST_OTHER; /* a required key is missing: the Python reader names it */
+    o->flags[i] = flags;
+    return ST_OK;
+}
+
+static int get_buffers(Py_buffer *views, int n) {
+    for (int k = 0; k < n; k++)
+        if (!PyBuffer_IsContiguous(&views[k], 'C')) {
+            PyErr_SetString(PyExc_ValueError, "buffers must be C-contiguous");
+            return -1;
+        }
+    return 0;
+}
+
+static void release(Py_buffer *views, int n) {
+    for (int k = 0; k < n; k++)
+        PyBuffer_Release(&views[k]);
+}
+
+static PyObject *scan_results(PyObject *self, PyObject *args) {
+    Py_buffer v[7];
+    memset(v, 0, sizeof(v));
+    if (!PyArg_ParseTuple(args, "y*w*w*w*w*w*w*", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+                          &v[6]))
+        return NULL;
+    PyObject *res = NULL;
+    if (get_buffers(v, 7) < 0)
+        goto done;
+    Py_ssize_t cap = v[1].len / 8;
+    if (v[2].len / 8 < cap || v[3].len / 8 < cap || v[4].len / 32 < cap || v[5].len < cap ||
+        v[6].len / 48 < cap) {
+        PyErr_SetString(PyExc_ValueError, "output buffers of unequal capacity");
+        goto done;
+    }
+    Out o = {(int64_t *)v[1].buf, (int64_t *)v[2].buf, (int64_t *)v[6].buf,
+             (double *)v[3].buf, (double *)v[4].buf, (uint8_t *)v[5].buf};
+    cp base = (cp)v[0].buf;
+    Cur c = {base, base + v[0].len, 0};
+    Py_ssize_t n = 0;
+    int st = ST_OK;
+    skip_ws(&c);
+    if (c.p < c.end) {
+        for (;;) {
+            if (n >= cap) {
+                st = ST_OTHER;
+                break;
+            }
+            if ((st = one_result(&c, &o, n, base)) != ST_OK)
+                break;
+            n++;
+            skip_ws(&c);
+            if (c.p >= c.end)
+                break;
+            if (*c.p != ',') {
+                st = ST_BAD;
+                break;
+            }
+            c.p++;
+            skip_ws(&c);
+            if (c.p >= c.end) {
+                st = ST_BAD; /* a trailing comma */
+                break;
+            }
+        }
+    }
+    res = PyLong_FromSsize_t(st == ST_OK ? n : st);
+done:
+    release(v, 7);
+    return res;
+}
+
+/* ---- RLE ------------------------------------------------------------------------------- */
+/* Decode a COCO compressed RLE string [s, e) (JSON escapes \\ and \/ undone when ``escaped``)
+ * into counts, as pycocotools' rleFrString, for the strings it decodes without overflow: every
+ * character in '0'..'o', at most 6 characters per count, the last one complete. Returns the
+ * number of counts, or -1 for a string left to pycocotools. ``cnts`` holds (e - s) counts. */
+static Py_ssize_t rle_decode(cp s, cp e, int escaped, uint32_t *cnts) {
+    Py_ssize_t m = 0;
+    int64_t x = 0;
+    int k = 0;
+    for (cp p = s; p < e; p++) {
+        unsigned char ch = *p;
+        if (escaped && ch == '\\') {
+            if (p + 1 >= e || (p[1] != '\\' && p[1] != '/'))
+                return -1;
+            ch = *++p;
+        }
+        if (ch < 48 || ch > 111 || k >= 6)
+            return -1;
+        int v = ch - 48;
+        x |= (int64_t)(v & 0x1f) << (5 * k);
+        k++;
+        if (!(v & 0x20)) {
+            if (v & 0x10)
+                x |= -((int64_t)1 << (5 * k)); /* sign extension */
+            if (m > 2)
+                x += (int64_t)cnts[m - 2];
+            cnts[m++] = (uint32_t)x;
+            x = 0;
+            k = 0;
+        }
+    }
+    return k ? -1 : m;
+}
+
+static uint64_t rle_sum(const uint32_t *c, Py_ssize_t m) {
+    uint64_t t = 0;
+    for (Py_ssize_t j = 0; j < m; j++)
+        t += c[j];
+    return t;
+}
+
+/* A mask's area and the span of its pixels (column-major): [first, last) */
+typedef struct {
+    uint64_t area, first, last;
+} Extent;
+
+static Extent rle_extent(const uint32_t *c, Py_ssize_t m) {
+    Extent x = {0, 0, 0};
+    uint64_t pos = 0;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        if ((j & 1) && c[j]) {
+            if (!x.area)
+                x.first = pos;
+            x.area += c[j];
+            x.last = pos + c[j];
+        }
+        pos += c[j];
+    }
+    return x;
+}
+
+/* |A & B| of two RLEs of the same image size (runs alternate 0s and 1s, 0s first) */
+static uint64_t rle_intersection(const uint32_t *a, Py_ssize_t na, Extent xa, const uint32_t *b,
+                                 Py_ssize_t nb, Extent xb) {
+    if (!xa.area || !xb.area || xa.last <= xb.first || xb.last <= xa.first)
+        return 0;
+    uint64_t stop = xa.last < xb.last ? xa.last : xb.last;
+    Py_ssize_t ia = 0, ib = 0;
+    uint64_t ea = a[0], eb = b[0], pos = 0, inter = 0;
+    int va = 0, vb = 0;
+    while (ia < na && ib < nb && pos < stop) {
+        uint64_t end = ea < eb ? ea : eb;
+        if (va && vb)
+            inter += end - pos;
+        pos = end;
+        if (ea == end && ++ia < na) {
+            ea += a[ia];
+            va = !va;
+        }
+        if (eb == end && ++ib < nb) {
+            eb += b[ib];
+            vb = !vb;
+        }
+    }
+    return inter;
+}
+
+/* decode_rles(text, starts int64 (n+1,), h int64 (n,), w int64 (n,), counts uint32 (len(text),),
+ *             offsets int64 (n+1,)) -> -1, or the index of the first string left to
+ *             pycocotools (undecodable, or its counts do not sum to h * w < 2**32) */
+static PyObject *decode_rles(PyObject *self, PyObject *args) {
+    Py_buffer v[6];
+    memset(v, 0, sizeof(v));
+    if (!PyArg_ParseTuple(args, "y*y*y*y*w*w*", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]))
+        return NULL;
+    PyObject *res = NULL;
+    if (get_buffers(v, 6) < 0)
+        goto done;
+    Py_ssize_t n = v[2].len / 8;
+    const int64_t *starts = v[1].buf, *h = v[2].buf, *w = v[3].buf;
+    uint32_t *cnts = v[4].buf;
+    int64_t *off = v[5].buf;
+    if (v[1].len / 8 != n + 1 || v[3].len / 8 != n || v[5].len / 8 != n + 1 ||
+        v[4].len / 4 < v[0].len) {
+        PyErr_SetString(PyExc_ValueError, "decode_rles: buffers of wrong sizes");
+        goto done;
+    }
+    cp text = v[0].buf;
+    Py_ssize_t bad = -1, pos = 0;
+    off[0] = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t m = -1;
+        if (starts[i] >= 0 && starts[i] <= starts[i + 1] && starts[i + 1] <= v[0].len)
+            m = rle_decode(text + starts[i], text + starts[i + 1], 0, cnts + pos);
+        if (m < 0 || h[i] <= 0 || w[i] <= 0 ||
+            (uint64_t)h[i] * (uint64_t)w[i] >= ((uint64_t)1 << 32) ||
+            rle_sum(cnts + pos, m) != (uint64_t)h[i] * (uint64_t)w[i]) {
+            bad = i;
+            break;
+        }
+        pos += m;
+        off[i + 1] = pos;
+    }
+    res = PyLong_FromSsize_t(bad);
+done:
+    release(v, 6);
+    return res;
+}
+
+/* mask_ious(text, spans int64 (m, 2) counts string spans in text, escaped uint8 (m,),
+ *           h int64 (m,), w int64 (m,), g_first int64 (m,), g_num int64 (m,),
+ *           out_off int64 (m,), gt_counts uint32, gt_off int64 (G+1,), gt_h int64 (G,),
+ *           gt_w int64 (G,), out float64, area float64 (m,)) -> -1, or the index of the first
+ *           detection left to pycocotools.
+ * Detection j's IoUs with the ground truth g_first[j] + 0 .. g_num[j] - 1 go to
+ * out[out_off[j]:][:g_num[j]], as pycocotools' rleIou (iscrowd 0) computes them: the integer
+ * intersection over the integer union, 0 without intersection. area[j]: its mask area. */
+static PyObject *mask_ious(PyObject *self, PyObject *args) {
+    Py_buffer v[14];
+    memset(v, 0, sizeof(v));
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*y*y*y*y*w*w*", &v[0], &v[1], &v[2], &v[3],
+                          &v[4], &v[5], &v[6], &v[7], &v[8], &v[9], &v[10], &v[11], &v[12],
+                          &v[13]))
+        return NULL;
+    PyObject *res = NULL;
+    uint32_t *tmp = NULL;
+    Extent *gext = NULL;
+    char *gdone = NULL;
+    if (get_buffers(v, 14) < 0)
+        goto done;
+    Py_ssize_t m = v[2].len, G = v[10].len / 8;
+    const int64_t *spans = v[1].buf, *h = v[3].buf, *w = v[4].buf, *gf = v[5].buf,
+                  *gn = v[6].buf, *oo = v[7].buf, *goff = v[9].buf, *gh = v[10].buf,
+                  *gw = v[11].buf;
+    const uint8_t *esc = v[2].buf;
+    const uint32_t *gc = v[8].buf;
+    double *out = v[12].buf, *area = v[13].buf;
+    Py_ssize_t nout = v[12].len / 8, ngc = v[8].len / 4;
+    if (v[1].len / 16 != m || v[3].len / 8 != m || v[4].len / 8 != m || v[5].len / 8 != m ||
+        v[6].len / 8 != m || v[7].len / 8 != m || v[9].len / 8 != G + 1 || v[11].len / 8 != G ||
+        v[13].len / 8 != m) {
+        PyErr_SetString(PyExc_ValueError, "mask_ious: buffers of wrong sizes");
+        goto done;
+    }
+    cp text = v[0].buf;
+    Py_ssize_t cap = 0, bad = -1;
+    gext = malloc(sizeof(Extent) * (size_t)(G + 1));
+    gdone = calloc((size_t)(G + 1), 1);
+    if (!gext || !gdone) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t j = 0; j < m && bad < 0; j++) {
+        int64_t s = spans[2 * j], e = spans[2 * j + 1];
+        if (s < 0 || s > e || e > v[0].len || gf[j] < 0 || gn[j] < 0 || gf[j] + gn[j] > G ||
+            oo[j] < 0 || oo[j] + gn[j] > nout) {
+            bad = j;
+            break;
+        }
+        if (e - s > cap) {
+            cap = 2 * (e - s) + 16;
+            uint32_t *t = realloc(tmp, sizeof(uint32_t) * (size_t)cap);
+            if (!t) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            tmp = t;
+        }
+        Py_ssize_t nd = rle_decode(text + s, text + e, esc[j], tmp);
+        uint64_t hw = (uint64_t)h[j] * (uint64_t)w[j];
+        if (nd < 0 || h[j] <= 0 || w[j] <= 0 || hw >= ((uint64_t)1 << 32) ||
+            rle_sum(tmp, nd) != hw) {
+            bad = j;
+            break;
+        }
+        Extent xd = rle_extent(tmp, nd);
+        area[j] = (double)xd.area;
+        for (int64_t k = 0; k < gn[j]; k++) {
+            int64_t g = gf[j] + k;
+            if (gh[g] != h[j] || gw[g] != w[j] || goff[g] < 0 || goff[g + 1] > ngc ||
+                goff[g] > goff[g + 1]) {
+                bad = j; /* pycocotools: -1 or 0 by the boxes; left to it */
+                break;
+            }
+            const uint32_t *gcn = gc + goff[g];
+            Py_ssize_t ng = (Py_ssize_t)(goff[g + 1] - goff[g]);
+            if (!gdone[g]) {
+                gext[g] = rle_extent(gcn, ng);
+                gdone[g] = 1;
+            }
+            uint64_t inter = rle_intersection(tmp, nd, xd, gcn, ng, gext[g]);
+            double iou = 0.0;
+            if (inter) {
+                uint64_t uni = xd.area + gext[g].area - inter;
+                iou = (double)(uint32_t)inter / (double)(uint32_t)uni;
+            }
+            out[oo[j] + k] = iou;
+        }
+    }
+    res = PyLong_FromSsize_t(bad);
+done:
+    free(tmp);
+    free(gext);
+    free(gdone);
+    release(v, 14);
+    return res;
+}
+
+static PyMethodDef methods[] = {
+    {"scan_results", scan_results, METH_VARARGS,
+     "scan_results(text, img, cat, score, box, flags, seg) -> n, or -1 (not valid JSON), "
+     "-2 (for the Python reader)"},
+    {"decode_rles", decode_rles, METH_VARARGS,
+     "decode_rles(text, starts, h, w, counts, offsets) -> -1 or the first undecodable index"},
+    {"mask_ious", mask_ious, METH_VARARGS,
+     "mask_ious(text, spans, escaped, h, w, g_first, g_num, out_off, gt_counts, gt_off, gt_h, "
+     "gt_w, out, area) -> -1 or the first detection left to pycocotools"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ccore",
+                                    "balms-det's compiled evaluation core", -1, methods};
+
+PyMODINIT_FUNC PyInit__ccore(void) { return PyModule_Create(&module); }

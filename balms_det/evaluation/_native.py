@@ -1,0 +1,202 @@
+"""The engine's compiled reading path: results files scanned into columns and mask IoUs computed
+by the C core (``_ccore``, built by ``pip install -e .``), without a Python object per detection.
+
+It is an accelerator only. Whatever it does not take as is (a chunk with a NaN, an unknown
+form of segmentation, a malformed value, ...) it hands back (``None``), and the engine reads
+that chunk with the Python reader, which computes the same values and raises the errors. With
+``BALMS_NO_CCORE=1`` in the environment, or where the core is not built, the engine uses the
+Python reader only (the tests compare the two on the same inputs).
+"""
+
+import os
+
+import numpy as np
+
+from .detections_io import lookup_ids
+
+try:
+    from . import _ccore
+except ImportError:  # pragma: no cover - exercised where the core is not built
+    _ccore = None
+
+__all__ = ["available", "Scanned", "scan", "GroundTruthMasks", "native_columns"]
+
+F_BOX, F_SEG, F_RLE, F_ESCAPED = 1, 2, 4, 8  # _ccore's flags
+
+
+def available():
+    """True when the compiled core is built and not switched off (``BALMS_NO_CCORE=1``)."""
+    return _ccore is not None and os.environ.get("BALMS_NO_CCORE", "") in ("", "0")
+
+
+class Scanned:
+    """A piece of a results array read by the compiled scanner: columns of its ``n`` results and
+    the piece's ``text`` (segmentations are spans of it: ``seg[:, 0:2]`` the value, ``seg[:, 2:4]``
+    a compressed RLE's size, ``seg[:, 4:6]`` its counts string, -1 where absent)."""
+
+    __slots__ = ("n", "img", "cat", "score", "box", "flags", "seg", "text")
+
+    def __len__(self):
+        return self.n
+
+
+def scan(text):
+    """:class:`Scanned` of ``text`` (the results between the brackets of an array), or None: not
+    valid JSON, or something the Python reader is to read."""
+    # a result the scanner takes holds image_id, category_id and score: 40 bytes at least
+    cap = len(text) // 40 + 1
+    s = Scanned()
+    s.img = np.empty(cap, np.int64)
+    s.cat = np.empty(cap, np.int64)
+    s.score = np.empty(cap)
+    s.box = np.empty((cap, 4))
+    s.flags = np.empty(cap, np.uint8)
+    s.seg = np.empty((cap, 6), np.int64)
+    n = _ccore.scan_results(text, s.img, s.cat, s.score, s.box, s.flags, s.seg)
+    if n < 0:
+        return None
+    s.n = n
+    s.text = text
+    for name in ("img", "cat", "score", "box", "flags", "seg"):
+        setattr(s, name, getattr(s, name)[:n])
+    return s
+
+
+class GroundTruthMasks:
+    """The masks of the kept ground truth of an :class:`LVISGroundTruth` as decoded RLE counts:
+    ground truth g is ``counts[off[g]:off[g + 1]]`` of an ``h[g]`` x ``w[g]`` image."""
+
+    def __init__(self, counts, off, h, w):
+        self.counts, self.off, self.h, self.w = counts, off, h, w
+
+    @classmethod
+    def build(cls, rles):
+        """From pycocotools RLE dicts (compressed counts); None when the core cannot decode one
+        of them as pycocotools does (the Python path is used then)."""
+        texts = []
+        for r in rles:
+            c = r["counts"]
+            if isinstance(c, str):
+                if not c.isascii():
+                    return None
+                c = c.encode("ascii")
+            texts.append(c)
+        n = len(texts)
+        starts = np.zeros(n + 1, np.int64)
+        np.cumsum([len(t) for t in texts], out=starts[1:])
+        text = b"".join(texts)
+        size = np.array([r["size"] for r in rles], np.int64).reshape(n, 2)
+        h, w = np.ascontiguousarray(size[:, 0]), np.ascontiguousarray(size[:, 1])
+        counts = np.empty(max(len(text), 1), np.uint32)
+        off = np.empty(n + 1, np.int64)
+        if _ccore.decode_rles(text, starts, h, w, counts, off) >= 0:
+            return None
+        return cls(counts[: off[-1]].copy(), off, h, w)
+
+
+def native_columns(s, how):
+    """The engine's columns of a :class:`Scanned` piece (see ``fast_lvis._FIELDS``) and its
+    (image ids, category ids) unknown to the ground truth, or None: the Python reader is to read
+    the piece (it has a NaN or infinite number, a result without bbox and segmentation, a
+    segmentation that is not a compressed RLE of its image's size where one is needed, ...)."""
+    gt = how.gt
+    n = s.n
+    if not np.isfinite(s.score).all():
+        return None
+    has_seg = (s.flags & F_SEG) != 0
+    if how.ignore_boxes:
+        if not has_seg.all():
+            return None
+        has_box = np.zeros(n, bool)
+    else:
+        has_box = (s.flags & F_BOX) != 0
+        if not (has_box | has_seg).all() or not np.isfinite(s.box[has_box]).all():
+            return None
+    iidx, ifound = lookup_ids(gt.img_ids, s.img)
+    cidx, cfound = lookup_ids(gt.cat_ids, s.cat)
+    rel = ifound & cfound & lookup_ids(gt.rel_keys, iidx * gt.num_cats + cidx)[1]
+    rel_idx = np.flatnonzero(rel)
+    nrel = len(rel_idx)
+    box = s.box[rel_idx] if not how.ignore_boxes else np.full((nrel, 4), np.nan)
+    out = dict(
+        img=np.where(ifound, iidx, -1).astype(np.int32),
+        cat=np.where(cfound, cidx, -1).astype(np.int32),
+        score=s.score,
+        has_box=has_box,
+        rel=rel,
+        box=box,
+        mask_area=np.full(nrel, np.nan),
+        no_seg=np.zeros(nrel, bool),
+        iou_off=np.full(nrel, -1, np.int64),
+        iou_val=np.zeros(0),
+    )
+    unknown = (s.img[~ifound], s.cat[~cfound])
+    rel_box = has_box[rel_idx]
+    if not how.need_segs and rel_box.all():
+        return out, unknown
+    # the segmentations read: of every relevant detection, or of those without a box
+    need = np.arange(nrel) if how.need_segs else np.flatnonzero(~rel_box)
+    if not rel_box.all() and how.iou_type == "bbox":
+        return None  # boxes from masks: pycocotools' toBbox, in the Python reader
+    ious = how.masks and how.ious
+    if ious and how.iou_type == "boundary":
+        return None
+    j = rel_idx[need]
+    img = iidx[j]
+    h, w = gt.img_h[img], gt.img_w[img]
+    seg = s.seg[j]
+    if not ((s.flags[j] & F_RLE) != 0).all() or (seg[:, 2] != h).any() or (seg[:, 3] != w).any():
+        return None
+    m = len(j)
+    g_first = np.zeros(m, np.int64)
+    g_num = np.zeros(m, np.int64)
+    masks = GroundTruthMasks.empty
+    if ious and len(gt.cell_keys):
+        # the ground truth of the cells of this piece, decoded for it (each reading process
+        # converts the ground truth of its own images)
+        key = img * gt.num_cats + cidx[j]
+        ci = np.minimum(np.searchsorted(gt.cell_keys, key), len(gt.cell_keys) - 1)
+        inside = gt.cell_keys[ci] == key
+        cells = np.unique(ci[inside])
+        count = gt.cell_count[cells]
+        local = np.zeros(len(cells) + 1, np.int64)
+        np.cumsum(count, out=local[1:])
+        gidx = np.repeat(gt.cell_start[cells] - local[:-1], count) + np.arange(local[-1])
+        masks = GroundTruthMasks.build(gt.rles(gidx))
+        if masks is None:
+            return None
+        g_first[inside] = local[np.searchsorted(cells, ci[inside])]
+        g_num[inside] = count[np.searchsorted(cells, ci[inside])]
+    out_off = np.zeros(m, np.int64)
+    np.cumsum(g_num[:-1], out=out_off[1:])
+    vals = np.empty(int(g_num.sum()))
+    area = np.empty(m)
+    bad = _ccore.mask_ious(
+        s.text,
+        np.ascontiguousarray(seg[:, 4:6]),
+        ((s.flags[j] & F_ESCAPED) != 0).astype(np.uint8),
+        h,
+        w,
+        g_first,
+        g_num,
+        out_off,
+        masks.counts,
+        masks.off,
+        masks.h,
+        masks.w,
+        vals,
+        area,
+    )
+    if bad >= 0:
+        return None
+    want = np.ones(m, bool) if how.areas == "all" else ~rel_box[need]
+    out["mask_area"][need[want]] = area[want]
+    if ious:
+        out["iou_off"][need] = np.where(g_num > 0, out_off, -1)
+        out["iou_val"] = vals
+    return out, unknown
+
+
+GroundTruthMasks.empty = GroundTruthMasks(
+    np.zeros(1, np.uint32), np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+)
