@@ -21,6 +21,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__))
+#include <emmintrin.h>
+#define HAVE_SSE2 1
+#endif
 
 #define ST_OK 0
 #define ST_BAD (-1)   /* not valid JSON */
@@ -56,7 +60,26 @@ static int scan_string(Cur *c, cp *s, cp *e, int *esc) {
     cp p = c->p + 1, end = c->end;
     int escaped = 0;
     *s = p;
-    while (p < end) {
+    for (;;) {
+#ifdef HAVE_SSE2
+        /* 16 bytes at a time to the next quote, backslash, control or non-ASCII byte */
+        const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'),
+                      space = _mm_set1_epi8(0x20);
+        while (p + 16 <= end) {
+            __m128i x = _mm_loadu_si128((const __m128i *)p);
+            __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote),
+                                                    _mm_cmpeq_epi8(x, bslash)),
+                                       _mm_cmplt_epi8(x, space)); /* signed: >= 0x80 too */
+            int mask = _mm_movemask_epi8(hit);
+            if (mask) {
+                p += __builtin_ctz((unsigned)mask);
+                break;
+            }
+            p += 16;
+        }
+#endif
+        if (p >= end)
+            break;
         unsigned char ch = *p;
         if (ch == '"') {
             *e = p;
@@ -282,12 +305,21 @@ static int to_double(cp s, cp e, int is_int, double *out) {
          * within half an extended ulp of the true value, and such a midpoint is representable) */
         long double r = exp10 < 0 ? (long double)m / P10L[-exp10] : (long double)m * P10L[exp10];
         double d = (double)r;
+        int midpoint;
+#if LDBL_MANT_DIG == 64 && (defined(__x86_64__) || defined(__i386__))
+        /* x87 extended: the 64-bit significand first; r (a normal double's range here) is
+         * halfway between two doubles when its 11 bits below a double's 53 are 100...0 */
+        uint64_t sig;
+        memcpy(&sig, &r, sizeof(sig));
+        midpoint = (sig & 0x7FF) == 0x400;
+#else
         long double diff = r - (long double)d;
-        int midpoint = 0;
+        midpoint = 0;
         if (diff > 0)
             midpoint = diff * 2 == (long double)nextafter(d, INFINITY) - (long double)d;
         else if (diff < 0)
             midpoint = -diff * 2 == (long double)d - (long double)nextafter(d, -INFINITY);
+#endif
         if (!midpoint && isfinite(d)) {
             *out = neg ? -d : d;
             return ST_OK;
@@ -844,6 +876,239 @@ done:
     return res;
 }
 
+/* ---- matching -------------------------------------------------------------------------- */
+/* pycocotools' bbIou (iscrowd 0): the same operations in the same order */
+static double box_iou(const double *d, const double *g) {
+    double w = fmin(d[2] + d[0], g[2] + g[0]) - fmax(d[0], g[0]);
+    if (w <= 0)
+        return 0.0;
+    double h = fmin(d[3] + d[1], g[3] + g[1]) - fmax(d[1], g[1]);
+    if (h <= 0)
+        return 0.0;
+    double i = w * h;
+    return i / (d[2] * d[3] + g[2] * g[3] - i);
+}
+
+/* match_cells(cell int64 (C, 4): first detection, detections, first ground truth, ground truth;
+ *             thr float64 (T,), det_box float64 (n, 4) or empty, gt_box float64 (G, 4) or
+ *             empty, iou_off int64 (n,) or empty, iou_val float64, gig bool (G, A),
+ *             gnz bool (G,), dmask bool (n, A), tp bool (n, A, T) out, fp bool (n, A, T) out)
+ *
+ * lvis-api's greedy matching (LVISEval.evaluate_img) of the cells: detections in score order
+ * (as given), for every area range and threshold: the ground truth not yet matched with the
+ * highest IoU >= threshold (the last one among equal IoUs), the regular ground truth (not
+ * ignored in the area range) before the ignored one, in file order within each. IoUs: boxes
+ * (det_box given) or detection j's IoUs with its cell's ground truth at iou_val[iou_off[j]:].
+ * Then lvis-api's true and false positives: a detection matched to ignored ground truth is
+ * neither; one matched to ground truth of id 0 counts as unmatched; an unmatched one is a false
+ * positive unless dmask (its area outside the range, or its category not exhaustively annotated
+ * in its image). Every detection is written, in a cell with ground truth or not. */
+static PyObject *match_cells(PyObject *self, PyObject *args) {
+    Py_buffer v[11];
+    memset(v, 0, sizeof(v));
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*y*w*w*", &v[0], &v[1], &v[2], &v[3], &v[4],
+                          &v[5], &v[6], &v[7], &v[10], &v[8], &v[9]))
+        return NULL;
+    int nv = 11;
+    PyObject *res = NULL;
+    double *iou = NULL;
+    int *order = NULL;
+    char *taken = NULL;
+    if (get_buffers(v, nv) < 0)
+        goto done;
+    const int64_t *cell = v[0].buf, *ioff = v[4].buf;
+    const double *thr = v[1].buf, *dbox = v[2].buf, *gbox = v[3].buf, *ival = v[5].buf;
+    const uint8_t *gig = v[6].buf, *gnz = v[7].buf;
+    const uint8_t *dmask = v[10].buf;
+    uint8_t *tp = v[8].buf, *fp = v[9].buf;
+    Py_ssize_t C = v[0].len / 32, T = v[1].len / 8, G = v[7].len;
+    Py_ssize_t n = v[2].len ? v[2].len / 32 : v[4].len / 8;
+    Py_ssize_t A = G ? v[6].len / G : (n ? v[10].len / n : 0), nval = v[5].len / 8;
+    int boxes = v[2].len > 0;
+    if (T <= 0 || v[8].len != n * A * T || v[9].len != n * A * T || v[6].len != G * A ||
+        v[10].len != n * A || (boxes && v[3].len != G * 32) || (!boxes && v[4].len != n * 8)) {
+        PyErr_SetString(PyExc_ValueError, "match_cells: buffers of wrong sizes");
+        goto done;
+    }
+    for (Py_ssize_t d = 0; d < n; d++) /* unmatched */
+        for (Py_ssize_t a = 0; a < A; a++) {
+            uint8_t f = dmask[d * A + a] ? 0 : 1;
+            memset(tp + (d * A + a) * T, 0, (size_t)T);
+            memset(fp + (d * A + a) * T, f, (size_t)T);
+        }
+    Py_ssize_t cap = 0;
+    for (Py_ssize_t c = 0; c < C; c++) {
+        int64_t d0 = cell[4 * c], M = cell[4 * c + 1], g0 = cell[4 * c + 2], Gc = cell[4 * c + 3];
+        if (d0 < 0 || M < 0 || d0 + M > n || g0 < 0 || Gc < 0 || g0 + Gc > G) {
+            PyErr_SetString(PyExc_ValueError, "match_cells: a cell out of range");
+            goto done;
+        }
+        if (M * Gc > cap || Gc > cap) {
+            cap = 2 * (M * Gc > Gc ? M * Gc : Gc) + 16;
+            free(iou);
+            free(order);
+            free(taken);
+            iou = malloc(sizeof(double) * (size_t)cap);
+            order = malloc(sizeof(int) * (size_t)cap);
+            taken = malloc((size_t)cap);
+            if (!iou || !order || !taken) {
+                PyErr_NoMemory();
+                goto done;
+            }
+        }
+        for (int64_t i = 0; i < M; i++) {
+            int64_t d = d0 + i;
+            for (int64_t k = 0; k < Gc; k++) {
+                double x;
+                if (boxes) {
+                    x = box_iou(dbox + 4 * d, gbox + 4 * (g0 + k));
+                } else {
+                    if (ioff[d] < 0 || ioff[d] + Gc > nval) {
+                        PyErr_SetString(PyExc_ValueError, "match_cells: IoUs out of range");
+                        goto done;
+                    }
+                    x = ival[ioff[d] + k];
+                }
+                iou[i * Gc + k] = x;
+            }
+        }
+        for (Py_ssize_t a = 0; a < A; a++) {
+            /* regular ground truth first, then the ignored, each in file order */
+            int64_t nreg, p = 0;
+            for (int64_t k = 0; k < Gc; k++)
+                if (!gig[(g0 + k) * A + a])
+                    order[p++] = (int)k;
+            nreg = p;
+            for (int64_t k = 0; k < Gc; k++)
+                if (gig[(g0 + k) * A + a])
+                    order[p++] = (int)k;
+            for (Py_ssize_t t = 0; t < T; t++) {
+                memset(taken, 0, (size_t)Gc);
+                for (int64_t i = 0; i < M; i++) {
+                    double best = thr[t];
+                    int m = -1;
+                    const double *row = iou + i * Gc;
+                    for (int64_t q = 0; q < Gc; q++) {
+                        int k = order[q];
+                        if (taken[k])
+                            continue;
+                        if (m > -1 && q >= nreg && !gig[(g0 + m) * A + a])
+                            break; /* a regular match beats every ignored ground truth */
+                        if (row[k] < best)
+                            continue;
+                        best = row[k];
+                        m = k;
+                    }
+                    if (m < 0)
+                        continue;
+                    taken[m] = 1;
+                    size_t at = ((size_t)(d0 + i) * (size_t)A + (size_t)a) * (size_t)T + (size_t)t;
+                    int ignored = gig[(g0 + m) * A + a] != 0, nonzero = gnz[g0 + m] != 0;
+                    tp[at] = nonzero && !ignored;
+                    fp[at] = !nonzero && !ignored && !dmask[(d0 + i) * A + a];
+                }
+            }
+        }
+    }
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    free(iou);
+    free(order);
+    free(taken);
+    release(v, nv);
+    return res;
+}
+
+/* accumulate(tp bool (n, W), fp bool (n, W), order int64, bounds int64 (K + 1,),
+ *            num_gt int64 (K, W), rec_thrs float64 (R,), precision float64 (K, W, R) out,
+ *            recall float64 (K, W) out)
+ *
+ * lvis-api's LVISEval.accumulate for groups of detections: group k is order[bounds[k]:
+ * bounds[k + 1]] in accumulation order; W = area ranges x thresholds. For every group and
+ * column with ground truth: the running true / false positive counts, recall tp / num_gt,
+ * precision tp / (fp + tp + eps), its envelope from the end, read at the first position whose
+ * recall reaches each threshold (0 past the end); recall: the last one (0 without detections).
+ * Columns without ground truth are left as they are (lvis-api: -1). */
+static PyObject *accumulate(PyObject *self, PyObject *args) {
+    Py_buffer v[8];
+    memset(v, 0, sizeof(v));
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*w*", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+                          &v[6], &v[7]))
+        return NULL;
+    PyObject *res = NULL;
+    double *pr = NULL, *rc = NULL;
+    if (get_buffers(v, 8) < 0)
+        goto done;
+    const uint8_t *tp = v[0].buf, *fp = v[1].buf;
+    const int64_t *order = v[2].buf, *bounds = v[3].buf, *num_gt = v[4].buf;
+    const double *rt = v[5].buf;
+    double *prec = v[6].buf, *recall = v[7].buf;
+    Py_ssize_t K = v[3].len / 8 - 1, R = v[5].len / 8, no = v[2].len / 8;
+    Py_ssize_t W = K > 0 ? v[4].len / 8 / K : 0, n = W > 0 ? v[0].len / W : 0;
+    if (K < 0 || v[1].len != v[0].len || v[4].len != K * W * 8 || v[6].len != K * W * R * 8 ||
+        v[7].len != K * W * 8 || (W > 0 && v[0].len != n * W)) {
+        PyErr_SetString(PyExc_ValueError, "accumulate: buffers of wrong sizes");
+        goto done;
+    }
+    Py_ssize_t longest = 0;
+    for (Py_ssize_t k = 0; k < K; k++) {
+        if (bounds[k] < 0 || bounds[k] > bounds[k + 1] || bounds[k + 1] > no) {
+            PyErr_SetString(PyExc_ValueError, "accumulate: bounds out of range");
+            goto done;
+        }
+        if (bounds[k + 1] - bounds[k] > longest)
+            longest = bounds[k + 1] - bounds[k];
+    }
+    for (Py_ssize_t i = 0; i < no; i++)
+        if (order[i] < 0 || order[i] >= n) {
+            PyErr_SetString(PyExc_ValueError, "accumulate: order out of range");
+            goto done;
+        }
+    pr = malloc(sizeof(double) * (size_t)(longest + 1));
+    rc = malloc(sizeof(double) * (size_t)(longest + 1));
+    if (!pr || !rc) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const double eps = DBL_EPSILON; /* np.spacing(1) */
+    for (Py_ssize_t k = 0; k < K; k++) {
+        const int64_t *ord = order + bounds[k];
+        Py_ssize_t nd = (Py_ssize_t)(bounds[k + 1] - bounds[k]);
+        for (Py_ssize_t w = 0; w < W; w++) {
+            int64_t ng = num_gt[k * W + w];
+            if (ng <= 0)
+                continue;
+            double *out = prec + (k * W + w) * R;
+            double tps = 0, fps = 0, dng = (double)ng;
+            for (Py_ssize_t i = 0; i < nd; i++) {
+                Py_ssize_t at = (Py_ssize_t)ord[i] * W + w;
+                tps += tp[at] ? 1 : 0;
+                fps += fp[at] ? 1 : 0;
+                rc[i] = tps / dng;
+                pr[i] = tps / (fps + tps + eps);
+            }
+            recall[k * W + w] = nd ? rc[nd - 1] : 0.0;
+            for (Py_ssize_t i = nd - 1; i > 0; i--)
+                if (pr[i] > pr[i - 1])
+                    pr[i - 1] = pr[i];
+            Py_ssize_t i = 0;
+            for (Py_ssize_t r = 0; r < R; r++) { /* searchsorted(rc, rt[r], "left") */
+                while (i < nd && rc[i] < rt[r])
+                    i++;
+                out[r] = i < nd ? pr[i] : 0.0;
+            }
+        }
+    }
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    free(pr);
+    free(rc);
+    release(v, 8);
+    return res;
+}
+
 static PyMethodDef methods[] = {
     {"scan_results", scan_results, METH_VARARGS,
      "scan_results(text, img, cat, score, box, flags, seg) -> n, or -1 (not valid JSON), "
@@ -853,6 +1118,12 @@ static PyMethodDef methods[] = {
     {"mask_ious", mask_ious, METH_VARARGS,
      "mask_ious(text, spans, escaped, h, w, g_first, g_num, out_off, gt_counts, gt_off, gt_h, "
      "gt_w, out, area) -> -1 or the first detection left to pycocotools"},
+    {"match_cells", match_cells, METH_VARARGS,
+     "match_cells(cell, thr, det_box, gt_box, iou_off, iou_val, gig, gnz, dmask, tp, fp): "
+     "lvis-api's greedy matching of the cells, its true and false positives written to tp, fp"},
+    {"accumulate", accumulate, METH_VARARGS,
+     "accumulate(tp, fp, order, bounds, num_gt, rec_thrs, precision, recall): lvis-api's "
+     "precision and recall of groups of detections"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ccore",

@@ -19,7 +19,15 @@ try:
 except ImportError:  # pragma: no cover - exercised where the core is not built
     _ccore = None
 
-__all__ = ["available", "Scanned", "scan", "GroundTruthMasks", "native_columns"]
+__all__ = [
+    "available",
+    "Scanned",
+    "scan",
+    "GroundTruthMasks",
+    "native_columns",
+    "true_false_positives",
+    "accumulate",
+]
 
 F_BOX, F_SEG, F_RLE, F_ESCAPED = 1, 2, 4, 8  # _ccore's flags
 
@@ -200,3 +208,46 @@ def native_columns(s, how):
 GroundTruthMasks.empty = GroundTruthMasks(
     np.zeros(1, np.uint32), np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
 )
+
+
+def true_false_positives(cells, d, gt, iou_type, iou_val, dt_mask, thr):
+    """(tp, fp) (n, A, T) of the evaluated detections ``d``: lvis-api's greedy matching of the
+    ``cells`` (first detection, detections, first ground truth, ground truth; detections in
+    score order) at the IoU thresholds ``thr``, then its true and false positives (neither:
+    ignored); ``dt_mask`` (n, A): area outside the range or category not exhaustively annotated.
+    The same as ``fast_lvis._match`` and the numpy code after it."""
+    n, A = dt_mask.shape
+    cells = np.ascontiguousarray(np.stack(cells, 1), dtype=np.int64).reshape(-1, 4)
+    none_f, none_i = np.zeros(0), np.zeros(0, np.int64)
+    if iou_type == "bbox":
+        ious = (np.ascontiguousarray(d.box, np.float64), gt.boxes(), none_i, none_f)
+    else:
+        ious = (none_f, none_f, np.ascontiguousarray(d.iou_off, np.int64), iou_val)
+    gig = np.ascontiguousarray(gt.g_ig_area, bool)
+    gnz = np.ascontiguousarray(gt.g_id_nonzero, bool)
+    tp = np.empty((n, A, len(thr)), bool)
+    fp = np.empty((n, A, len(thr)), bool)
+    _ccore.match_cells(cells, thr, *ious, gig, gnz, np.ascontiguousarray(dt_mask), tp, fp)
+    return tp, fp
+
+
+def accumulate(tp, fp, order, bounds, num_gt, rec_thrs):
+    """lvis-api's precision (G, A, T, R) and recall (G, A, T) of groups of detections (see
+    :func:`balms_det.evaluation.matching.accumulate`, whose arguments these are), -1 where a
+    group has no ground truth in an area range."""
+    n, A, T = tp.shape
+    G = len(bounds) - 1
+    precision = -np.ones((G, A, T, len(rec_thrs)))
+    recall = -np.ones((G, A, T))
+    ng = np.ascontiguousarray(np.repeat(np.asarray(num_gt, np.int64)[:, :, None], T, 2))
+    _ccore.accumulate(
+        np.ascontiguousarray(tp).reshape(n, A * T),
+        np.ascontiguousarray(fp).reshape(n, A * T),
+        np.ascontiguousarray(order, np.int64),
+        np.ascontiguousarray(bounds, np.int64),
+        ng,
+        np.ascontiguousarray(rec_thrs, np.float64),
+        precision,
+        recall,
+    )
+    return precision, recall

@@ -727,19 +727,32 @@ def _box_ious(db, gb):
         return np.where((w > 0) & (h > 0), i / u, 0.0)
 
 
+def _native_or_none():
+    return _native if _native.available() else None
+
+
+def _cells(d, gt):
+    """(first detection, detections, first ground truth, ground truth) of the cells holding
+    both evaluated detections and ground truth."""
+    n = len(d.key)
+    # d.key is sorted: its runs are the cells
+    d_start = np.flatnonzero(np.r_[True, d.key[1:] != d.key[:-1]]) if n else np.zeros(0, int)
+    d_count = np.diff(np.r_[d_start, n])
+    d_keys = d.key[d_start]
+    _, di, gi = np.intersect1d(d_keys, gt.cell_keys, assume_unique=True, return_indices=True)
+    return d_start[di], d_count[di], gt.cell_start[gi], gt.cell_count[gi]
+
+
 def _match(d, gt, iou_type, iou_val):
     """(nz, igm): for each evaluated detection, per area range and threshold, matched to
     ground truth with a nonzero id / to ignored ground truth."""
     n = len(d.key)
     nz = np.zeros((n, _NA, _NT), bool)
     igm = np.zeros((n, _NA, _NT), bool)
-    d_keys, d_start, d_count = np.unique(d.key, return_index=True, return_counts=True)
-    both, di, gi = np.intersect1d(d_keys, gt.cell_keys, assume_unique=True, return_indices=True)
-    if len(both) == 0:
+    ds, dn, gs, gn = _cells(d, gt)
+    if len(ds) == 0:
         return nz, igm
     # every (detection, ground truth) pair of these cells, detection-major
-    ds, dn = d_start[di], d_count[di]
-    gs, gn = gt.cell_start[gi], gt.cell_count[gi]
     det = np.repeat(ds - np.r_[0, np.cumsum(dn)[:-1]], dn) + np.arange(dn.sum())
     det_g = np.repeat(gn, dn)  # ground truth of each detection's cell
     pair_first = np.r_[0, np.cumsum(det_g)[:-1]]
@@ -751,8 +764,8 @@ def _match(d, gt, iou_type, iou_val):
         vals = iou_val[np.repeat(d.iou_off[det], det_g) + within]
     # rows: detections reaching the lowest threshold against some ground truth of their cell
     ok = np.flatnonzero(np.maximum.reduceat(vals, pair_first) >= _THR0)
-    cell_of = np.repeat(np.arange(len(both)), dn)[ok]
-    M = np.bincount(cell_of, minlength=len(both))
+    cell_of = np.repeat(np.arange(len(ds)), dn)[ok]
+    M = np.bincount(cell_of, minlength=len(ds))
     keep = np.flatnonzero(M)
     cells = Cells(
         rows=det[ok],
@@ -1009,8 +1022,11 @@ PARALLEL_MIN_EVALUATED = 100_000  # evaluated detections below which one process
 def _true_false_positives(d, gt, iou_type, iou_val):
     """(tp, fp): (n, A, T) true / false positives of the evaluated detections (neither:
     ignored, as lvis-api's dt_ignore)."""
-    nz, igm = _match(d, gt, iou_type, iou_val)
     dt_mask = (d.area[:, None] < AREA_LO) | (d.area[:, None] > AREA_HI) | d.nel[:, None]
+    if _native.available():
+        cells = _cells(d, gt)
+        return _native.true_false_positives(cells, d, gt, iou_type, iou_val, dt_mask, THR_EFF)
+    nz, igm = _match(d, gt, iou_type, iou_val)
     dt_ig = igm | (~nz & dt_mask[:, :, None])
     del igm
     return nz & ~dt_ig, ~nz & ~dt_ig
@@ -1037,7 +1053,7 @@ def _score_part(d, gt, iou_type, iou_val, cats, pooled):
     order = np.lexsort((sub.pos, sub.img, -sub.score, sub.cat))
     bounds = np.searchsorted(sub.cat[order], np.arange(gt.num_cats + 1))
     num_gt = np.where(mask[:, None], gt.num_gt, 0)
-    precision, recall = accumulate(tp, fp, order, bounds, num_gt)
+    precision, recall = accumulate(tp, fp, order, bounds, num_gt, native=_native_or_none())
     return precision[:, :, cats], recall[:, cats]
 
 
@@ -1065,7 +1081,7 @@ def _score(d, gt, iou_type, iou_val, protocol, workers):
         tp[idx] = np.unpackbits(tp_bits, count=size).reshape(-1, _NA, _NT).astype(bool)
         fp[idx] = np.unpackbits(fp_bits, count=size).reshape(-1, _NA, _NT).astype(bool)
     order, bounds, num_gt = _pool_groups(d, gt)
-    return accumulate(tp, fp, order, bounds, num_gt)
+    return accumulate(tp, fp, order, bounds, num_gt, native=_native_or_none())
 
 
 def check_detections(

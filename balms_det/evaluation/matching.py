@@ -171,7 +171,7 @@ def _recall_steps(num_gt):
     return j.astype(np.int64)
 
 
-def accumulate(tp, fp, order, bounds, num_gt, max_elems=1 << 21):
+def accumulate(tp, fp, order, bounds, num_gt, max_elems=1 << 21, native=None):
     """lvis-api's accumulation for groups of detections.
 
     Args:
@@ -183,6 +183,7 @@ def accumulate(tp, fp, order, bounds, num_gt, max_elems=1 << 21):
         bounds: (G + 1,) group g is ``order[bounds[g]:bounds[g + 1]]``.
         num_gt: (G, A) ground truth that is not ignored, per group and area range.
         max_elems: size of the blocks worked on at once (memory).
+        native: :mod:`balms_det.evaluation._native` to compute the same in C.
 
     Returns:
         precision (T, R, G, A) and recall (T, G, A), -1 where lvis-api leaves them undefined
@@ -196,6 +197,9 @@ def accumulate(tp, fp, order, bounds, num_gt, max_elems=1 << 21):
     G = len(bounds) - 1
     R = len(REC_THRS)
     rows = _NA * _NT
+    if native is not None:  # the same in C, column by column
+        prec, rec = native.accumulate(tp, fp, order, bounds, num_gt, REC_THRS)
+        return prec.transpose(2, 3, 0, 1), rec.transpose(2, 0, 1)
     precision = -np.ones((_NT, R, G, _NA))
     recall = -np.ones((_NT, G, _NA))
     n = len(tp)
