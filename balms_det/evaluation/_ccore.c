@@ -334,21 +334,26 @@ slow: {
         return ST_OTHER;
     memcpy(buf, s, n);
     buf[n] = 0;
+    int ok = 1;
+    PyGILState_STATE gil = PyGILState_Ensure(); /* scan_results runs without the GIL */
     if (is_int) { /* float(int(token)): correctly rounded, or too large (OverflowError) */
         PyObject *o = PyLong_FromString(buf, NULL, 10);
         if (o == NULL) {
-            PyErr_Clear();
-            return ST_OTHER;
+            v = -1.0;
+        } else {
+            v = PyLong_AsDouble(o);
+            Py_DECREF(o);
         }
-        v = PyLong_AsDouble(o);
-        Py_DECREF(o);
     } else {
         v = PyOS_string_to_double(buf, NULL, NULL);
     }
     if (v == -1.0 && PyErr_Occurred()) {
         PyErr_Clear();
-        return ST_OTHER;
+        ok = 0;
     }
+    PyGILState_Release(gil);
+    if (!ok)
+        return ST_OTHER;
     *out = v;
     return ST_OK;
 }
@@ -617,6 +622,7 @@ static PyObject *scan_results(PyObject *self, PyObject *args) {
     Cur c = {base, base + v[0].len, 0};
     Py_ssize_t n = 0;
     int st = ST_OK;
+    Py_BEGIN_ALLOW_THREADS /* the slow number path takes the GIL back (PyGILState_Ensure) */
     skip_ws(&c);
     if (c.p < c.end) {
         for (;;) {
@@ -642,6 +648,7 @@ static PyObject *scan_results(PyObject *self, PyObject *args) {
             }
         }
     }
+    Py_END_ALLOW_THREADS
     res = PyLong_FromSsize_t(st == ST_OK ? n : st);
 done:
     release(v, 7);
@@ -820,6 +827,8 @@ static PyObject *mask_ious(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
+    int nomem = 0;
+    Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t j = 0; j < m && bad < 0; j++) {
         int64_t s = spans[2 * j], e = spans[2 * j + 1];
         if (s < 0 || s > e || e > v[0].len || gf[j] < 0 || gn[j] < 0 || gf[j] + gn[j] > G ||
@@ -831,8 +840,8 @@ static PyObject *mask_ious(PyObject *self, PyObject *args) {
             cap = 2 * (e - s) + 16;
             uint32_t *t = realloc(tmp, sizeof(uint32_t) * (size_t)cap);
             if (!t) {
-                PyErr_NoMemory();
-                goto done;
+                nomem = 1;
+                break;
             }
             tmp = t;
         }
@@ -866,6 +875,11 @@ static PyObject *mask_ious(PyObject *self, PyObject *args) {
             }
             out[oo[j] + k] = iou;
         }
+    }
+    Py_END_ALLOW_THREADS
+    if (nomem) {
+        PyErr_NoMemory();
+        goto done;
     }
     res = PyLong_FromSsize_t(bad);
 done:
@@ -930,6 +944,20 @@ static PyObject *match_cells(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "match_cells: buffers of wrong sizes");
         goto done;
     }
+    for (Py_ssize_t c = 0; c < C; c++) { /* checked first: the work runs without the GIL */
+        int64_t d0 = cell[4 * c], M = cell[4 * c + 1], g0 = cell[4 * c + 2], Gc = cell[4 * c + 3];
+        if (d0 < 0 || M < 0 || d0 + M > n || g0 < 0 || Gc < 0 || g0 + Gc > G) {
+            PyErr_SetString(PyExc_ValueError, "match_cells: a cell out of range");
+            goto done;
+        }
+        for (int64_t i = 0; i < M && !boxes; i++)
+            if (ioff[d0 + i] < 0 || ioff[d0 + i] + Gc > nval) {
+                PyErr_SetString(PyExc_ValueError, "match_cells: IoUs out of range");
+                goto done;
+            }
+    }
+    int nomem = 0;
+    Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t d = 0; d < n; d++) /* unmatched */
         for (Py_ssize_t a = 0; a < A; a++) {
             uint8_t f = dmask[d * A + a] ? 0 : 1;
@@ -939,10 +967,6 @@ static PyObject *match_cells(PyObject *self, PyObject *args) {
     Py_ssize_t cap = 0;
     for (Py_ssize_t c = 0; c < C; c++) {
         int64_t d0 = cell[4 * c], M = cell[4 * c + 1], g0 = cell[4 * c + 2], Gc = cell[4 * c + 3];
-        if (d0 < 0 || M < 0 || d0 + M > n || g0 < 0 || Gc < 0 || g0 + Gc > G) {
-            PyErr_SetString(PyExc_ValueError, "match_cells: a cell out of range");
-            goto done;
-        }
         if (M * Gc > cap || Gc > cap) {
             cap = 2 * (M * Gc > Gc ? M * Gc : Gc) + 16;
             free(iou);
@@ -952,8 +976,8 @@ static PyObject *match_cells(PyObject *self, PyObject *args) {
             order = malloc(sizeof(int) * (size_t)cap);
             taken = malloc((size_t)cap);
             if (!iou || !order || !taken) {
-                PyErr_NoMemory();
-                goto done;
+                nomem = 1;
+                break;
             }
         }
         for (int64_t i = 0; i < M; i++) {
@@ -963,10 +987,6 @@ static PyObject *match_cells(PyObject *self, PyObject *args) {
                 if (boxes) {
                     x = box_iou(dbox + 4 * d, gbox + 4 * (g0 + k));
                 } else {
-                    if (ioff[d] < 0 || ioff[d] + Gc > nval) {
-                        PyErr_SetString(PyExc_ValueError, "match_cells: IoUs out of range");
-                        goto done;
-                    }
                     x = ival[ioff[d] + k];
                 }
                 iou[i * Gc + k] = x;
@@ -1010,6 +1030,11 @@ static PyObject *match_cells(PyObject *self, PyObject *args) {
             }
         }
     }
+    Py_END_ALLOW_THREADS
+    if (nomem) {
+        PyErr_NoMemory();
+        goto done;
+    }
     Py_INCREF(Py_None);
     res = Py_None;
 done:
@@ -1037,7 +1062,7 @@ static PyObject *accumulate(PyObject *self, PyObject *args) {
                           &v[6], &v[7]))
         return NULL;
     PyObject *res = NULL;
-    double *pr = NULL, *rc = NULL;
+    double *pr = NULL;
     if (get_buffers(v, 8) < 0)
         goto done;
     const uint8_t *tp = v[0].buf, *fp = v[1].buf;
@@ -1051,60 +1076,90 @@ static PyObject *accumulate(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "accumulate: buffers of wrong sizes");
         goto done;
     }
-    Py_ssize_t longest = 0;
     for (Py_ssize_t k = 0; k < K; k++) {
         if (bounds[k] < 0 || bounds[k] > bounds[k + 1] || bounds[k + 1] > no) {
             PyErr_SetString(PyExc_ValueError, "accumulate: bounds out of range");
             goto done;
         }
-        if (bounds[k + 1] - bounds[k] > longest)
-            longest = bounds[k + 1] - bounds[k];
     }
     for (Py_ssize_t i = 0; i < no; i++)
         if (order[i] < 0 || order[i] >= n) {
             PyErr_SetString(PyExc_ValueError, "accumulate: order out of range");
             goto done;
         }
-    pr = malloc(sizeof(double) * (size_t)(longest + 1));
-    rc = malloc(sizeof(double) * (size_t)(longest + 1));
-    if (!pr || !rc) {
+    /* Row by row (a detection's W columns are contiguous), the columns side by side. Only the
+     * precisions at true positives are kept: recall first reaches a threshold at a true positive
+     * (or at the first detection, for threshold 0), and precision rises only at true
+     * positives, so the envelope there is the maximum over the true positives from there on. */
+    int64_t most = 0;
+    for (Py_ssize_t k = 0; k < K; k++) {
+        int64_t tot = 0;
+        for (Py_ssize_t w = 0; w < W; w++) {
+            int64_t nd = bounds[k + 1] - bounds[k], g = num_gt[k * W + w];
+            tot += g < nd ? (g > 0 ? g : 0) : nd;
+        }
+        if (tot > most)
+            most = tot;
+    }
+    pr = malloc(sizeof(double) * (size_t)(most + 1));
+    int64_t *cnt = calloc((size_t)(3 * W + 1), sizeof(int64_t));
+    if (!pr || !cnt) {
+        free(cnt);
         PyErr_NoMemory();
         goto done;
     }
     const double eps = DBL_EPSILON; /* np.spacing(1) */
+    Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t k = 0; k < K; k++) {
         const int64_t *ord = order + bounds[k];
-        Py_ssize_t nd = (Py_ssize_t)(bounds[k + 1] - bounds[k]);
-        for (Py_ssize_t w = 0; w < W; w++) {
-            int64_t ng = num_gt[k * W + w];
-            if (ng <= 0)
-                continue;
-            double *out = prec + (k * W + w) * R;
-            double tps = 0, fps = 0, dng = (double)ng;
-            for (Py_ssize_t i = 0; i < nd; i++) {
-                Py_ssize_t at = (Py_ssize_t)ord[i] * W + w;
-                tps += tp[at] ? 1 : 0;
-                fps += fp[at] ? 1 : 0;
-                rc[i] = tps / dng;
-                pr[i] = tps / (fps + tps + eps);
+        int64_t nd = bounds[k + 1] - bounds[k];
+        const int64_t *ng = num_gt + k * W;
+        int64_t *tps = cnt, *fps = cnt + W, *start = cnt + 2 * W, pos = 0;
+        for (Py_ssize_t w = 0; w < W; w++) { /* column w's true positives: pr[start[w]:] */
+            tps[w] = fps[w] = 0;
+            start[w] = pos;
+            pos += ng[w] < nd ? (ng[w] > 0 ? ng[w] : 0) : nd;
+        }
+        for (int64_t i = 0; i < nd; i++) {
+            const uint8_t *trow = tp + (Py_ssize_t)ord[i] * W, *frow = fp + (Py_ssize_t)ord[i] * W;
+            for (Py_ssize_t w = 0; w < W; w++) {
+                if (frow[w])
+                    fps[w]++;
+                if (trow[w]) {
+                    int64_t t = ++tps[w];
+                    if (t <= ng[w]) { /* more cannot raise recall: never read */
+                        double dt = (double)t;
+                        pr[start[w] + t - 1] = dt / ((double)fps[w] + dt + eps);
+                    }
+                }
             }
-            recall[k * W + w] = nd ? rc[nd - 1] : 0.0;
-            for (Py_ssize_t i = nd - 1; i > 0; i--)
-                if (pr[i] > pr[i - 1])
-                    pr[i - 1] = pr[i];
-            Py_ssize_t i = 0;
-            for (Py_ssize_t r = 0; r < R; r++) { /* searchsorted(rc, rt[r], "left") */
-                while (i < nd && rc[i] < rt[r])
-                    i++;
-                out[r] = i < nd ? pr[i] : 0.0;
+        }
+        for (Py_ssize_t w = 0; w < W; w++) {
+            if (ng[w] <= 0)
+                continue;
+            double *out = prec + (k * W + w) * R, *p = pr + start[w], dng = (double)ng[w];
+            int64_t m = tps[w] < ng[w] ? tps[w] : ng[w];
+            recall[k * W + w] = nd ? (double)tps[w] / dng : 0.0;
+            for (int64_t i = m - 1; i > 0; i--)
+                if (p[i] > p[i - 1])
+                    p[i - 1] = p[i];
+            int64_t j = 0; /* true positives needed: the least j with j / ng >= rt[r] */
+            for (Py_ssize_t r = 0; r < R; r++) {
+                while ((double)j / dng < rt[r] && j <= m)
+                    j++;
+                if (nd == 0 || j > m)
+                    out[r] = 0.0;
+                else
+                    out[r] = j == 0 ? (m ? p[0] : 0.0) : p[j - 1];
             }
         }
     }
+    Py_END_ALLOW_THREADS
+    free(cnt);
     Py_INCREF(Py_None);
     res = Py_None;
 done:
     free(pr);
-    free(rc);
     release(v, 8);
     return res;
 }

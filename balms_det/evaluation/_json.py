@@ -172,9 +172,10 @@ def iter_array(path, start, stop, last, transform=None, chunk_bytes=None, scan=N
             marks = list(_BOUNDARY.finditer(buf, window))
             if not marks and window:
                 marks = list(_BOUNDARY.finditer(buf))
+            view = memoryview(buf) if scan is not None else buf  # a scanner takes a view
             for m in reversed(marks[-8:]):
                 try:
-                    parsed = _parse_piece(buf[: m.start() + 1], base, transform, scan)
+                    parsed = _parse_piece(view[: m.start() + 1], base, transform, scan)
                 except BadJSON:
                     continue  # not between two top-level elements: try an earlier one
                 yield parsed
