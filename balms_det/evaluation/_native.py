@@ -235,29 +235,33 @@ def native_columns(s, how):
             return None
         g_first[inside] = local[np.searchsorted(cells, ci[inside])]
         g_num[inside] = count[np.searchsorted(cells, ci[inside])]
+    # decoded: the masks compared with ground truth, and those whose area is read
+    want = np.ones(m, bool) if how.areas == "all" else ~rel_box[need]
+    dec = np.flatnonzero((g_num > 0) | want)
     out_off = np.zeros(m, np.int64)
     np.cumsum(g_num[:-1], out=out_off[1:])
     vals = np.empty(int(g_num.sum()))
-    area = np.empty(m)
+    area = np.full(m, np.nan)
+    dec_area = np.empty(len(dec))
     bad = _ccore.mask_ious(
         s.text,
-        np.ascontiguousarray(seg[:, 4:6]),
-        ((s.flags[j] & F_ESCAPED) != 0).astype(np.uint8),
-        h,
-        w,
-        g_first,
-        g_num,
-        out_off,
+        np.ascontiguousarray(seg[dec, 4:6]),
+        ((s.flags[j[dec]] & F_ESCAPED) != 0).astype(np.uint8),
+        h[dec],
+        w[dec],
+        g_first[dec],
+        g_num[dec],
+        out_off[dec],
         masks.counts,
         masks.off,
         masks.h,
         masks.w,
         vals,
-        area,
+        dec_area,
     )
+    area[dec] = dec_area
     if bad >= 0:
         return None
-    want = np.ones(m, bool) if how.areas == "all" else ~rel_box[need]
     out["mask_area"][need[want]] = area[want]
     if ious:
         out["iou_off"][need] = np.where(g_num > 0, out_off, -1)
