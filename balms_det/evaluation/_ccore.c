@@ -168,6 +168,39 @@ static int literal(Cur *c, const char *word) {
 
 static int skip_value(Cur *c);
 
+/* At a member of an object: its key (a string: [*s, *e), *esc) and the ':' after it. */
+static int member_key(Cur *c, cp *s, cp *e, int *esc) {
+    int st;
+    if (c->p >= c->end || *c->p != '"')
+        return ST_BAD;
+    if ((st = scan_string(c, s, e, esc)) != ST_OK)
+        return st;
+    skip_ws(c);
+    if (c->p >= c->end || *c->p != ':')
+        return ST_BAD;
+    c->p++;
+    skip_ws(c);
+    return ST_OK;
+}
+
+/* After a value in an object or array: 1 past a ',' (another one follows), 0 past the closing
+ * ``close``, else an error status (< 0). */
+static int member_end(Cur *c, unsigned char close) {
+    skip_ws(c);
+    if (c->p >= c->end)
+        return ST_BAD;
+    if (*c->p == ',') {
+        c->p++;
+        skip_ws(c);
+        return 1;
+    }
+    if (*c->p == close) {
+        c->p++;
+        return 0;
+    }
+    return ST_BAD;
+}
+
 static int skip_container(Cur *c, unsigned char close, int keyed) {
     int st;
     if (++c->depth > MAX_DEPTH)
@@ -180,35 +213,16 @@ static int skip_container(Cur *c, unsigned char close, int keyed) {
         return ST_OK;
     }
     for (;;) {
-        if (keyed) {
-            cp s, e;
-            int esc;
-            if (c->p >= c->end || *c->p != '"')
-                return ST_BAD;
-            if ((st = scan_string(c, &s, &e, &esc)) != ST_OK)
-                return st;
-            skip_ws(c);
-            if (c->p >= c->end || *c->p != ':')
-                return ST_BAD;
-            c->p++;
-            skip_ws(c);
-        }
+        cp s, e;
+        int esc;
+        if (keyed && (st = member_key(c, &s, &e, &esc)) != ST_OK)
+            return st;
         if ((st = skip_value(c)) != ST_OK)
             return st;
-        skip_ws(c);
-        if (c->p >= c->end)
-            return ST_BAD;
-        if (*c->p == ',') {
-            c->p++;
-            skip_ws(c);
-            continue;
-        }
-        if (*c->p == close) {
-            c->p++;
+        if ((st = member_end(c, close)) <= 0) {
             c->depth--;
-            return ST_OK;
+            return st;
         }
-        return ST_BAD;
     }
 }
 
@@ -445,17 +459,10 @@ static int rle_value(Cur *c, int64_t *seg, int *escaped) {
     for (;;) {
         cp s, e;
         int esc;
-        if (c->p >= c->end || *c->p != '"')
-            return ST_BAD;
-        if ((st = scan_string(c, &s, &e, &esc)) != ST_OK)
+        if ((st = member_key(c, &s, &e, &esc)) != ST_OK)
             return st;
         if (esc)
             return ST_OTHER;
-        skip_ws(c);
-        if (c->p >= c->end || *c->p != ':')
-            return ST_BAD;
-        c->p++;
-        skip_ws(c);
         if (key_is(s, e, "size")) {
             int64_t hw[2];
             if (c->p >= c->end || *c->p != '[')
@@ -486,19 +493,8 @@ static int rle_value(Cur *c, int64_t *seg, int *escaped) {
         } else if ((st = skip_value(c)) != ST_OK) {
             return st;
         }
-        skip_ws(c);
-        if (c->p >= c->end)
-            return ST_BAD;
-        if (*c->p == ',') {
-            c->p++;
-            skip_ws(c);
-            continue;
-        }
-        if (*c->p == '}') {
-            c->p++;
-            return have_size && have_counts ? ST_OK : ST_OTHER;
-        }
-        return ST_BAD;
+        if ((st = member_end(c, '}')) <= 0)
+            return st < 0 ? st : (have_size && have_counts ? ST_OK : ST_OTHER);
     }
 }
 
@@ -519,17 +515,10 @@ static int one_result(Cur *c, Out *o, Py_ssize_t i, cp base) {
     for (;;) {
         cp s, e;
         int esc;
-        if (c->p >= c->end || *c->p != '"')
-            return ST_BAD;
-        if ((st = scan_string(c, &s, &e, &esc)) != ST_OK)
+        if ((st = member_key(c, &s, &e, &esc)) != ST_OK)
             return st;
         if (esc)
             return ST_OTHER; /* an escaped key may spell a known one */
-        skip_ws(c);
-        if (c->p >= c->end || *c->p != ':')
-            return ST_BAD;
-        c->p++;
-        skip_ws(c);
         if (key_is(s, e, "image_id")) {
             if ((st = to_int64(c, o->img + i)) != ST_OK)
                 return st;
@@ -567,19 +556,10 @@ static int one_result(Cur *c, Out *o, Py_ssize_t i, cp base) {
         } else if ((st = skip_value(c)) != ST_OK) {
             return st;
         }
-        skip_ws(c);
-        if (c->p >= c->end)
-            return ST_BAD;
-        if (*c->p == ',') {
-            c->p++;
-            skip_ws(c);
-            continue;
-        }
-        if (*c->p == '}') {
-            c->p++;
+        if ((st = member_end(c, '}')) < 0)
+            return st;
+        if (st == 0)
             break;
-        }
-        return ST_BAD;
     }
     if (have != 7)
         return ST_OTHER; /* a required key is missing: the Python reader names it */
