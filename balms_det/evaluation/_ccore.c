@@ -1025,12 +1025,13 @@ done:
     return res;
 }
 
-/* accumulate(tp bool (n, W), fp bool (n, W), order int64, bounds int64 (K + 1,),
- *            num_gt int64 (K, W), rec_thrs float64 (R,), precision float64 (K, W, R) out,
- *            recall float64 (K, W) out)
+/* accumulate(tp bool (n, A, T), fp bool (n, A, T), order int64, bounds int64 (K + 1,),
+ *            num_gt int64 (K, A), rec_thrs float64 (R,), precision float64 (T, R, K, A) out,
+ *            recall float64 (T, K, A) out)
  *
  * lvis-api's LVISEval.accumulate for groups of detections: group k is order[bounds[k]:
- * bounds[k + 1]] in accumulation order; W = area ranges x thresholds. For every group and
+ * bounds[k + 1]] in accumulation order; its columns w = a * T + t (area range, threshold),
+ * W = A x T of them. For every group and
  * column with ground truth: the running true / false positive counts, recall tp / num_gt,
  * precision tp / (fp + tp + eps), its envelope from the end, read at the first position whose
  * recall reaches each threshold (0 past the end); recall: the last one (0 without detections).
@@ -1050,9 +1051,11 @@ static PyObject *accumulate(PyObject *self, PyObject *args) {
     const double *rt = v[5].buf;
     double *prec = v[6].buf, *recall = v[7].buf;
     Py_ssize_t K = v[3].len / 8 - 1, R = v[5].len / 8, no = v[2].len / 8;
-    Py_ssize_t W = K > 0 ? v[4].len / 8 / K : 0, n = W > 0 ? v[0].len / W : 0;
-    if (K < 0 || v[1].len != v[0].len || v[4].len != K * W * 8 || v[6].len != K * W * R * 8 ||
-        v[7].len != K * W * 8 || (W > 0 && v[0].len != n * W)) {
+    Py_ssize_t A = K > 0 ? v[4].len / 8 / K : 0;
+    Py_ssize_t T = K > 0 && A > 0 && R > 0 ? v[6].len / 8 / (R * K * A) : 0;
+    Py_ssize_t W = A * T, n = W > 0 ? v[0].len / W : 0;
+    if (K < 0 || v[1].len != v[0].len || v[4].len != K * A * 8 || v[6].len != T * R * K * A * 8 ||
+        v[7].len != T * K * A * 8 || (W > 0 && v[0].len != n * W)) {
         PyErr_SetString(PyExc_ValueError, "accumulate: buffers of wrong sizes");
         goto done;
     }
@@ -1075,14 +1078,14 @@ static PyObject *accumulate(PyObject *self, PyObject *args) {
     for (Py_ssize_t k = 0; k < K; k++) {
         int64_t tot = 0;
         for (Py_ssize_t w = 0; w < W; w++) {
-            int64_t nd = bounds[k + 1] - bounds[k], g = num_gt[k * W + w];
+            int64_t nd = bounds[k + 1] - bounds[k], g = num_gt[k * A + w / T];
             tot += g < nd ? (g > 0 ? g : 0) : nd;
         }
         if (tot > most)
             most = tot;
     }
     pr = malloc(sizeof(double) * (size_t)(most + 1));
-    int64_t *cnt = calloc((size_t)(3 * W + 1), sizeof(int64_t));
+    int64_t *cnt = calloc((size_t)(4 * W + 1), sizeof(int64_t));
     if (!pr || !cnt) {
         free(cnt);
         PyErr_NoMemory();
@@ -1093,8 +1096,9 @@ static PyObject *accumulate(PyObject *self, PyObject *args) {
     for (Py_ssize_t k = 0; k < K; k++) {
         const int64_t *ord = order + bounds[k];
         int64_t nd = bounds[k + 1] - bounds[k];
-        const int64_t *ng = num_gt + k * W;
-        int64_t *tps = cnt, *fps = cnt + W, *start = cnt + 2 * W, pos = 0;
+        int64_t *tps = cnt, *fps = cnt + W, *start = cnt + 2 * W, *ng = cnt + 3 * W, pos = 0;
+        for (Py_ssize_t w = 0; w < W; w++) /* ground truth per column */
+            ng[w] = num_gt[k * A + w / T];
         for (Py_ssize_t w = 0; w < W; w++) { /* column w's true positives: pr[start[w]:] */
             tps[w] = fps[w] = 0;
             start[w] = pos;
@@ -1117,9 +1121,11 @@ static PyObject *accumulate(PyObject *self, PyObject *args) {
         for (Py_ssize_t w = 0; w < W; w++) {
             if (ng[w] <= 0)
                 continue;
-            double *out = prec + (k * W + w) * R, *p = pr + start[w], dng = (double)ng[w];
+            Py_ssize_t a = w / T, t = w % T, stride = K * A; /* precision[t, r, k, a] */
+            double *out = prec + t * R * stride + k * A + a, *p = pr + start[w];
+            double dng = (double)ng[w];
             int64_t m = tps[w] < ng[w] ? tps[w] : ng[w];
-            recall[k * W + w] = nd ? (double)tps[w] / dng : 0.0;
+            recall[t * K * A + k * A + a] = nd ? (double)tps[w] / dng : 0.0;
             for (int64_t i = m - 1; i > 0; i--)
                 if (p[i] > p[i - 1])
                     p[i - 1] = p[i];
@@ -1128,9 +1134,9 @@ static PyObject *accumulate(PyObject *self, PyObject *args) {
                 while ((double)j / dng < rt[r] && j <= m)
                     j++;
                 if (nd == 0 || j > m)
-                    out[r] = 0.0;
+                    out[r * stride] = 0.0;
                 else
-                    out[r] = j == 0 ? (m ? p[0] : 0.0) : p[j - 1];
+                    out[r * stride] = j == 0 ? (m ? p[0] : 0.0) : p[j - 1];
             }
         }
     }

@@ -295,23 +295,25 @@ def true_false_positives(cells, d, gt, iou_type, iou_val, dt_mask, thr):
     return tp, fp
 
 
-def accumulate(tp, fp, order, bounds, num_gt, rec_thrs):
-    """lvis-api's precision (G, A, T, R) and recall (G, A, T) of groups of detections (see
-    :func:`balms_det.evaluation.matching.accumulate`, whose arguments these are), -1 where a
-    group has no ground truth in an area range."""
+def accumulate(tp, fp, order, bounds, num_gt, rec_thrs, precision, recall):
+    """lvis-api's precision and recall of groups of detections (see
+    :func:`balms_det.evaluation.matching.accumulate`, whose arguments these are), written into
+    ``precision`` (T, R, G, A) and ``recall`` (T, G, A) where a group has ground truth in an
+    area range (elsewhere left as they are: -1 for lvis-api). Groups may be written by several
+    threads at once, each its own."""
     n, A, T = tp.shape
     G = len(bounds) - 1
-    precision = -np.ones((G, A, T, len(rec_thrs)))
-    recall = -np.ones((G, A, T))
-    ng = np.ascontiguousarray(np.repeat(np.asarray(num_gt, np.int64)[:, :, None], T, 2))
+    if precision.shape != (T, len(rec_thrs), G, A) or recall.shape != (T, G, A):
+        raise ValueError("accumulate: precision / recall of the wrong shape")
+    if not (precision.flags.c_contiguous and recall.flags.c_contiguous):
+        raise ValueError("accumulate: precision / recall must be C-contiguous")
     _ccore.accumulate(
-        np.ascontiguousarray(tp).reshape(n, A * T),
-        np.ascontiguousarray(fp).reshape(n, A * T),
+        np.ascontiguousarray(tp),
+        np.ascontiguousarray(fp),
         np.ascontiguousarray(order, np.int64),
         np.ascontiguousarray(bounds, np.int64),
-        ng,
+        np.ascontiguousarray(num_gt, np.int64),
         np.ascontiguousarray(rec_thrs, np.float64),
         precision,
         recall,
     )
-    return precision, recall

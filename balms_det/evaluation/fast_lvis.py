@@ -1046,48 +1046,69 @@ def _subset(d, idx):
     return out
 
 
-def _score_part(d, gt, iou_type, iou_val, cats, pooled):
+def _score_part(d, gt, iou_type, iou_val, cats, pooled, out=None):
     """Match the detections of the categories ``cats`` (indices); then their precision and
-    recall (T, R, |cats|, A), (T, |cats|, A), or for AP-pool their (indices, packed tp, fp)."""
+    recall (T, R, |cats|, A), (T, |cats|, A), or for AP-pool their (indices, packed tp, fp).
+    With ``out`` (threads sharing it: the full precision and recall, or AP-pool's full tp and
+    fp) the part is written there instead, and None returned."""
     mask = np.zeros(gt.num_cats, bool)
     mask[cats] = True
     idx = np.flatnonzero(mask[d.cat])
     sub = _subset(d, idx) if len(idx) < len(d.cat) else d
     tp, fp = _true_false_positives(sub, gt, iou_type, iou_val)
     if pooled:
+        if out is not None:
+            out[0][idx], out[1][idx] = tp, fp
+            return None
         return idx, np.packbits(tp, axis=None), np.packbits(fp, axis=None)
-    # per category: -score, image id, input order (lvis-api's mergesorts)
-    order = np.lexsort((sub.pos, sub.img, -sub.score, sub.cat))
+    # per category: -score, image id, input order (lvis-api's mergesorts); sub is ordered by
+    # image, category, -score, input order, and lexsort is stable
+    order = np.lexsort((-sub.score, sub.cat))
     bounds = np.searchsorted(sub.cat[order], np.arange(gt.num_cats + 1))
     num_gt = np.where(mask[:, None], gt.num_gt, 0)
-    precision, recall = accumulate(tp, fp, order, bounds, num_gt, native=_native_or_none())
+    if out is not None:
+        _native.accumulate(tp, fp, order, bounds, num_gt, REC_THRS, *out)
+        return None
+    precision, recall = accumulate(tp, fp, order, bounds, num_gt)
     return precision[:, :, cats], recall[:, cats]
 
 
 def _score(d, gt, iou_type, iou_val, protocol, workers):
     """lvis-api's precision and recall of the evaluated detections; categories split
-    between ``workers`` processes (balanced by their detections)."""
+    between ``workers`` threads (compiled core) or processes (balanced by their detections)."""
     n = len(d.cat)
     parts = workers if workers > 1 and n >= PARALLEL_MIN_EVALUATED else 1
     weight = np.cumsum(np.bincount(d.cat, minlength=gt.num_cats) + 1)
     cut = np.searchsorted(weight, weight[-1] * np.arange(1, parts) / parts)
     groups = [g for g in np.split(np.arange(gt.num_cats), cut) if len(g)]
     pooled = protocol == "pool"
-    run = run_threads if _native.available() else run_forked  # the core matches without the GIL
-    outs = run(_score_part, [(d, gt, iou_type, iou_val, g, pooled) for g in groups])
-    if not pooled:
-        precision = -np.ones((_NT, len(REC_THRS), gt.num_cats, _NA))
-        recall = -np.ones((_NT, gt.num_cats, _NA))
-        for g, (p, r) in zip(groups, outs):
-            precision[:, :, g] = p
-            recall[:, g] = r
-        return precision, recall
-    tp = np.zeros((n, _NA, _NT), bool)
-    fp = np.zeros((n, _NA, _NT), bool)
-    for idx, tp_bits, fp_bits in outs:
-        size = len(idx) * _NA * _NT
-        tp[idx] = np.unpackbits(tp_bits, count=size).reshape(-1, _NA, _NT).astype(bool)
-        fp[idx] = np.unpackbits(fp_bits, count=size).reshape(-1, _NA, _NT).astype(bool)
+    if _native.available():  # threads (the core works without the GIL), writing one output
+        if pooled:
+            out = (np.zeros((n, _NA, _NT), bool), np.zeros((n, _NA, _NT), bool))
+        else:
+            out = (
+                -np.ones((_NT, len(REC_THRS), gt.num_cats, _NA)),
+                -np.ones((_NT, gt.num_cats, _NA)),
+            )
+        run_threads(_score_part, [(d, gt, iou_type, iou_val, g, pooled, out) for g in groups])
+        if not pooled:
+            return out
+        tp, fp = out
+    else:
+        outs = run_forked(_score_part, [(d, gt, iou_type, iou_val, g, pooled) for g in groups])
+        if not pooled:
+            precision = -np.ones((_NT, len(REC_THRS), gt.num_cats, _NA))
+            recall = -np.ones((_NT, gt.num_cats, _NA))
+            for g, (p, r) in zip(groups, outs):
+                precision[:, :, g] = p
+                recall[:, g] = r
+            return precision, recall
+        tp = np.zeros((n, _NA, _NT), bool)
+        fp = np.zeros((n, _NA, _NT), bool)
+        for idx, tp_bits, fp_bits in outs:
+            size = len(idx) * _NA * _NT
+            tp[idx] = np.unpackbits(tp_bits, count=size).reshape(-1, _NA, _NT).astype(bool)
+            fp[idx] = np.unpackbits(fp_bits, count=size).reshape(-1, _NA, _NT).astype(bool)
     order, bounds, num_gt = _pool_groups(d, gt)
     return accumulate(tp, fp, order, bounds, num_gt, native=_native_or_none())
 
@@ -1113,7 +1134,8 @@ def _pool_groups(d, gt):
     """AP-pool's groups: every detection ("all"), then those of the r, c and f categories,
     each by -score, then image, category and input order (the order in which Dave et al.'s
     accumulation concatenates lvis-api's per-image results before its stable sort)."""
-    order_all = np.lexsort((d.pos, d.cat, d.img, -d.score))
+    # d is ordered by image, category, -score, input order; the sort is stable
+    order_all = np.argsort(-d.score, kind="stable")
     group_of_cat = np.zeros(gt.num_cats, np.int64)
     for g, members in enumerate(gt.freq_groups):
         group_of_cat[members] = g

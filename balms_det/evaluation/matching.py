@@ -197,11 +197,11 @@ def accumulate(tp, fp, order, bounds, num_gt, max_elems=1 << 21, native=None):
     G = len(bounds) - 1
     R = len(REC_THRS)
     rows = _NA * _NT
-    if native is not None:  # the same in C, column by column
-        prec, rec = native.accumulate(tp, fp, order, bounds, num_gt, REC_THRS)
-        return prec.transpose(2, 3, 0, 1), rec.transpose(2, 0, 1)
     precision = -np.ones((_NT, R, G, _NA))
     recall = -np.ones((_NT, G, _NA))
+    if native is not None:  # the same in C
+        native.accumulate(tp, fp, order, bounds, num_gt, REC_THRS, precision, recall)
+        return precision, recall
     n = len(tp)
     pad = n  # an all-False row
     tp2 = np.concatenate([tp.reshape(n, rows), np.zeros((1, rows), bool)])
