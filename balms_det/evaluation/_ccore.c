@@ -722,6 +722,296 @@ static uint64_t rle_intersection(const uint32_t *a, Py_ssize_t na, Extent xa, co
     return inter;
 }
 
+/* ---- polygons ----------------------------------------------------------------------------- */
+typedef struct {
+    uint32_t *c;
+    Py_ssize_t n, cap;
+} Counts;
+
+static int counts_push(Counts *r, uint32_t v) {
+    if (r->n == r->cap) {
+        Py_ssize_t cap = r->cap ? 2 * r->cap : 64;
+        uint32_t *c = realloc(r->c, sizeof(uint32_t) * (size_t)cap);
+        if (!c)
+            return -1;
+        r->c = c;
+        r->cap = cap;
+    }
+    r->c[r->n++] = v;
+    return 0;
+}
+
+static int cmp_u32(const void *a, const void *b) {
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x > y ? 1 : x < y ? -1 : 0;
+}
+
+/* Sort run boundaries (x * h + y, x < w, y <= h; one of them h * w) in place: by column with
+ * a counting sort, then within each column (few values) by insertion. ``tmp`` holds n values. */
+static int sort_boundaries(uint32_t *a, uint32_t *tmp, Py_ssize_t n, int64_t h, int64_t w) {
+    if (n < 64) {
+        qsort(a, (size_t)n, sizeof(uint32_t), cmp_u32);
+        return 0;
+    }
+    Py_ssize_t *start = calloc((size_t)(w + 2), sizeof(Py_ssize_t));
+    if (!start)
+        return -1;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        uint32_t col = a[j] / (uint32_t)h; /* h * w (the end) and y = h fall in the next one */
+        start[(col < (uint32_t)w ? col : (uint32_t)w) + 1]++;
+    }
+    for (int64_t c = 0; c <= w; c++)
+        start[c + 1] += start[c];
+    for (Py_ssize_t j = 0; j < n; j++) {
+        uint32_t col = a[j] / (uint32_t)h;
+        tmp[start[col < (uint32_t)w ? col : (uint32_t)w]++] = a[j];
+    }
+    /* start[c] is now the end of column c; insertion sort inside each column */
+    Py_ssize_t lo = 0;
+    for (int64_t c = 0; c <= w; c++) {
+        Py_ssize_t hi = start[c];
+        for (Py_ssize_t j = lo + 1; j < hi; j++) {
+            uint32_t t = tmp[j];
+            Py_ssize_t q = j;
+            while (q > lo && tmp[q - 1] > t) {
+                tmp[q] = tmp[q - 1];
+                q--;
+            }
+            tmp[q] = t;
+        }
+        lo = hi;
+    }
+    memcpy(a, tmp, sizeof(uint32_t) * (size_t)n);
+    free(start);
+    return 0;
+}
+
+/* The RLE of a polygon (k points xy) in an h x w image, the pixels pycocotools' rleFrPoly sets:
+ * the outline upsampled 5x and traced point by point, its crossings of pixel columns, each
+ * column's run starting at the first pixel centre below the crossing. Appended to ``out``. */
+static int polygon_rle(const double *xy, Py_ssize_t k, int64_t h, int64_t w, Counts *out) {
+    const double scale = 5;
+    int rc = -1;
+    int *x = malloc(sizeof(int) * (size_t)(k + 1)), *y = malloc(sizeof(int) * (size_t)(k + 1));
+    int *u = NULL, *v = NULL;
+    uint32_t *a = NULL;
+    if (!x || !y)
+        goto out;
+    for (Py_ssize_t j = 0; j < k; j++) {
+        x[j] = (int)(scale * xy[2 * j] + .5);
+        y[j] = (int)(scale * xy[2 * j + 1] + .5);
+    }
+    x[k] = k ? x[0] : 0;
+    y[k] = k ? y[0] : 0;
+    Py_ssize_t m = 0;
+    for (Py_ssize_t j = 0; j < k; j++) {
+        int dx = abs(x[j] - x[j + 1]), dy = abs(y[j] - y[j + 1]);
+        m += (dx > dy ? dx : dy) + 1;
+    }
+    u = malloc(sizeof(int) * (size_t)(m + 1));
+    v = malloc(sizeof(int) * (size_t)(m + 1));
+    if (!u || !v)
+        goto out;
+    m = 0;
+    for (Py_ssize_t j = 0; j < k; j++) { /* every point of each edge, along its longer axis */
+        int xs = x[j], xe = x[j + 1], ys = y[j], ye = y[j + 1];
+        int dx = abs(xe - xs), dy = abs(ys - ye), t;
+        int flip = (dx >= dy && xs > xe) || (dx < dy && ys > ye);
+        if (flip) {
+            t = xs, xs = xe, xe = t;
+            t = ys, ys = ye, ye = t;
+        }
+        double slope = dx >= dy ? (double)(ye - ys) / dx : (double)(xe - xs) / dy;
+        if (dx >= dy) {
+            for (int d = 0; d <= dx; d++) {
+                t = flip ? dx - d : d;
+                u[m] = t + xs;
+                v[m] = (int)(ys + slope * t + .5);
+                m++;
+            }
+        } else {
+            for (int d = 0; d <= dy; d++) {
+                t = flip ? dy - d : d;
+                v[m] = t + ys;
+                u[m] = (int)(xs + slope * t + .5);
+                m++;
+            }
+        }
+    }
+    /* column crossings -> run boundaries (pixel index x * h + y), then the image's end */
+    a = malloc(sizeof(uint32_t) * (size_t)(2 * m + 2));
+    if (!a)
+        goto out;
+    uint32_t *sorted = a + m + 1;
+    Py_ssize_t na = 0;
+    for (Py_ssize_t j = 1; j < m; j++) {
+        if (u[j] == u[j - 1])
+            continue;
+        double xd = (double)(u[j] < u[j - 1] ? u[j] : u[j] - 1);
+        xd = (xd + .5) / scale - .5;
+        if (floor(xd) != xd || xd < 0 || xd > (double)(w - 1))
+            continue;
+        double yd = (double)(v[j] < v[j - 1] ? v[j] : v[j - 1]);
+        yd = (yd + .5) / scale - .5;
+        if (yd < 0)
+            yd = 0;
+        else if (yd > (double)h)
+            yd = (double)h;
+        yd = ceil(yd);
+        a[na++] = (uint32_t)((int)xd * (int)h + (int)yd);
+    }
+    a[na++] = (uint32_t)(h * w);
+    if (sort_boundaries(a, sorted, na, h, w) < 0)
+        goto out;
+    uint32_t prev = 0;
+    for (Py_ssize_t j = 0; j < na; j++) {
+        uint32_t t = a[j];
+        a[j] -= prev;
+        prev = t;
+    }
+    /* runs; a zero-length run between two others joins them */
+    Py_ssize_t j = 0;
+    if (counts_push(out, a[j++]) < 0)
+        goto out;
+    while (j < na) {
+        if (a[j] > 0) {
+            if (counts_push(out, a[j++]) < 0)
+                goto out;
+        } else if (++j < na) {
+            out->c[out->n - 1] += a[j++];
+        }
+    }
+    rc = 0;
+out:
+    free(x);
+    free(y);
+    free(u);
+    free(v);
+    free(a);
+    return rc;
+}
+
+/* The union of two masks' RLEs (same image size) appended to ``out`` (0s first). */
+static int rle_union(const uint32_t *a, Py_ssize_t na, const uint32_t *b, Py_ssize_t nb,
+                     Counts *out) {
+    Py_ssize_t ia = 0, ib = 0;
+    uint64_t ra = na ? a[0] : 0, rb = nb ? b[0] : 0, run = 0;
+    int va = 0, vb = 0, cur = 0;
+    for (;;) {
+        while (ra == 0 && ia + 1 < na) { /* past finished (or empty) runs */
+            ra = a[++ia];
+            va = !va;
+        }
+        while (rb == 0 && ib + 1 < nb) {
+            rb = b[++ib];
+            vb = !vb;
+        }
+        if (ra == 0 || rb == 0)
+            break;
+        uint64_t c = ra < rb ? ra : rb;
+        int state = va || vb;
+        if (state != cur) {
+            if (counts_push(out, (uint32_t)run) < 0)
+                return -1;
+            run = 0;
+            cur = state;
+        }
+        run += c;
+        ra -= c;
+        rb -= c;
+    }
+    return counts_push(out, (uint32_t)run);
+}
+
+/* polygons_to_rles(coords float64, poly_off int64 (P + 1,), ann_off int64 (N + 1,), h int64 (N,),
+ *                  w int64 (N,), off int64 (N + 1,) out) -> bytes of uint32 counts, or None
+ * Annotation i is the union of the polygons ann_off[i] .. ann_off[i + 1] - 1, polygon p the
+ * points coords[poly_off[p]:poly_off[p + 1]] (x, y pairs; an odd last one ignored). Its RLE is
+ * counts[off[i]:off[i + 1]]. None where the input is out of the range handled here. */
+static PyObject *polygons_to_rles(PyObject *self, PyObject *args) {
+    Py_buffer v[6];
+    memset(v, 0, sizeof(v));
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*w*", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]))
+        return NULL;
+    PyObject *res = NULL;
+    Counts all = {NULL, 0, 0}, one = {NULL, 0, 0}, acc = {NULL, 0, 0};
+    if (get_buffers(v, 6) < 0)
+        goto done;
+    const double *xy = v[0].buf;
+    const int64_t *poff = v[1].buf, *aoff = v[2].buf, *h = v[3].buf, *w = v[4].buf;
+    int64_t *off = v[5].buf;
+    Py_ssize_t ncoord = v[0].len / 8, P = v[1].len / 8 - 1, N = v[3].len / 8;
+    if (P < 0 || v[2].len / 8 != N + 1 || v[4].len / 8 != N || v[5].len / 8 != N + 1) {
+        PyErr_SetString(PyExc_ValueError, "polygons_to_rles: buffers of wrong sizes");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < ncoord; i++)
+        if (!(fabs(xy[i]) < 1e8)) { /* NaN, or far outside any image: left to pycocotools */
+            Py_INCREF(Py_None);
+            res = Py_None;
+            goto done;
+        }
+    for (Py_ssize_t p = 0; p < P; p++)
+        if (poff[p] < 0 || poff[p] > poff[p + 1] || poff[p + 1] > ncoord)
+            goto range;
+    for (Py_ssize_t i = 0; i < N; i++)
+        if (aoff[i] < 0 || aoff[i] > aoff[i + 1] || aoff[i + 1] > P || h[i] <= 0 || w[i] <= 0 ||
+            (uint64_t)h[i] * (uint64_t)w[i] >= ((uint64_t)1 << 31))
+            goto range;
+    int nomem = 0;
+    Py_BEGIN_ALLOW_THREADS
+    off[0] = 0;
+    for (Py_ssize_t i = 0; i < N && !nomem; i++) {
+        acc.n = 0;
+        for (int64_t p = aoff[i]; p < aoff[i + 1] && !nomem; p++) {
+            Py_ssize_t k = (Py_ssize_t)((poff[p + 1] - poff[p]) / 2);
+            one.n = 0;
+            if (polygon_rle(xy + poff[p], k, h[i], w[i], &one) < 0) {
+                nomem = 1;
+                break;
+            }
+            if (p == aoff[i]) { /* acc = one */
+                Counts t = acc;
+                acc = one;
+                one = t;
+                continue;
+            }
+            Counts merged = {NULL, 0, 0};
+            if (rle_union(acc.c, acc.n, one.c, one.n, &merged) < 0) {
+                free(merged.c);
+                nomem = 1;
+                break;
+            }
+            free(acc.c);
+            acc = merged;
+        }
+        if (aoff[i] == aoff[i + 1]) { /* no polygon: an empty mask */
+            acc.n = 0;
+            if (counts_push(&acc, (uint32_t)(h[i] * w[i])) < 0)
+                nomem = 1;
+        }
+        for (Py_ssize_t j = 0; j < acc.n && !nomem; j++)
+            if (counts_push(&all, acc.c[j]) < 0)
+                nomem = 1;
+        off[i + 1] = all.n;
+    }
+    Py_END_ALLOW_THREADS
+    if (nomem) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    res = PyBytes_FromStringAndSize((const char *)all.c, (Py_ssize_t)(sizeof(uint32_t) * all.n));
+    goto done;
+range:
+    PyErr_SetString(PyExc_ValueError, "polygons_to_rles: offsets or image sizes out of range");
+done:
+    free(all.c);
+    free(one.c);
+    free(acc.c);
+    release(v, 6);
+    return res;
+}
+
 /* decode_rles(text, starts int64 (n+1,), h int64 (n,), w int64 (n,), counts uint32 (len(text),),
  *             offsets int64 (n+1,)) -> -1, or the index of the first string left to
  *             pycocotools (undecodable, or its counts do not sum to h * w < 2**32) */
@@ -1159,6 +1449,9 @@ static PyMethodDef methods[] = {
     {"mask_ious", mask_ious, METH_VARARGS,
      "mask_ious(text, spans, escaped, h, w, g_first, g_num, out_off, gt_counts, gt_off, gt_h, "
      "gt_w, out, area) -> -1 or the first detection left to pycocotools"},
+    {"polygons_to_rles", polygons_to_rles, METH_VARARGS,
+     "polygons_to_rles(coords, poly_off, ann_off, h, w, off) -> bytes of uint32 RLE counts: "
+     "each annotation the union of its polygons, rasterised as pycocotools' frPoly"},
     {"match_cells", match_cells, METH_VARARGS,
      "match_cells(cell, thr, det_box, gt_box, iou_off, iou_val, gig, gnz, dmask, tp, fp): "
      "lvis-api's greedy matching of the cells, its true and false positives written to tp, fp"},

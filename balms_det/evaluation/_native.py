@@ -24,6 +24,7 @@ __all__ = [
     "Scanned",
     "scan",
     "GroundTruthMasks",
+    "ground_truth_masks",
     "native_columns",
     "true_false_positives",
     "accumulate",
@@ -164,6 +165,46 @@ def _index(gt, img_ids, cat_ids):
     return iidx, ifound, cidx, cfound, rel
 
 
+def _polygons(gt, gidx):
+    """(coords, polygon offsets, annotation offsets) of the kept ground truth ``gidx`` when
+    every one of them is polygons as pycocotools rasterises them (a list of lists, the first of
+    more than 4 coordinates, none of fewer than 4), else None."""
+    anns = gt.dataset["annotations"]
+    coords, poly_off, ann_off = [], [0], [0]
+    for a in gt.g_ann[gidx].tolist():
+        segm = anns[a].get("segmentation")
+        if not (isinstance(segm, list) and segm and isinstance(segm[0], list) and len(segm[0]) > 4):
+            return None
+        for poly in segm:
+            if not isinstance(poly, list) or len(poly) < 4:
+                return None  # the Python reader's check names it
+            coords.extend(poly)
+            poly_off.append(len(coords))
+        ann_off.append(len(poly_off) - 1)
+    try:
+        xy = np.array(coords, np.float64)
+    except (TypeError, ValueError):
+        return None
+    return xy, np.array(poly_off, np.int64), np.array(ann_off, np.int64)
+
+
+def ground_truth_masks(gt, gidx):
+    """:class:`GroundTruthMasks` of the kept ground truth ``gidx`` (in that order): polygons
+    rasterised by the core as pycocotools does, other segmentations through pycocotools; None
+    where the core cannot take them (the Python reader is used then)."""
+    polys = _polygons(gt, gidx)
+    if polys is None:
+        return GroundTruthMasks.build(gt.rles(gidx))
+    img = gt.g_img[gidx]
+    h = np.ascontiguousarray(gt.img_h[img], np.int64)
+    w = np.ascontiguousarray(gt.img_w[img], np.int64)
+    off = np.empty(len(gidx) + 1, np.int64)
+    counts = _ccore.polygons_to_rles(*polys, h, w, off)
+    if counts is None:
+        return GroundTruthMasks.build(gt.rles(gidx))
+    return GroundTruthMasks(np.frombuffer(counts, np.uint32), off, h, w)
+
+
 def native_columns(s, how):
     """The engine's columns of a :class:`Scanned` piece (see ``fast_lvis._FIELDS``) and its
     (image ids, category ids) unknown to the ground truth, or None: the Python reader is to read
@@ -230,7 +271,7 @@ def native_columns(s, how):
         local = np.zeros(len(cells) + 1, np.int64)
         np.cumsum(count, out=local[1:])
         gidx = np.repeat(gt.cell_start[cells] - local[:-1], count) + np.arange(local[-1])
-        masks = GroundTruthMasks.build(gt.rles(gidx))
+        masks = ground_truth_masks(gt, gidx)
         if masks is None:
             return None
         g_first[inside] = local[np.searchsorted(cells, ci[inside])]
