@@ -25,6 +25,7 @@ __all__ = [
     "scan",
     "GroundTruthMasks",
     "ground_truth_masks",
+    "reads",
     "native_columns",
     "true_false_positives",
     "accumulate",
@@ -203,6 +204,14 @@ def ground_truth_masks(gt, gidx):
     if counts is None:
         return GroundTruthMasks.build(gt.rles(gidx))
     return GroundTruthMasks(np.frombuffer(counts, np.uint32), off, h, w)
+
+
+def reads(how):
+    """Whether the compiled reader reads results of this kind (it leaves boundary IoUs and
+    boxes made from masks to the Python reader)."""
+    if how.masks and how.ious and how.iou_type == "boundary":
+        return False
+    return not (how.iou_type == "bbox" and how.ignore_boxes)
 
 
 def native_columns(s, how):

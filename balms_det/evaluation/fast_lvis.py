@@ -432,7 +432,7 @@ def _read_part(results, rng, how):
     parts = []
     bad_img, bad_cat = [0, set()], [0, set()]
     strip = not (how.need_segs or how.ignore_boxes)  # segmentations only of boxless ones
-    scan = _native.scan if _native.available() and not is_list else None
+    scan = _native.scan if _native.available() and not is_list and _native.reads(how) else None
     chunks = iter_result_chunks(results, rng if is_list else [rng], strip, scan=scan)
     for base, batch, original in chunks:
         if isinstance(batch, _native.Scanned):
@@ -595,7 +595,7 @@ def _read_detections(results, how, workers):
     processes; raises the validator's errors (with indices as in the results)."""
     jobs = _jobs(results, how, workers)
     run = run_forked
-    if _native.available() and not isinstance(results, (list, tuple)):
+    if _native.available() and not isinstance(results, (list, tuple)) and _native.reads(how):
         _native.dense_index(how.gt)  # before the readers start: they share it
         run = run_threads  # the compiled reader scans without the GIL: threads, no copies
     try:
