@@ -13,15 +13,18 @@ from test_fast_lvis import make_dataset, make_results
 from balms_det.evaluation import _json, _native
 from balms_det.evaluation.fast_lvis import LVISInputError, evaluate_protocols
 
-pytestmark = pytest.mark.skipif(
+needs_core = pytest.mark.skipif(
     not _native.available(), reason="the compiled core is not built (pip install -e .)"
 )
 
 
 def test_compiled_core_is_built():
-    """`pip install -e .` (scripts/ensure_venv.sh) builds the core: CI must not silently test
-    only the Python reader."""
-    from balms_det.evaluation import _ccore  # noqa: F401
+    """`pip install -e .` (scripts/ensure_venv.sh) builds the core, from this checkout's source:
+    CI must not silently test only the Python reader (the other tests here skip without it)."""
+    from balms_det.evaluation import _ccore
+
+    assert _ccore.VERSION == _native.CCORE_VERSION
+    assert _native.available()
 
 
 def _bits(x):
@@ -48,6 +51,7 @@ def _number_texts(rng):
     return texts
 
 
+@needs_core
 def test_scanned_numbers_equal_python_float():
     """Every score, box coordinate and id is the double (int) that Python's json reads: the
     fast conversions, the halfway cases, subnormals, overflow (to the Python reader)."""
@@ -76,6 +80,7 @@ GOOD = (
 )
 
 
+@needs_core
 @pytest.mark.parametrize(
     "text,ok",
     [
@@ -145,6 +150,7 @@ def _random_masks(rng, n, h, w):
     return masks
 
 
+@needs_core
 def test_mask_ious_and_areas_equal_pycocotools():
     """IoUs bit-equal to pycocotools' (iscrowd 0) and areas equal to mask_utils.area, for
     empty, full, sparse and overlapping masks, counts strings with JSON escapes included."""
@@ -210,6 +216,7 @@ def _evaluate_both(monkeypatch, gt, path, iou_type, **kw):
     return out
 
 
+@needs_core
 @pytest.mark.parametrize("iou_type", ["bbox", "segm", "boundary"])
 @pytest.mark.parametrize("adversarial", [False, True])
 def test_compiled_and_python_readers_evaluate_the_same(
@@ -252,6 +259,7 @@ def test_compiled_and_python_readers_evaluate_the_same(
             assert np.array_equal(python[p].num_dets, native[p].num_dets), (p, kw)
 
 
+@needs_core
 @pytest.mark.parametrize(
     "change",
     [
@@ -274,6 +282,7 @@ def test_compiled_reader_raises_the_python_readers_errors(tmp_path, monkeypatch,
     assert str(path) in native and ("#%d" % (len(res) // 2) in native or "999999" in native)
 
 
+@needs_core
 def test_polygons_rasterised_as_pycocotools():
     """Ground-truth polygons (one or several per annotation, inside, across and outside the
     image border, integer, half-integer and arbitrary coordinates, small and large images) give

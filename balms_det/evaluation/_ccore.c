@@ -1463,4 +1463,14 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ccore",
                                     "balms-det's compiled evaluation core", -1, methods};
 
-PyMODINIT_FUNC PyInit__ccore(void) { return PyModule_Create(&module); }
+/* The interface version _native.py expects: a core built from older source is not used. */
+#define CCORE_VERSION 1
+
+PyMODINIT_FUNC PyInit__ccore(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddIntConstant(m, "VERSION", CCORE_VERSION) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

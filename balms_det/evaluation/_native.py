@@ -8,15 +8,24 @@ that chunk with the Python reader, which computes the same values and raises the
 Python reader only (the tests compare the two on the same inputs).
 """
 
+import logging
 import os
 
 import numpy as np
 
 from .detections_io import lookup_ids
 
+CCORE_VERSION = 1  # the interface of _ccore.c this module calls
+
 try:
     from . import _ccore
 except ImportError:  # pragma: no cover - exercised where the core is not built
+    _ccore = None
+if _ccore is not None and getattr(_ccore, "VERSION", None) != CCORE_VERSION:  # pragma: no cover
+    logging.getLogger(__name__).warning(
+        "balms_det.evaluation._ccore was built from other source than this checkout's: it is "
+        "not used (the evaluation is slower, not different); rebuild it with `pip install -e .`"
+    )
     _ccore = None
 
 __all__ = [
