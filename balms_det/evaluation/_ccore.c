@@ -373,15 +373,21 @@ slow: {
 }
 }
 
-/* A JSON integer (no fraction, no exponent, at most 18 digits) into int64. */
-static int to_int64(Cur *c, int64_t *out) {
-    cp s;
-    int is_int, st;
+/* A number token at c->p ([*s, c->p) after the call); ST_OTHER for any other value (or NaN /
+ * Infinity): the Python reader says what is wrong with it. */
+static int number_token(Cur *c, cp *s, int *is_int) {
     if (c->p >= c->end)
         return ST_BAD;
     if (!(*c->p == '-' || is_digit(*c->p)))
         return ST_OTHER;
-    if ((st = scan_number(c, &s, &is_int)) != ST_OK)
+    return scan_number(c, s, is_int);
+}
+
+/* A JSON integer (no fraction, no exponent, at most 18 digits) into int64. */
+static int to_int64(Cur *c, int64_t *out) {
+    cp s;
+    int is_int, st;
+    if ((st = number_token(c, &s, &is_int)) != ST_OK)
         return st;
     cp p = s;
     int neg = 0;
@@ -401,11 +407,7 @@ static int to_int64(Cur *c, int64_t *out) {
 static int number_value(Cur *c, double *out) {
     cp s;
     int is_int, st;
-    if (c->p >= c->end)
-        return ST_BAD;
-    if (!(*c->p == '-' || is_digit(*c->p)))
-        return ST_OTHER; /* not a number (or NaN / Infinity): the Python reader says so */
-    if ((st = scan_number(c, &s, &is_int)) != ST_OK)
+    if ((st = number_token(c, &s, &is_int)) != ST_OK)
         return st;
     return to_double(s, c->p, is_int, out);
 }
@@ -427,56 +429,55 @@ static int key_is(cp s, cp e, const char *name) {
     return (size_t)(e - s) == n && memcmp(s, name, n) == 0;
 }
 
-/* '[' n, n, n, n ']' */
-static int box_value(Cur *c, double *box) {
+/* '[' v, ..., v ']' of exactly n numbers: doubles into ``dv``, or integers into ``iv`` */
+static int fixed_array(Cur *c, int n, double *dv, int64_t *iv) {
     int st;
     if (c->p >= c->end || *c->p != '[')
         return ST_OTHER;
     c->p++;
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < n; k++) {
         skip_ws(c);
-        if ((st = number_value(c, box + k)) != ST_OK)
+        if ((st = dv ? number_value(c, dv + k) : to_int64(c, iv + k)) != ST_OK)
             return st;
         skip_ws(c);
         if (c->p >= c->end)
             return ST_BAD;
-        if (*c->p != (k < 3 ? ',' : ']'))
+        if (*c->p != (k < n - 1 ? ',' : ']'))
             return ST_OTHER;
         c->p++;
     }
     return ST_OK;
 }
 
-/* {"size": [h, w], "counts": "..."} (other keys skipped): seg[2..5] = h, w, counts span */
-static int rle_value(Cur *c, int64_t *seg, int *escaped) {
-    int st, have_size = 0, have_counts = 0;
+/* At the '{' of an object with members: past it; ST_OTHER for anything else (or {}). */
+static int open_object(Cur *c) {
     if (c->p >= c->end || *c->p != '{')
         return ST_OTHER;
     c->p++;
     skip_ws(c);
-    if (c->p < c->end && *c->p == '}')
-        return ST_OTHER;
+    return c->p < c->end && *c->p == '}' ? ST_OTHER : ST_OK;
+}
+
+/* A member's key, without escapes (an escaped key may spell a known one: ST_OTHER). */
+static int plain_key(Cur *c, cp *s, cp *e) {
+    int esc, st = member_key(c, s, e, &esc);
+    return st != ST_OK ? st : esc ? ST_OTHER : ST_OK;
+}
+
+/* {"size": [h, w], "counts": "..."} (other keys skipped): seg[2..5] = h, w, counts span */
+static int rle_value(Cur *c, int64_t *seg, int *escaped) {
+    int st, have_size = 0, have_counts = 0;
+    if ((st = open_object(c)) != ST_OK)
+        return st;
     for (;;) {
         cp s, e;
         int esc;
-        if ((st = member_key(c, &s, &e, &esc)) != ST_OK)
+        if ((st = plain_key(c, &s, &e)) != ST_OK)
             return st;
-        if (esc)
-            return ST_OTHER;
         if (key_is(s, e, "size")) {
             int64_t hw[2];
-            if (c->p >= c->end || *c->p != '[')
-                return ST_OTHER;
-            c->p++;
-            for (int k = 0; k < 2; k++) {
-                skip_ws(c);
-                if ((st = to_int64(c, hw + k)) != ST_OK)
-                    return st;
-                skip_ws(c);
-                if (c->p >= c->end || *c->p != (k == 0 ? ',' : ']'))
-                    return ST_OTHER;
-                c->p++;
-            }
+            if ((st = fixed_array(c, 2, NULL, hw)) != ST_OK)
+                return st;
             seg[2] = hw[0];
             seg[3] = hw[1];
             have_size = 1;
@@ -503,22 +504,15 @@ static int one_result(Cur *c, Out *o, Py_ssize_t i, cp base) {
     uint8_t flags = 0;
     double *box = o->box + 4 * i;
     int64_t *seg = o->seg + 6 * i;
-    if (c->p >= c->end || *c->p != '{')
-        return c->p < c->end ? ST_OTHER : ST_BAD;
-    c->p++;
-    skip_ws(c);
     box[0] = box[1] = box[2] = box[3] = NAN;
     for (int k = 0; k < 6; k++)
         seg[k] = -1;
-    if (c->p < c->end && *c->p == '}')
-        return ST_OTHER;
+    if ((st = open_object(c)) != ST_OK)
+        return st;
     for (;;) {
         cp s, e;
-        int esc;
-        if ((st = member_key(c, &s, &e, &esc)) != ST_OK)
+        if ((st = plain_key(c, &s, &e)) != ST_OK)
             return st;
-        if (esc)
-            return ST_OTHER; /* an escaped key may spell a known one */
         if (key_is(s, e, "image_id")) {
             if ((st = to_int64(c, o->img + i)) != ST_OK)
                 return st;
@@ -532,7 +526,7 @@ static int one_result(Cur *c, Out *o, Py_ssize_t i, cp base) {
                 return st;
             have |= 4;
         } else if (key_is(s, e, "bbox")) {
-            if ((st = box_value(c, box)) != ST_OK)
+            if ((st = fixed_array(c, 4, box, NULL)) != ST_OK)
                 return st;
             flags |= F_BOX;
         } else if (key_is(s, e, "segmentation")) {
