@@ -13,8 +13,6 @@ import os
 
 import numpy as np
 
-from .detections_io import lookup_ids
-
 CCORE_VERSION = 1  # the interface of _ccore.c this module calls
 
 try:
@@ -113,68 +111,6 @@ class GroundTruthMasks:
         return cls(counts[: off[-1]].copy(), off, h, w)
 
 
-class DenseIndex:
-    """Image and category ids to indices, and the relevant cells, as lookup tables (when the
-    ids are small enough): a gather per detection instead of binary searches."""
-
-    MAX_ENTRIES = 1 << 27
-
-    def __init__(self, gt):
-        self.img = self._table(gt.img_ids)
-        self.cat = self._table(gt.cat_ids)
-        self.rel = self.nel = None
-        if self.img is not None and self.cat is not None:
-            if len(gt.img_ids) * gt.num_cats <= self.MAX_ENTRIES:
-                self.rel = np.zeros(len(gt.img_ids) * gt.num_cats, bool)
-                self.rel[gt.rel_keys] = True
-                self.nel = np.zeros(len(gt.img_ids) * gt.num_cats, bool)
-                self.nel[gt.nel_keys] = True
-
-    def _table(self, ids):
-        if len(ids) == 0 or ids[0] < 0 or ids[-1] >= self.MAX_ENTRIES:
-            return None
-        table = np.full(int(ids[-1]) + 1, -1, np.int64)
-        table[ids] = np.arange(len(ids))
-        return table
-
-    @staticmethod
-    def lookup(table, ids):
-        inside = (ids >= 0) & (ids < len(table))
-        idx = table[np.where(inside, ids, 0)]
-        found = inside & (idx >= 0)
-        return np.where(found, idx, 0), found
-
-
-def dense_index(gt):
-    """The :class:`DenseIndex` of ``gt`` (built once; build it before forking readers)."""
-    index = getattr(gt, "_dense_index", None)
-    if index is None:
-        index = gt._dense_index = DenseIndex(gt)
-    return index
-
-
-def in_keys(gt, which, keys):
-    """Which cell ``keys`` are among the ground truth's relevant ("rel") or not exhaustively
-    annotated ("nel") cells, by table; None where the ids are too large for tables."""
-    table = getattr(dense_index(gt), which)
-    return None if table is None else table[keys]
-
-
-def _index(gt, img_ids, cat_ids):
-    """(image indices, found, category indices, found, relevant) of detections' ids, as
-    :func:`balms_det.evaluation.detections_io.lookup_ids` finds them."""
-    index = dense_index(gt)
-    if index.rel is None:
-        iidx, ifound = lookup_ids(gt.img_ids, img_ids)
-        cidx, cfound = lookup_ids(gt.cat_ids, cat_ids)
-        rel = ifound & cfound & lookup_ids(gt.rel_keys, iidx * gt.num_cats + cidx)[1]
-        return iidx, ifound, cidx, cfound, rel
-    iidx, ifound = index.lookup(index.img, img_ids)
-    cidx, cfound = index.lookup(index.cat, cat_ids)
-    rel = ifound & cfound & index.rel[iidx * gt.num_cats + cidx]
-    return iidx, ifound, cidx, cfound, rel
-
-
 def _polygons(gt, gidx):
     """(coords, polygon offsets, annotation offsets) of the kept ground truth ``gidx`` when
     every one of them is polygons as pycocotools rasterises them (a list of lists, the first of
@@ -241,14 +177,14 @@ def native_columns(s, how):
         has_box = (s.flags & F_BOX) != 0
         if not (has_box | has_seg).all() or not np.isfinite(s.box[has_box]).all():
             return None
-    iidx, ifound, cidx, cfound, rel = _index(gt, s.img, s.cat)
+    iidx, ifound, cidx, cfound, rel = gt.locate(s.img, s.cat)
     rel_idx = np.flatnonzero(rel)
     nrel = len(rel_idx)
     box = s.box[rel_idx] if not how.ignore_boxes else np.full((nrel, 4), np.nan)
     out = dict(
         img=np.where(ifound, iidx, -1).astype(np.int32),
         cat=np.where(cfound, cidx, -1).astype(np.int32),
-        score=s.score,
+        score=s.score.copy(),  # not a view that keeps the scan's whole buffer alive
         has_box=has_box,
         rel=rel,
         box=box,
@@ -265,9 +201,7 @@ def native_columns(s, how):
     need = np.arange(nrel) if how.need_segs else np.flatnonzero(~rel_box)
     if not rel_box.all() and how.iou_type == "bbox":
         return None  # boxes from masks: pycocotools' toBbox, in the Python reader
-    ious = how.masks and how.ious
-    if ious and how.iou_type == "boundary":
-        return None
+    ious = how.masks and how.ious  # segm: boundary IoUs are not read here (see reads)
     j = rel_idx[need]
     img = iidx[j]
     h, w = gt.img_h[img], gt.img_w[img]

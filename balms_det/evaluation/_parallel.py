@@ -7,7 +7,7 @@ shared until written), so the inputs of a job need no pickling; only its result 
 import os
 import pickle
 import signal
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["default_workers", "run_forked", "run_threads"]
 
@@ -82,22 +82,5 @@ def run_threads(fn, jobs):
     without the GIL: the compiled core's); the first exception of a job is raised here."""
     if len(jobs) <= 1:
         return [fn(*job) for job in jobs]
-    outs = [None] * len(jobs)
-    errors = [None] * len(jobs)
-
-    def work(k):
-        try:
-            outs[k] = fn(*jobs[k])
-        except BaseException as e:  # noqa: BLE001 (raised in the caller)
-            errors[k] = e
-
-    threads = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(1, len(jobs))]
-    for t in threads:
-        t.start()
-    work(0)
-    for t in threads:
-        t.join()
-    for e in errors:
-        if e is not None:
-            raise e
-    return outs
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return list(pool.map(lambda job: fn(*job), jobs))

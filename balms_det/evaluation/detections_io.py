@@ -25,7 +25,6 @@ from . import _json
 __all__ = [
     "LVISInputError",
     "extract_columns",
-    "lookup_ids",
     "check_segmentation",
     "iter_result_chunks",
     "strip_segmentations",
@@ -199,7 +198,7 @@ def extract_columns(batch, base, gt, source, need_segs, ignore_boxes=False):
 
     Args:
         batch: list of result dicts; ``base`` is the index of ``batch[0]`` in the results.
-        gt: the indexed ground truth (``img_ids``, ``cat_ids``, ``num_cats``, ``rel_keys``).
+        gt: the indexed ground truth (its ``locate``, see ``fast_lvis.LVISGroundTruth``).
         source: the results file (named in errors), or None.
         need_segs: keep the segmentations of the relevant detections.
         ignore_boxes: treat the results as having no "bbox" (mask AP with mask areas).
@@ -222,10 +221,7 @@ def extract_columns(batch, base, gt, source, need_segs, ignore_boxes=False):
     cat = _as_int_ids(cat, batch, base, "category_id", source)
     score = _scores(score, batch, base, source)
     has_box, box = _box_column(batch, base, source, ignore_boxes)
-    iidx, ifound = lookup_ids(gt.img_ids, img)
-    cidx, cfound = lookup_ids(gt.cat_ids, cat)
-    known = ifound & cfound
-    rel = known & _in_sorted(gt.rel_keys, iidx * gt.num_cats + cidx)
+    iidx, ifound, cidx, cfound, rel = gt.locate(img, cat)
     c = Columns()
     c.n = n
     c.img = np.where(ifound, iidx, -1).astype(np.int32)
@@ -250,18 +246,6 @@ def _no_columns(need_segs):
     c.box = np.zeros((0, 4))
     c.segs = [] if need_segs else None
     return c
-
-
-def lookup_ids(sorted_ids, values):
-    """Index of each value in ``sorted_ids`` and a mask of the values found there."""
-    if len(sorted_ids) == 0:
-        return np.zeros(len(values), np.int64), np.zeros(len(values), bool)
-    idx = np.minimum(np.searchsorted(sorted_ids, values), len(sorted_ids) - 1)
-    return idx, sorted_ids[idx] == values
-
-
-def _in_sorted(sorted_vals, values):
-    return lookup_ids(sorted_vals, values)[1]
 
 
 def check_ids(unknown_img, unknown_cat, source, gt_source):

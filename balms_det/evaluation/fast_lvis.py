@@ -139,6 +139,31 @@ def _to_rle(segm, h, w):
     return segm
 
 
+def _search_sorted(sorted_ids, values):
+    """Index of each value in ``sorted_ids`` and a mask of the values found there."""
+    if len(sorted_ids) == 0:
+        return np.zeros(len(values), np.int64), np.zeros(len(values), bool)
+    idx = np.minimum(np.searchsorted(sorted_ids, values), len(sorted_ids) - 1)
+    return idx, sorted_ids[idx] == values
+
+
+def _id_table(sorted_ids):
+    """id -> index (-1: absent) of non-negative sorted ids below LVISGroundTruth.TABLE_MAX."""
+    if len(sorted_ids) == 0 or sorted_ids[0] < 0 or sorted_ids[-1] >= LVISGroundTruth.TABLE_MAX:
+        return None
+    table = np.full(int(sorted_ids[-1]) + 1, -1, np.int64)
+    table[sorted_ids] = np.arange(len(sorted_ids))
+    return table
+
+
+def _table_lookup(table, ids):
+    """_search_sorted's result, by an id table."""
+    inside = (ids >= 0) & (ids < len(table))
+    idx = table[np.where(inside, ids, 0)]
+    found = inside & (idx >= 0)
+    return np.where(found, idx, 0), found
+
+
 def _ids(values, what, source):
     arr = np.asarray(values)
     if arr.dtype.kind in "iu":
@@ -183,6 +208,7 @@ class LVISGroundTruth:
                 raise LVISInputError(f"the LVIS dataset{_where(self.source)} has no {key!r}")
         self.dataset = dataset
         self._rle_cache = {}
+        self._tables = None
         self._boundary_cache = {}
         self._boxes = None
         self._img_bounds = None
@@ -278,6 +304,54 @@ class LVISGroundTruth:
         self.num_gt = np.zeros((ncat, _NA), np.int64)
         for a in range(_NA):
             self.num_gt[:, a] = np.bincount(self.g_cat[~self.g_ig_area[:, a]], minlength=ncat)
+
+    # -- locating detections -------------------------------------------------------------
+    TABLE_MAX = 1 << 27  # ids / cells above this are looked up by binary search
+
+    def lookup_tables(self):
+        """Build (once) the lookup tables of :meth:`locate`: id -> index for images and
+        categories, relevant and not-exhaustive flags per cell, where the ids are small enough.
+        Readers in several threads or processes share them: build them before."""
+        if self._tables is None:
+            img, cat = _id_table(self.img_ids), _id_table(self.cat_ids)
+            rel = nel = None
+            if (
+                img is not None
+                and cat is not None
+                and len(self.img_ids) * self.num_cats <= (self.TABLE_MAX)
+            ):
+                rel = np.zeros(len(self.img_ids) * self.num_cats, bool)
+                rel[self.rel_keys] = True
+                nel = np.zeros(len(self.img_ids) * self.num_cats, bool)
+                nel[self.nel_keys] = True
+            self._tables = (img, cat, rel, nel)
+        return self._tables
+
+    def locate(self, img_ids, cat_ids):
+        """(image indices, found, category indices, found, relevant) of detections' image and
+        category ids: indices into the sorted ids (0 where not found), and whether the image
+        lists the category as positive or negative (lvis-api evaluates the detection)."""
+        img_t, cat_t, rel_t, _ = self.lookup_tables()
+        if rel_t is None:
+            iidx, ifound = _search_sorted(self.img_ids, img_ids)
+            cidx, cfound = _search_sorted(self.cat_ids, cat_ids)
+            key = iidx * self.num_cats + cidx
+            return (
+                iidx,
+                ifound,
+                cidx,
+                cfound,
+                ifound & cfound & _search_sorted(self.rel_keys, key)[1],
+            )
+        iidx, ifound = _table_lookup(img_t, img_ids)
+        cidx, cfound = _table_lookup(cat_t, cat_ids)
+        return iidx, ifound, cidx, cfound, ifound & cfound & rel_t[iidx * self.num_cats + cidx]
+
+    def not_exhaustive(self, keys):
+        """Whether the cells ``keys`` (image index * K + category index) are among the images'
+        ``not_exhaustive_category_ids``."""
+        nel = self.lookup_tables()[3]
+        return np.isin(keys, self.nel_keys) if nel is None else nel[keys]
 
     # -- iou inputs ----------------------------------------------------------------------
     def boxes(self):
@@ -594,9 +668,9 @@ def _read_detections(results, how, workers):
     """All detections as one dict of columns (see :data:`_FIELDS`), read by up to ``workers``
     processes; raises the validator's errors (with indices as in the results)."""
     jobs = _jobs(results, how, workers)
+    how.gt.lookup_tables()  # before the readers start: they share them
     run = run_forked
     if _native.available() and not isinstance(results, (list, tuple)) and _native.reads(how):
-        _native.dense_index(how.gt)  # before the readers start: they share it
         run = run_threads  # the compiled reader scans without the GIL: threads, no copies
     try:
         outs = run(_read_part, jobs)
@@ -713,9 +787,7 @@ def _evaluated(cols, gt, iou_type, protocol, max_dets, dets_per_category, source
     order = np.lexsort((-d.score, d.key))
     for name in ("pos", "img", "cat", "key", "score", "area", "box", "iou_off"):
         setattr(d, name, getattr(d, name)[order])
-    d.nel = _native.in_keys(gt, "nel", d.key) if _native.available() else None
-    if d.nel is None:
-        d.nel = np.isin(d.key, gt.nel_keys, assume_unique=False)
+    d.nel = gt.not_exhaustive(d.key)
     d.num_kept = np.bincount(cols["cat"][keep], minlength=gt.num_cats)
     return d
 
@@ -734,8 +806,16 @@ def _box_ious(db, gb):
         return np.where((w > 0) & (h > 0), i / u, 0.0)
 
 
-def _native_or_none():
-    return _native if _native.available() else None
+def _accumulate(tp, fp, order, bounds, num_gt, out=None):
+    """:func:`balms_det.evaluation.matching.accumulate`, by the compiled core where it is
+    there; with ``out`` (the core only: precision and recall shared by threads) written there."""
+    if not _native.available():
+        return accumulate(tp, fp, order, bounds, num_gt)
+    if out is None:
+        G = len(bounds) - 1
+        out = (-np.ones((_NT, len(REC_THRS), G, _NA)), -np.ones((_NT, G, _NA)))
+    _native.accumulate(tp, fp, order, bounds, num_gt, REC_THRS, *out)
+    return out
 
 
 def _cells(d, gt):
@@ -1067,9 +1147,9 @@ def _score_part(d, gt, iou_type, iou_val, cats, pooled, out=None):
     bounds = np.searchsorted(sub.cat[order], np.arange(gt.num_cats + 1))
     num_gt = np.where(mask[:, None], gt.num_gt, 0)
     if out is not None:
-        _native.accumulate(tp, fp, order, bounds, num_gt, REC_THRS, *out)
+        _accumulate(tp, fp, order, bounds, num_gt, out)
         return None
-    precision, recall = accumulate(tp, fp, order, bounds, num_gt)
+    precision, recall = _accumulate(tp, fp, order, bounds, num_gt)
     return precision[:, :, cats], recall[:, cats]
 
 
@@ -1110,7 +1190,7 @@ def _score(d, gt, iou_type, iou_val, protocol, workers):
             tp[idx] = np.unpackbits(tp_bits, count=size).reshape(-1, _NA, _NT).astype(bool)
             fp[idx] = np.unpackbits(fp_bits, count=size).reshape(-1, _NA, _NT).astype(bool)
     order, bounds, num_gt = _pool_groups(d, gt)
-    return accumulate(tp, fp, order, bounds, num_gt, native=_native_or_none())
+    return _accumulate(tp, fp, order, bounds, num_gt)
 
 
 def check_detections(

@@ -171,7 +171,7 @@ def _recall_steps(num_gt):
     return j.astype(np.int64)
 
 
-def accumulate(tp, fp, order, bounds, num_gt, max_elems=1 << 21, native=None):
+def accumulate(tp, fp, order, bounds, num_gt, max_elems=1 << 21):
     """lvis-api's accumulation for groups of detections.
 
     Args:
@@ -183,7 +183,6 @@ def accumulate(tp, fp, order, bounds, num_gt, max_elems=1 << 21, native=None):
         bounds: (G + 1,) group g is ``order[bounds[g]:bounds[g + 1]]``.
         num_gt: (G, A) ground truth that is not ignored, per group and area range.
         max_elems: size of the blocks worked on at once (memory).
-        native: :mod:`balms_det.evaluation._native` to compute the same in C.
 
     Returns:
         precision (T, R, G, A) and recall (T, G, A), -1 where lvis-api leaves them undefined
@@ -199,9 +198,6 @@ def accumulate(tp, fp, order, bounds, num_gt, max_elems=1 << 21, native=None):
     rows = _NA * _NT
     precision = -np.ones((_NT, R, G, _NA))
     recall = -np.ones((_NT, G, _NA))
-    if native is not None:  # the same in C
-        native.accumulate(tp, fp, order, bounds, num_gt, REC_THRS, precision, recall)
-        return precision, recall
     n = len(tp)
     pad = n  # an all-False row
     tp2 = np.concatenate([tp.reshape(n, rows), np.zeros((1, rows), bool)])
