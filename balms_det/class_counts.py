@@ -12,6 +12,7 @@ import logging
 import math
 import os
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from .utils import read_json
 
 __all__ = [
     "ClassCounts",
+    "CountSource",
+    "PRIORS",
+    "SAMPLER_PRIOR_SAMPLERS",
     "counts_from_annotation_file",
     "counts_from_dataset_dicts",
     "load_cat_info",
@@ -27,11 +31,18 @@ __all__ = [
     "class_counts_from_cfg",
     "describe_counts",
     "instance_classes",
+    "sampled_class_counts",
 ]
 
 logger = logging.getLogger(__name__)
 
 COUNT_TYPES = ("image_count", "instance_count")
+# MODEL.ROI_BOX_HEAD.BALMS.PRIOR: the counts of the dataset, or the counts as the training
+# sampler delivers them (docs/METHODS.md, "A prior that follows the sampler")
+PRIORS = ("dataset", "sampler")
+# samplers whose delivered counts are known: TrainingSampler delivers the dataset's counts,
+# RepeatFactorTrainingSampler each image r(I) times per epoch in expectation
+SAMPLER_PRIOR_SAMPLERS = ("TrainingSampler", "RepeatFactorTrainingSampler")
 
 
 class ClassCounts:
@@ -40,7 +51,9 @@ class ClassCounts:
     def __init__(self, image_count, instance_count, num_images, names=None):
         self.image_count = np.asarray(image_count, dtype=np.float64)
         self.instance_count = np.asarray(instance_count, dtype=np.float64)
-        self.num_images = int(num_images)
+        # an integer for a dataset, a real number for the expected images of a sampler's epoch
+        n = float(num_images)
+        self.num_images = int(n) if n.is_integer() else n
         self.names = list(names) if names is not None else None
 
     def get(self, count_type):
@@ -178,9 +191,37 @@ def instance_classes(record):
 
 def counts_from_dataset_dicts(dataset_dicts, num_classes):
     """ClassCounts of Detectron2-format dicts (contiguous category ids)."""
+    return sampled_class_counts(dataset_dicts, np.ones(len(dataset_dicts)), num_classes)
+
+
+def sampled_class_counts(dataset_dicts, repeat_factors, num_classes):
+    """Expected counts per epoch of a sampler that delivers image i ``repeat_factors[i]`` times
+    (in expectation), e.g. Detectron2's ``RepeatFactorTrainingSampler``.
+
+    Args:
+        dataset_dicts: N Detectron2-format dicts (contiguous category ids).
+        repeat_factors: (N,) non-negative numbers (list, numpy array or tensor).
+        num_classes: K.
+
+    Returns:
+        ClassCounts with ``image_count`` (K,) = sum of r_i over the images i holding the class,
+        ``instance_count`` (K,) = sum over images of r_i times the class's instances in i (crowd
+        instances excluded, as in :func:`counts_from_dataset_dicts`), ``num_images`` = sum r_i.
+        All repeat factors 1 give :func:`counts_from_dataset_dicts`.
+    """
+    r = np.asarray(
+        repeat_factors.tolist() if hasattr(repeat_factors, "tolist") else repeat_factors,
+        dtype=np.float64,
+    ).reshape(-1)
+    if len(r) != len(dataset_dicts):
+        raise ValueError(
+            f"{len(r)} repeat factors for {len(dataset_dicts)} images: one per image is needed"
+        )
+    if len(r) and not (np.isfinite(r).all() and (r >= 0).all()):
+        raise ValueError("repeat factors must be finite and non-negative")
     image_count = np.zeros(num_classes)
     instance_count = np.zeros(num_classes)
-    for d in dataset_dicts:
+    for d, ri in zip(dataset_dicts, r):
         classes = instance_classes(d)
         for k in classes:
             if not 0 <= k < num_classes:
@@ -188,9 +229,9 @@ def counts_from_dataset_dicts(dataset_dicts, num_classes):
                     f"Image '{d.get('file_name')}' has category id {k}, outside the model's "
                     f"{num_classes} classes"
                 )
-        np.add.at(instance_count, classes, 1)
-        np.add.at(image_count, sorted(set(classes)), 1)
-    return ClassCounts(image_count, instance_count, len(dataset_dicts))
+        np.add.at(instance_count, classes, ri)
+        np.add.at(image_count, sorted(set(classes)), ri)
+    return ClassCounts(image_count, instance_count, float(r.sum()))
 
 
 def _counts_from_metadata(meta, K):
@@ -203,81 +244,229 @@ def _counts_from_metadata(meta, K):
     return np.asarray(counts, dtype=np.float64)
 
 
-def class_counts_from_cfg(cfg, need_instances=False, need_num_images=False, read=True):
-    """ClassCounts of the training data of ``cfg`` and a sentence saying where they came from.
+@dataclass(frozen=True)
+class CountSource:
+    """Where the training class counts of a config come from, resolved only when needed.
 
-    Sources, first that applies (never a read of the training set when a cheaper one serves):
-
-    1. ``MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO`` (a file by ``tools/write_cat_info.py``);
-    2. ``MetadataCatalog.get(train).class_image_count`` of every training dataset (Detectron2's
-       LVIS metadata carries it), when only image counts are needed (plus ``num_images``
-       metadata when the number of training images is needed);
-    3. computed once from ``DatasetCatalog.get(train)`` and cached in the metadata
-       (``balms_class_counts``), so later calls (every rank's model build, BTM runs) reuse it.
-
-    Args:
-        need_instances (bool): instance counts are needed (``COUNT_TYPE instance_count``).
-        need_num_images (bool): the number of training images is needed (balanced sigmoid).
-        read (bool): False returns ``(None, None)`` instead of reading the training set (a
-            logging knob never triggers a read).
-
-    Returns:
-        (ClassCounts, source)
+    Built from a yacs config by :meth:`from_cfg` (the keys it reads are its fields); holds no
+    counts itself, so building a model never reads (or needs) the training set. The predictor
+    resolves it at its first training step (or when the trainer asks): see :meth:`resolve`.
     """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    K = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    names = list(cfg.DATASETS.TRAIN)
-    cat_info = cfg.MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO
-    if not cat_info and not names:
-        if not read:
-            return None, None
-        raise ValueError(
-            "The classification loss needs class counts, but there is no source: set "
-            "DATASETS.TRAIN to the registered training set, or MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO "
-            "to a file written by tools/write_cat_info.py"
+    dataset_names: tuple = ()  # DATASETS.TRAIN
+    num_classes: int = 0  # MODEL.ROI_HEADS.NUM_CLASSES
+    count_type: str = "image_count"  # MODEL.ROI_BOX_HEAD.BALMS.COUNT_TYPE
+    cat_info: str = ""  # MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO
+    prior: str = "dataset"  # MODEL.ROI_BOX_HEAD.BALMS.PRIOR
+    sampler: str = "TrainingSampler"  # DATALOADER.SAMPLER_TRAIN
+    repeat_threshold: float = 0.0  # DATALOADER.REPEAT_THRESHOLD
+    repeat_sqrt: bool = True  # DATALOADER.REPEAT_SQRT
+    filter_empty: bool = True  # DATALOADER.FILTER_EMPTY_ANNOTATIONS
+
+    @classmethod
+    def from_cfg(cls, cfg):
+        b, dl = cfg.MODEL.ROI_BOX_HEAD.BALMS, cfg.DATALOADER
+        return cls(
+            dataset_names=tuple(cfg.DATASETS.TRAIN),
+            num_classes=int(cfg.MODEL.ROI_HEADS.NUM_CLASSES),
+            count_type=b.COUNT_TYPE,
+            cat_info=b.CAT_INFO,
+            prior=b.PRIOR,
+            sampler=dl.SAMPLER_TRAIN,
+            repeat_threshold=float(dl.REPEAT_THRESHOLD),
+            repeat_sqrt=bool(dl.get("REPEAT_SQRT", True)),
+            filter_empty=bool(dl.FILTER_EMPTY_ANNOTATIONS),
         )
-    from .data.datasets import check_registered
 
-    check_registered(names, "DATASETS.TRAIN")
-    metas = [MetadataCatalog.get(n) for n in names]
-    if cat_info:
-        mapping = metas[0].get("thing_dataset_id_to_contiguous_id", None) if metas else None
-        counts = load_cat_info(cat_info, K, mapping)
-        source = f"CAT_INFO file '{cat_info}'"
-    else:
-        cached = [m.get("balms_class_counts", None) for m in metas]
-        from_meta = [_counts_from_metadata(m, K) for m in metas]
-        num_images = [m.get("num_images", None) for m in metas]
-        if all(c is not None for c in cached):
-            counts = _sum_counts(cached)
-            source = "DatasetCatalog " + ", ".join(names) + " (computed earlier, cached)"
-        elif (
-            not need_instances
-            and all(c is not None for c in from_meta)
-            and (not need_num_images or all(n for n in num_images))
-        ):
-            img = np.sum(from_meta, axis=0)
-            counts = ClassCounts(img, img, sum(n or 0 for n in num_images))
-            source = "class_image_count metadata of " + ", ".join(names)
-        elif not read:
-            return None, None
-        else:
-            parts = []
-            for name, meta in zip(names, metas):
-                c = counts_from_dataset_dicts(DatasetCatalog.get(name), K)
-                meta.set(balms_class_counts=c)
-                parts.append(c)
-            counts = _sum_counts(parts)
-            source = "DatasetCatalog " + ", ".join(names) + " (computed once, cached)"
-    if metas and metas[0].get("thing_classes", None) is not None:
-        if len(metas[0].thing_classes) != K:
+    def check(self):
+        """Raise ValueError for a PRIOR, COUNT_TYPE or (with PRIOR 'sampler') sampler whose
+        counts cannot be had; reads nothing."""
+        if self.prior not in PRIORS:
             raise ValueError(
-                f"MODEL.ROI_HEADS.NUM_CLASSES is {K} but dataset '{names[0]}' has "
-                f"{len(metas[0].thing_classes)} classes"
+                f"MODEL.ROI_BOX_HEAD.BALMS.PRIOR must be one of {PRIORS}, got '{self.prior}'"
             )
-        counts.names = list(metas[0].thing_classes)
-    return counts, source
+        if self.count_type not in COUNT_TYPES:
+            raise ValueError(
+                f"MODEL.ROI_BOX_HEAD.BALMS.COUNT_TYPE must be one of {COUNT_TYPES}, "
+                f"got '{self.count_type}'"
+            )
+        if self.prior == "sampler" and self.sampler not in SAMPLER_PRIOR_SAMPLERS:
+            raise ValueError(
+                f"MODEL.ROI_BOX_HEAD.BALMS.PRIOR 'sampler' knows the counts delivered by "
+                f"{' and '.join(SAMPLER_PRIOR_SAMPLERS)}, not by DATALOADER.SAMPLER_TRAIN "
+                f"'{self.sampler}': use PRIOR 'dataset', or one of those samplers"
+            )
+
+    @property
+    def follows_sampler(self):
+        """True when the prior differs from the dataset's counts (PRIOR 'sampler' under
+        repeat-factor sampling)."""
+        return self.prior == "sampler" and self.sampler == "RepeatFactorTrainingSampler"
+
+    def where(self):
+        """The places counts are looked for, for error messages."""
+        return (
+            f"MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO ('{self.cat_info}')"
+            if self.cat_info
+            else "MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO (empty)"
+        ) + f", DATASETS.TRAIN {list(self.dataset_names)}"
+
+    def dataset_counts(self, need_instances=False, need_num_images=False, read=True):
+        """ClassCounts of the training datasets and a sentence saying where they came from.
+
+        Sources, first that applies (never a read of the training set when a cheaper one serves):
+
+        1. ``CAT_INFO`` (a file by ``tools/write_cat_info.py``; its ids are the dataset's own
+           category ids, mapped with the training set's ``thing_dataset_id_to_contiguous_id``);
+        2. ``MetadataCatalog.get(train).class_image_count`` of every training dataset
+           (Detectron2's LVIS metadata carries it), when only image counts are needed (plus
+           ``num_images`` metadata when the number of training images is needed);
+        3. computed once from ``DatasetCatalog.get(train)`` and cached in the metadata
+           (``balms_class_counts``), so later calls (every rank, BTM runs) reuse it.
+
+        Args:
+            need_instances (bool): instance counts are needed (``COUNT_TYPE instance_count``).
+            need_num_images (bool): the number of training images is needed (balanced sigmoid).
+            read (bool): False returns ``(None, None)`` instead of reading the training set.
+        """
+        from detectron2.data import DatasetCatalog, MetadataCatalog
+
+        K, names, cat_info = self.num_classes, list(self.dataset_names), self.cat_info
+        if not cat_info and not names:
+            if not read:
+                return None, None
+            raise ValueError(
+                "there is no source: set DATASETS.TRAIN to the registered training set, or "
+                "MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO to a file written by tools/write_cat_info.py"
+            )
+        from .data.datasets import check_registered
+
+        check_registered(names, "DATASETS.TRAIN")
+        metas = [MetadataCatalog.get(n) for n in names]
+        if cat_info:
+            mapping = metas[0].get("thing_dataset_id_to_contiguous_id", None) if metas else None
+            counts = load_cat_info(cat_info, K, mapping)
+            source = f"CAT_INFO file '{cat_info}'"
+        else:
+            cached = [m.get("balms_class_counts", None) for m in metas]
+            from_meta = [_counts_from_metadata(m, K) for m in metas]
+            num_images = [m.get("num_images", None) for m in metas]
+            if all(c is not None for c in cached):
+                counts = _sum_counts(cached)
+                source = "DatasetCatalog " + ", ".join(names) + " (computed earlier, cached)"
+            elif (
+                not need_instances
+                and all(c is not None for c in from_meta)
+                and (not need_num_images or all(n for n in num_images))
+            ):
+                img = np.sum(from_meta, axis=0)
+                counts = ClassCounts(img, img, sum(n or 0 for n in num_images))
+                source = "class_image_count metadata of " + ", ".join(names)
+            elif not read:
+                return None, None
+            else:
+                parts = []
+                for name, meta in zip(names, metas):
+                    c = counts_from_dataset_dicts(DatasetCatalog.get(name), K)
+                    meta.set(balms_class_counts=c)
+                    parts.append(c)
+                counts = _sum_counts(parts)
+                source = "DatasetCatalog " + ", ".join(names) + " (computed once, cached)"
+        self._name_classes(counts, names, metas)
+        return counts, source
+
+    def _name_classes(self, counts, names, metas):
+        K = self.num_classes
+        if metas and metas[0].get("thing_classes", None) is not None:
+            if len(metas[0].thing_classes) != K:
+                raise ValueError(
+                    f"MODEL.ROI_HEADS.NUM_CLASSES is {K} but dataset '{names[0]}' has "
+                    f"{len(metas[0].thing_classes)} classes"
+                )
+            counts.names = list(metas[0].thing_classes)
+
+    def sampler_counts(self):
+        """(sampled, dataset) ClassCounts under ``RepeatFactorTrainingSampler``: the training
+        set as Detectron2's train loader reads it (``get_detection_dataset_dicts`` with
+        ``FILTER_EMPTY_ANNOTATIONS``), the repeat factors Detectron2 computes for it
+        (``repeat_factors_from_category_frequency`` with ``REPEAT_THRESHOLD`` /
+        ``REPEAT_SQRT``), and :func:`sampled_class_counts`. Computed once per process and
+        setting (cached in the first dataset's metadata)."""
+        from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
+        from detectron2.data.samplers import RepeatFactorTrainingSampler
+
+        from .data.datasets import check_registered
+
+        names = list(self.dataset_names)
+        if not names:
+            raise ValueError(
+                "MODEL.ROI_BOX_HEAD.BALMS.PRIOR 'sampler' needs the training set (DATASETS.TRAIN) "
+                "to compute the repeat factors of RepeatFactorTrainingSampler"
+            )
+        check_registered(names, "DATASETS.TRAIN")
+        metas = [MetadataCatalog.get(n) for n in names]
+        if metas[0].get("balms_sampler_counts", None) is None:
+            metas[0].set(balms_sampler_counts={})
+        cache = metas[0].balms_sampler_counts
+        key = (tuple(names), self.repeat_threshold, self.repeat_sqrt, self.filter_empty)
+        if key not in cache:
+            dicts = get_detection_dataset_dicts(names, filter_empty=self.filter_empty)
+            factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+                dicts, self.repeat_threshold, sqrt=self.repeat_sqrt
+            )
+            K = self.num_classes
+            cache[key] = (
+                sampled_class_counts(dicts, factors, K),
+                counts_from_dataset_dicts(dicts, K),
+            )
+        sampled, dataset = cache[key]
+        for c in (sampled, dataset):
+            self._name_classes(c, names, metas)
+        return sampled, dataset
+
+    def resolve(self, need_num_images=False, read=True):
+        """The counts a predictor needs, or None when ``read`` is False and they cannot be
+        had without reading the training set.
+
+        Returns:
+            dict with ``prior`` (ClassCounts of the prior: the dataset's, or the sampler's with
+            PRIOR 'sampler'), ``image_count`` (K,) the dataset's training image counts (the
+            LVIS groups), ``names`` and ``description`` (one log line). Errors (unregistered
+            names, missing or malformed files) propagate.
+        """
+        self.check()
+        if self.follows_sampler:
+            if not read:
+                return None
+            prior, dataset = self.sampler_counts()
+            source = (
+                f"RepeatFactorTrainingSampler (REPEAT_THRESHOLD {self.repeat_threshold:g}, "
+                f"sqrt {self.repeat_sqrt}) over DatasetCatalog {', '.join(self.dataset_names)}"
+            )
+            how = f"{self.count_type}, sampler prior: expected per epoch"
+        else:
+            prior, source = self.dataset_counts(
+                need_instances=self.count_type == "instance_count",
+                need_num_images=need_num_images,
+                read=read,
+            )
+            if prior is None:
+                return None
+            dataset, how = prior, self.count_type
+        return dict(
+            prior=prior,
+            image_count=dataset.image_count,
+            names=prior.names,
+            description=describe_counts(prior, how, source, dataset.image_count),
+        )
+
+
+def class_counts_from_cfg(cfg, need_instances=False, need_num_images=False, read=True):
+    """ClassCounts of the training datasets of ``cfg`` and a sentence saying where they came
+    from (``CountSource.from_cfg(cfg).dataset_counts``: the dataset's counts, whatever PRIOR).
+    Returns ``(None, None)`` when ``read`` is False and that would need a read of the training
+    set."""
+    return CountSource.from_cfg(cfg).dataset_counts(need_instances, need_num_images, read)
 
 
 def _sum_counts(parts):
@@ -289,13 +478,15 @@ def _sum_counts(parts):
     )
 
 
-def describe_counts(counts, count_type, source):
-    """One log line: where the counts came from, their range and the r/c/f group sizes."""
-    c = counts.get(count_type)
-    groups = frequency_groups(counts.image_count.tolist())
+def describe_counts(counts, count_type, source, image_count=None):
+    """One log line: where the counts came from, their range and the r/c/f group sizes (of
+    ``image_count``, default the counts' own image counts). ``count_type`` may carry a comment
+    after a comma ("image_count, sampler prior: ...")."""
+    c = counts.get(count_type.split(",")[0])
+    groups = frequency_groups((counts.image_count if image_count is None else image_count).tolist())
     sizes = ", ".join(f"{g} {groups.count(g)}" for g in GROUPS)
     return (
         f"Class counts ({count_type}) from {source}: {len(c)} classes, range "
-        f"{c.min():g}..{c.max():g}, {counts.num_images} training images; LVIS groups by "
-        f"image count: {sizes}"
+        f"{c.min():g}..{c.max():g}, {counts.num_images:g} training images; LVIS groups by "
+        f"training image count: {sizes}"
     )

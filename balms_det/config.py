@@ -38,8 +38,19 @@ def add_balms_config(cfg):
     # Which class counts define the prior: "image_count" (training images containing the class,
     # the LVIS definition) or "instance_count" (training instances of the class).
     _C.MODEL.ROI_BOX_HEAD.BALMS.COUNT_TYPE = "image_count"
+    # Which counts the prior of the count-based losses (balanced softmax, balanced sigmoid,
+    # POSTHOC_TAU, the Meta Reweigher's "balanced" meta loss) holds: "dataset" (the training
+    # set's counts) or "sampler" (the counts as the training sampler delivers them: under
+    # RepeatFactorTrainingSampler each class's expected images (or instances) per epoch, the
+    # sum of the repeat factors of the images holding it, and the expected number of images;
+    # under TrainingSampler the dataset's counts; other samplers are an error). A balanced loss
+    # under a re-balancing sampler with the dataset prior corrects the imbalance twice.
+    _C.MODEL.ROI_BOX_HEAD.BALMS.PRIOR = "dataset"
     # Optional JSON written by tools/write_cat_info.py with per-category image_count and
-    # instance_count. Empty: counts are computed from DATASETS.TRAIN.
+    # instance_count; its ids are the dataset's own category ids (COCO's 1..90 with gaps),
+    # mapped to contiguous ids with the training set's metadata. Empty: counts are computed from
+    # DATASETS.TRAIN. Counts are resolved when training starts, never when a model is built:
+    # inference uses the counts saved in the checkpoint.
     _C.MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO = ""
     # Counts below this value are clamped to it (a class with no training image would otherwise
     # give log(0) = -inf); each clamped class is named in a warning.

@@ -54,6 +54,8 @@ RFS = [
 ]
 LOSS = "MODEL.ROI_BOX_HEAD.BALMS.LOSS"
 META = ["BALMS.META.ENABLED", "True"]
+# the prior as the sampler delivers it (MODEL.ROI_BOX_HEAD.BALMS.PRIOR)
+SAMPLER_PRIOR = ["MODEL.ROI_BOX_HEAD.BALMS.PRIOR", "sampler"]
 
 # name -> (config, extra opts, stage-1 method or None). Stage-2 runs use STAGE2_FRACTION of the
 # iteration budget on top of their stage-1 run.
@@ -132,13 +134,43 @@ METHODS = {
     "balms_published_no_meta": ("stage2_balanced_sigmoid.yaml", RFS, "sigmoid_rfs"),
     # tools/btm.py: fine-tunes (btm.yaml) on the softmax stage-1 model, merge, then stage 2
     "btm": ("btm.yaml", ["--stage2-config", "btm_stage2.yaml"], "softmax"),
+    # the balanced losses with the prior of the sampler (RFS) instead of the dataset's
+    "balanced_softmax_rfs_sampler_prior": (
+        "mask_rcnn_r18_balanced_softmax.yaml",
+        [*RFS, *SAMPLER_PRIOR],
+        None,
+    ),
+    "decoupled_balanced_softmax_rfs_sampler_prior": (
+        "stage2_balanced_softmax.yaml",
+        [*RFS, *SAMPLER_PRIOR],
+        "softmax_rfs",
+    ),
+    "balms_published_sampler_prior": (
+        "stage2_balanced_sigmoid.yaml",
+        [*META, *RFS, *SAMPLER_PRIOR],
+        "sigmoid_rfs",
+    ),
+    "balms_published_sampler_prior_no_meta": (
+        "stage2_balanced_sigmoid.yaml",
+        [*RFS, *SAMPLER_PRIOR],
+        "sigmoid_rfs",
+    ),
 }
+# a weaker dataset prior, the cheap alternative to the sampler prior: balanced softmax + RFS
+# with TAU 0.25 and 0.5 (TAU 1 is balanced_softmax_rfs)
+TAUS = ("0.25", "0.5")
+for _t in TAUS:
+    METHODS[f"balanced_softmax_rfs_tau{_t}"] = (
+        "mask_rcnn_r18_balanced_softmax.yaml",
+        [*RFS, "MODEL.ROI_BOX_HEAD.BALMS.TAU", _t],
+        None,
+    )
 # The Meta Reweigher at longer stage 2 (published recipe and its control) and a faster meta
 # learning rate; the Label Over-Smoothing sweep (delta, foreground-only or not) from softmax.
 STAGE2_ITERS = {}
 for _n in (300, 900):
     METHODS[f"balms_published_it{_n}"] = METHODS["balms_published"]
-    for _v in ("", "_control", "_no_meta"):
+    for _v in ("", "_control", "_no_meta", "_sampler_prior", "_sampler_prior_no_meta"):
         METHODS[f"balms_published{_v}_it{_n}"] = METHODS[f"balms_published{_v}"]
         STAGE2_ITERS[f"balms_published{_v}_it{_n}"] = _n
 METHODS["balms_published_it300_mlr0.1"] = (
@@ -190,6 +222,31 @@ METHOD_GROUPS = {
         for v in ("", "_control", "_no_meta")
     ]
     + ["balms_published_it300_mlr0.1"],
+    # the sampler prior against the dataset prior, in every place a count-based loss meets RFS
+    "sampler_prior": [
+        "softmax_rfs",
+        "balanced_softmax_rfs",
+        "balanced_softmax_rfs_sampler_prior",
+        "decoupled_balanced_softmax_rfs",
+        "decoupled_balanced_softmax_rfs_sampler_prior",
+        "balms_published_control",
+        "balms_published",
+        "balms_published_no_meta",
+        "balms_published_sampler_prior",
+        "balms_published_sampler_prior_no_meta",
+    ],
+    # does the Meta Reweigher help once the loss no longer corrects twice (300-iteration stage 2)
+    "meta_sampler_prior": [
+        "balms_published_control_it300",
+        "balms_published_sampler_prior_no_meta_it300",
+        "balms_published_sampler_prior_it300",
+    ],
+    "tau_sweep": [
+        "softmax_rfs",
+        "balanced_softmax_rfs",
+        *(f"balanced_softmax_rfs_tau{t}" for t in TAUS),
+        "balanced_softmax_rfs_sampler_prior",
+    ],
     "all": list(METHODS),
 }
 BTM_LABEL = "btm+stage2"  # the row of tools/btm.py's results that is the method

@@ -125,6 +125,7 @@ def test_data_counts_win_over_a_checkpoint_without_them(cat_info, tmp_path, capl
     DetectionCheckpointer(soft, save_dir=str(tmp_path)).save("stage1")
     bal = _plain_project_model("balanced_sigmoid", cat_info)
     _load(bal, str(tmp_path / "stage1.pth"), caplog)
+    bal.roi_heads.box_predictor.resolve_class_counts()  # the first training step does this
     counts = bal.roi_heads.box_predictor.class_counts
     assert counts.tolist() == [float(3**i) for i in range(K)]
     assert bal.roi_heads.box_predictor.num_train_images.item() == 400

@@ -150,10 +150,13 @@ def test_bad_inputs():
         _predictor("focal")
     with pytest.raises(ValueError, match="3 entries but the model has 5 classes"):
         _predictor("balanced_softmax", counts=(1, 2, 3))
-    with pytest.raises(ValueError, match="needs the training class counts.*CAT_INFO"):
-        BalmsFastRCNNOutputLayers(
-            SHAPE, box2box_transform=_b2b(), num_classes=K, loss="balanced_softmax"
-        )
+    # without counts the predictor builds (inference needs none); its training step refuses,
+    # naming the constructor argument and the config keys
+    pred = BalmsFastRCNNOutputLayers(
+        SHAPE, box2box_transform=_b2b(), num_classes=K, loss="balanced_softmax"
+    )
+    with pytest.raises(ValueError, match="needs the class counts.*class_counts=.*CAT_INFO"):
+        pred.losses(pred(torch.randn(10, 16)), _proposals())
     with pytest.raises(ValueError, match="USE_SIGMOID_CE"):
         _predictor("balanced_softmax", use_sigmoid_ce=True)
 
@@ -242,13 +245,16 @@ def test_import_into_a_plain_detectron2_config():
     model = build_model(cfg)
     pred = model.roi_heads.box_predictor
     assert type(pred) is BalmsFastRCNNOutputLayers
+    assert pred.counts_origin() == "none"  # building reads no training data
+    assert pred.resolve_class_counts() and pred.counts_origin() == "data"
     with open(MetadataCatalog.get("synth_lt_tiny_train").json_file) as f:
         cats = sorted(json.load(f)["categories"], key=lambda c: c["id"])
     assert pred.class_counts.tolist() == [float(c["image_count"]) for c in cats]
-    # without training data nor CAT_INFO the balanced loss says what it needs
+    # without training data nor CAT_INFO the balanced loss says what it needs when it trains
     cfg.DATASETS.TRAIN = ()
-    with pytest.raises(ValueError, match="CAT_INFO"):
-        build_model(cfg)
+    pred = build_model(cfg).roi_heads.box_predictor
+    with pytest.raises(ValueError, match="needs the class counts.*class_counts=.*CAT_INFO"):
+        pred.resolve_class_counts()
 
 
 def test_cat_info_feeds_the_prior(tmp_path):
@@ -267,6 +273,7 @@ def test_cat_info_feeds_the_prior(tmp_path):
         "instance_count",
     )
     pred = build_model(cfg).roi_heads.box_predictor
+    pred.resolve_class_counts()
     assert pred.class_counts.tolist() == [11.0 * (i + 1) for i in range(12)]
     assert pred.num_train_images.item() == 200
     # saved with the model
@@ -306,7 +313,14 @@ def test_posthoc_logit_adjustment_hand_computed():
 def test_posthoc_logit_adjustment_needs_softmax_and_counts():
     with pytest.raises(ValueError, match="POSTHOC_TAU adjusts softmax logits"):
         _predictor("balanced_sigmoid", posthoc_tau=1.0)
-    with pytest.raises(ValueError, match="POSTHOC_TAU needs the training class counts"):
-        BalmsFastRCNNOutputLayers(
-            SHAPE, box2box_transform=_b2b(), num_classes=K, loss="softmax", posthoc_tau=1.0
-        )
+    pred = BalmsFastRCNNOutputLayers(
+        SHAPE, box2box_transform=_b2b(), num_classes=K, loss="softmax", posthoc_tau=1.0
+    ).eval()
+    # no counts given, resolved nor loaded: inference with the adjustment refuses
+    with pytest.raises(ValueError, match="POSTHOC_TAU needs the class counts.*class_counts="):
+        pred.predict_probs(pred(torch.randn(10, 16)), _proposals())
+    # a checkpoint's counts serve inference
+    pred.load_state_dict(_predictor("softmax").state_dict())
+    assert pred.counts_origin() == "checkpoint"
+    assert pred.class_counts.tolist() == [50.0, 20.0, 5.0, 1.0, 0.0]
+    pred.predict_probs(pred(torch.randn(10, 16)), _proposals())

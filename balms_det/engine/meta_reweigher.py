@@ -65,7 +65,12 @@ from torch.nn import functional as F
 from .. import losses as L
 from ..data.meta_sampler import build_meta_loader, classes_in_dataset, meta_dataset_dicts
 from ..evaluation.longtail import GROUPS, frequency_groups
-from ..modeling.roi_heads import LOSS_FAMILIES, BalmsFastRCNNOutputLayers, class_roi_weights
+from ..modeling.roi_heads import (
+    LOSS_FAMILIES,
+    NEEDS_COUNTS,
+    BalmsFastRCNNOutputLayers,
+    class_roi_weights,
+)
 from ..utils import format_examples
 
 __all__ = [
@@ -410,6 +415,10 @@ def _checked_predictor(m, mc):
             "BALMS.META.ENABLED needs a trainable classifier with a bias (cls_score): it is "
             "frozen (check BALMS.TRAINABLE_PARAMS)"
         )
+    # the "balanced" meta loss and the group summaries read the training data's counts
+    predictor.resolve_class_counts(
+        required=mc.META_LOSS == "balanced" or predictor.loss_name in NEEDS_COUNTS
+    )
     if mc.META_LOSS == "balanced":
         if bool((predictor.class_counts == 1).all()) or float(predictor.num_train_images) <= 0:
             raise ValueError(

@@ -26,6 +26,7 @@ from detectron2.utils.logger import setup_logger
 from ..config import add_balms_config
 from ..data.datasets import check_dataset_files, register_datasets_from_cfg
 from ..evaluation.lvis_evaluator import BalmsLVISEvaluator
+from ..modeling.roi_heads import resolve_class_counts
 from ..utils import markdown_table
 from .decoupled import FrozenNormHook, freeze_except
 from .meta_reweigher import MetaReweigher
@@ -92,6 +93,7 @@ class BalmsTrainer(DefaultTrainer):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
+        resolve_class_counts(model)  # the training data's counts, before the data loader
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = build_ddp_model(model, broadcast_buffers=False)

@@ -35,7 +35,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from .. import losses as L
-from ..class_counts import class_counts_from_cfg, describe_counts
+from ..class_counts import CountSource
 from ..evaluation.longtail import COMMON_MAX_IMAGES, GROUPS, RARE_MAX_IMAGES
 from ..utils import format_examples
 from .normed_linear import NormedLinear
@@ -46,6 +46,7 @@ __all__ = [
     "BalmsFastRCNNOutputLayers",
     "BalmsROIHeads",
     "class_roi_weights",
+    "resolve_class_counts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ LOSS_FAMILIES = {
 # losses whose prior comes from the training class counts
 NEEDS_COUNTS = ("balanced_softmax", "balanced_sigmoid")
 _COUNT_BUFFERS = ("class_counts", "num_train_images", "class_image_counts")
+# where the predictor's counts came from: the constructor, the count source (training data),
+# a loaded checkpoint, or nowhere yet (buffers hold the placeholder: counts 1, 0 images)
+_GIVEN, _DATA, _CHECKPOINT, _NONE = "given", "data", "checkpoint", "none"
 
 
 def class_roi_weights(gt_classes, class_weights, num_classes, normalize=True):
@@ -95,6 +99,17 @@ def class_roi_weights(gt_classes, class_weights, num_classes, normalize=True):
     return torch.where(fg, w * scale, torch.ones_like(w))
 
 
+def resolve_class_counts(model):
+    """Resolve the training class counts of every ``BalmsFastRCNNOutputLayers`` of ``model``
+    (what their first training step would do; see
+    :meth:`BalmsFastRCNNOutputLayers.resolve_class_counts`), so that a missing source fails
+    before training starts and the counts are logged. Returns the predictors."""
+    found = [m for m in model.modules() if isinstance(m, BalmsFastRCNNOutputLayers)]
+    for m in found:
+        m.resolve_class_counts()
+    return found
+
+
 def _all_reduce_sum(t):
     """Sum of ``t`` over the processes (``t`` itself on one process)."""
     if comm.get_world_size() > 1:
@@ -110,6 +125,14 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
     (K,) training image counts (frequency groups of the diagnostics), ``class_weights`` (K,)
     per-class loss weights, ``seesaw_counts`` (K,) foreground ROIs seen per class (Seesaw), and
     ``eqlv2_pos_grad`` / ``eqlv2_neg_grad`` (K,) accumulated gradient magnitudes (EQLv2).
+
+    Counts. Given to the constructor (``class_counts=``), they are the training data's. Else a
+    ``count_source`` (the yacs route: ``CountSource.from_cfg``) is resolved when they are first
+    needed: at the first training step (:meth:`resolve_class_counts`, which ``BalmsTrainer``
+    calls before training starts), never when the model is built, so a model builds and
+    serves without its training set; at inference the counts of the loaded checkpoint serve.
+    The training data's counts win over a checkpoint's. Only a training step of a loss that
+    needs counts, with none to be found, is an error.
     """
 
     @configurable
@@ -137,15 +160,16 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         eqlv2_mu=0.8,
         eqlv2_alpha=4.0,
         normed_classifier_tau=0.0,
-        counts_from_data=None,
+        count_source=None,
         **kwargs,
     ):
         """
         Args:
             input_shape, kwargs: as ``FastRCNNOutputLayers``.
             loss (str): a key of ``LOSS_FAMILIES``.
-            class_counts (sequence of K numbers): prior counts (image or instance counts);
-                required by the balanced losses and ``posthoc_tau``.
+            class_counts (sequence of K numbers): prior counts (image or instance counts): what
+                the balanced losses train with and ``posthoc_tau`` adjusts by; None: from
+                ``count_source`` when needed, or a loaded checkpoint's at inference.
             num_train_images (int): number of training images (balanced_sigmoid's prior).
             class_image_counts (sequence of K numbers): training image counts, used for the
                 frequency-group diagnostics; defaults to ``class_counts``.
@@ -160,7 +184,8 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
                 classifier bias.
             min_count (float): counts are clamped to at least this value.
             diagnostics_period (int): log per-group diagnostics every this many iterations
-                (only when class image counts were given).
+                (only when training image counts are known: ``class_image_counts`` given,
+                resolved from the count source, or loaded).
             normalize_class_weights (bool): renormalise the ``class_weights`` of the foreground
                 ROIs of a batch to mean 1; see :func:`class_roi_weights`.
             seesaw_p, seesaw_q, seesaw_eps: Seesaw's mitigation and compensation exponents
@@ -168,11 +193,11 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
             eqlv2_gamma, eqlv2_mu, eqlv2_alpha: EQLv2's weighting function.
             normed_classifier_tau (float): > 0 makes ``cls_score`` a cosine classifier with this
                 temperature (``NormedLinear``: same parameters, so the layout is unchanged).
-            counts_from_data (bool): the given counts are the training data's and win over a
-                checkpoint's (default: whether ``class_counts`` is given).
+            count_source (CountSource): where to find the counts when ``class_counts`` is None,
+                resolved at the first training step (the yacs route sets it).
         """
         super().__init__(input_shape, **kwargs)
-        self._check_loss(loss, class_counts, posthoc_tau)
+        self._check_loss(loss, posthoc_tau)
         if normed_classifier_tau > 0:
             c = self.cls_score
             self.cls_score = NormedLinear(c.in_features, c.out_features, tau=normed_classifier_tau)
@@ -182,14 +207,19 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         self.los_delta = los_delta
         self.los_foreground_only = bool(los_foreground_only)
         self.min_count = min_count
-        self.diagnostics_period = diagnostics_period if class_image_counts is not None else 0
+        self.diagnostics_period = diagnostics_period
         self.normalize_class_weights = bool(normalize_class_weights)
         self.seesaw = dict(p=seesaw_p, q=seesaw_q, eps=seesaw_eps)
         self.eqlv2 = dict(gamma=eqlv2_gamma, mu=eqlv2_mu, alpha=eqlv2_alpha)
-        self._register_state(class_counts, class_image_counts, num_train_images, class_names)
-        self._counts_from_data = (
-            class_counts is not None if counts_from_data is None else bool(counts_from_data)
-        )
+        self._register_state()
+        self.count_source = count_source
+        self._counts_state = _NONE
+        self._counts_tried = False  # a quiet resolution (diagnostics only) found none
+        self._group_counts = False  # class_image_counts hold real training image counts
+        self.class_names = list(class_names) if class_names is not None else None
+        if class_counts is not None:
+            self._set_counts(class_counts, class_image_counts, num_train_images, class_names)
+            self._counts_state = _GIVEN
         if LOSS_FAMILIES[loss] == "sigmoid":  # foreground bias at the prior probability
             with torch.no_grad():
                 self.cls_score.bias[:-1].fill_(-math.log((1 - prior_prob) / prior_prob))
@@ -198,7 +228,7 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         self.last_train_features = None
         self.last_train_labels = None
 
-    def _check_loss(self, loss, class_counts, posthoc_tau):
+    def _check_loss(self, loss, posthoc_tau):
         if loss not in LOSS_FAMILIES:
             raise ValueError(
                 f"Unknown MODEL.ROI_BOX_HEAD.BALMS.LOSS '{loss}'; choose one of "
@@ -210,12 +240,6 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
                 "leave MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE and USE_FED_LOSS off (they apply to "
                 "LOSS 'softmax', Detectron2's stock loss)"
             )
-        how = (
-            "supply them through DATASETS.TRAIN (a registered training set) or "
-            "MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO (a file written by tools/write_cat_info.py)"
-        )
-        if loss in NEEDS_COUNTS and class_counts is None:
-            raise ValueError(f"LOSS '{loss}' needs the training class counts: {how}")
         if posthoc_tau:
             if LOSS_FAMILIES[loss] != "softmax" or self.use_sigmoid_ce or self.use_fed_loss:
                 raise ValueError(
@@ -223,43 +247,58 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
                     f"softmax-family LOSS (got '{loss}') without Detectron2's USE_SIGMOID_CE / "
                     "USE_FED_LOSS"
                 )
-            if class_counts is None:
-                raise ValueError(f"POSTHOC_TAU needs the training class counts: {how}")
 
-    def _register_state(self, class_counts, class_image_counts, num_train_images, class_names):
+    def _register_state(self):
         K = self.num_classes
-        counts = torch.ones(K) if class_counts is None else torch.as_tensor(class_counts)
-        counts = counts.to(torch.float32).flatten()
+        # placeholders until counts are given, resolved or loaded (separate tensors: tracing
+        # rejects buffers that share memory)
+        self.register_buffer("class_counts", torch.ones(K))
+        self.register_buffer("num_train_images", torch.tensor(0.0))
+        self.register_buffer("class_image_counts", torch.ones(K))
+        self.register_buffer("class_weights", torch.ones(K))
+        # running state of Seesaw and EQLv2, float64 (counts beyond 2^24 stay exact)
+        for name in ("seesaw_counts", "eqlv2_pos_grad", "eqlv2_neg_grad"):
+            self.register_buffer(name, torch.zeros(K, dtype=torch.float64))
+
+    def _set_counts(self, class_counts, class_image_counts, num_train_images, class_names=None):
+        """Copy counts into the buffers (``class_image_counts`` defaults to ``class_counts``);
+        warn, naming them, about the classes the prior clamps to ``min_count``."""
+        K = self.num_classes
+        counts = torch.as_tensor(class_counts, dtype=torch.float32).flatten()
         if counts.numel() != K:
             raise ValueError(
                 f"class_counts has {counts.numel()} entries but the model has {K} classes "
                 "(MODEL.ROI_HEADS.NUM_CLASSES)"
             )
+        names = class_names or self.class_names
         low = (counts < self.min_count).nonzero().flatten().tolist()
         if low and self.loss_name in NEEDS_COUNTS:
-            names = [class_names[i] if class_names else str(i) for i in low]
             logger.warning(
                 "%d classes have fewer than %g training samples and are clamped to %g in the "
                 "prior: %s",
                 len(low),
                 self.min_count,
                 self.min_count,
-                format_examples(names, limit=50, sort=False),
+                format_examples([names[i] if names else str(i) for i in low], 50, sort=False),
             )
-        image_counts = counts if class_image_counts is None else torch.as_tensor(class_image_counts)
-        self.register_buffer("class_counts", counts)
-        self.register_buffer("num_train_images", torch.tensor(float(num_train_images)))
-        self.register_buffer("class_image_counts", image_counts.to(torch.float32))
-        self.register_buffer("class_weights", torch.ones(K))
-        # running state of Seesaw and EQLv2, float64 (counts beyond 2^24 stay exact)
-        for name in ("seesaw_counts", "eqlv2_pos_grad", "eqlv2_neg_grad"):
-            self.register_buffer(name, torch.zeros(K, dtype=torch.float64))
+        image = counts if class_image_counts is None else class_image_counts
+        image = torch.as_tensor(image, dtype=torch.float32).flatten()
+        if image.numel() != K:
+            raise ValueError(f"class_image_counts has {image.numel()} entries, not K = {K}")
+        with torch.no_grad():
+            self.class_counts.copy_(counts)
+            self.class_image_counts.copy_(image)
+            self.num_train_images.fill_(float(num_train_images))
+        self._group_counts = class_image_counts is not None
+        if class_names is not None:
+            self.class_names = list(class_names)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """A checkpoint's class counts are loaded only when this predictor has none of its own:
-        the counts of the data it trains on win (a stage-1 checkpoint of another dataset, or one
-        saved without counts, cannot change the prior of stage 2)."""
-        if self._counts_from_data:
+        """A checkpoint's class counts are loaded only when this predictor has none from the
+        training data (then they serve inference): the counts of the data it trains on win (a
+        stage-1 checkpoint of another dataset, or one saved without counts, cannot change the
+        prior of stage 2)."""
+        if self._counts_state in (_GIVEN, _DATA):
             differ = []
             for name in _COUNT_BUFFERS:
                 key, own = prefix + name, getattr(self, name)
@@ -271,6 +310,11 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
                     "Checkpoint's %s differ from the training data's: the data's are kept",
                     "/".join(differ),
                 )
+        elif prefix + "class_counts" in state_dict:
+            # a checkpoint saved before any counts were known holds the placeholder (all 1)
+            if not bool((state_dict[prefix + "class_counts"] == 1).all()):
+                self._counts_state = _CHECKPOINT
+                self._group_counts = True
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @classmethod
@@ -295,42 +339,97 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
             eqlv2_alpha=b.EQLV2.ALPHA,
             normed_classifier_tau=b.NORMED_CLASSIFIER_TAU,
         )
-        needs_counts = b.LOSS in NEEDS_COUNTS or b.POSTHOC_TAU != 0
-        if needs_counts or b.DIAGNOSTICS_PERIOD > 0:
-            try:
-                counts, source = class_counts_from_cfg(
-                    cfg,
-                    need_instances=b.COUNT_TYPE == "instance_count",
-                    need_num_images=b.LOSS == "balanced_sigmoid",
-                    read=needs_counts,  # the diagnostics alone never read the training set
-                )
-            except FileNotFoundError as e:
-                if b.CAT_INFO:  # an explicitly named file must exist
-                    raise
-                # the training data is not on this machine (evaluation of a saved model; a
-                # training run stops at its data loader, naming the missing files)
-                logger.warning(
-                    "Class counts unavailable (%s): the predictor starts with counts of 1 and "
-                    "relies on the checkpoint's class_counts buffer",
-                    e,
-                )
-                ret["class_counts"] = [1.0] * cfg.MODEL.ROI_HEADS.NUM_CLASSES
-                ret["counts_from_data"] = False
-                return ret
-            if counts is None:
-                logger.info(
-                    "No class counts without reading the training set: the per-group "
-                    "diagnostics (DIAGNOSTICS_PERIOD) are off; set CAT_INFO to have them"
-                )
-                return ret
-            logger.info(describe_counts(counts, b.COUNT_TYPE, source))
-            ret.update(
-                class_counts=counts.get(b.COUNT_TYPE),
-                class_image_counts=counts.image_count,
-                num_train_images=counts.num_images,
-                class_names=counts.names,
-            )
+        source = CountSource.from_cfg(cfg)
+        if b.LOSS in NEEDS_COUNTS or b.POSTHOC_TAU != 0:
+            source.check()  # a bad PRIOR / sampler fails at build; nothing is read here
+        ret["count_source"] = source
         return ret
+
+    # -- class counts ----------------------------------------------------------------------
+    def counts_origin(self):
+        """Where the count buffers came from: "given" (constructor), "data" (resolved from the
+        count source), "checkpoint" (a loaded checkpoint's) or "none" (placeholders)."""
+        return self._counts_state
+
+    def resolve_class_counts(self, required=None, what=None):
+        """Fill the count buffers from the training data, once (the first training step does
+        this; ``BalmsTrainer`` does it before training starts).
+
+        Args:
+            required (bool): raise ValueError, naming every place counts are looked for, when
+                none can be found (default: whether the loss needs counts). Otherwise the
+                count source is asked only for what costs no read of the training set, and a
+                failure leaves the diagnostics off (one INFO line).
+            what (str): what needs the counts, for the error (default: the loss).
+
+        Returns:
+            True when the buffers hold the training data's counts (given or resolved).
+        """
+        if self._counts_state in (_GIVEN, _DATA):
+            return True
+        if required is None:
+            required = self.loss_name in NEEDS_COUNTS
+        if self._counts_tried and not required:
+            return False
+        found, reason = None, "no count source: class_counts= was not given"
+        if self.count_source is not None:
+            try:
+                found = self.count_source.resolve(
+                    need_num_images=self.loss_name == "balanced_sigmoid", read=required
+                )
+                reason = "they need a read of the training set"
+            except Exception as e:  # unregistered name, missing or malformed file, ...
+                if required:
+                    raise ValueError(self._missing_counts_message(what, e)) from e
+                reason = f"{type(e).__name__}: {e}"
+        if found is None:
+            if required:
+                raise ValueError(self._missing_counts_message(what, reason))
+            self._counts_tried = True
+            if self.diagnostics_period > 0:
+                logger.info(
+                    "No class counts (%s): the per-group diagnostics (DIAGNOSTICS_PERIOD) are "
+                    "off; set MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO to have them",
+                    reason,
+                )
+            return False
+        prior = found["prior"]
+        if self._counts_state == _CHECKPOINT:
+            logger.info("The training data's class counts replace the loaded checkpoint's")
+        self._set_counts(
+            prior.get(self.count_source.count_type),
+            found["image_count"],
+            prior.num_images,
+            found["names"],
+        )
+        self._counts_state = _DATA
+        logger.info(found["description"])
+        return True
+
+    @torch.jit.unused
+    def _posthoc_counts(self):
+        """POSTHOC_TAU at inference: the given, resolved or loaded counts; resolved from the
+        training data only when there are none of these."""
+        if self._counts_state == _NONE:
+            self.resolve_class_counts(True, "MODEL.ROI_BOX_HEAD.BALMS.POSTHOC_TAU")
+
+    def _missing_counts_message(self, what, reason):
+        what = what or f"MODEL.ROI_BOX_HEAD.BALMS.LOSS '{self.loss_name}'"
+        src = self.count_source
+        places = [
+            "the class_counts= argument of BalmsFastRCNNOutputLayers (with num_train_images= "
+            "for balanced_sigmoid; a LazyConfig passes them there)"
+        ]
+        if src is not None:
+            places.append(src.where())
+        else:
+            places.append("MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO / DATASETS.TRAIN (yacs configs only)")
+        return (
+            f"{what} needs the class counts of the training data, and none were found "
+            f"({reason}). Looked for in: " + "; ".join(places) + ". A CAT_INFO file "
+            "(tools/write_cat_info.py) uses the dataset's own category ids (COCO's 1..90 with "
+            "gaps); a checkpoint's counts serve inference only."
+        )
 
     # -- training --------------------------------------------------------------------------
     def forward(self, x):
@@ -349,6 +448,8 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         """Detectron2's losses with the classification loss of ``loss_name`` (the one place the
         loss is chosen). Box regression and the classification statistics are Detectron2's.
         LOSS 'softmax' with no class weights returns Detectron2's losses unchanged."""
+        if self.loss_name in NEEDS_COUNTS or self.diagnostics_period > 0:
+            self.resolve_class_counts()  # once: the first training step
         out = super().losses(predictions, proposals)
         scores = predictions[0]
         if len(proposals):
@@ -457,6 +558,8 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         family = LOSS_FAMILIES[self.loss_name]
         if family == "softmax":
             if self.posthoc_tau:
+                if not torch.jit.is_scripting():
+                    self._posthoc_counts()
                 scores = self.posthoc_adjust(scores)
             return super().predict_probs((scores, deltas), proposals)
         if family == "sigmoid":  # background column ignored (score 0)
@@ -470,7 +573,7 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
     def _log_diagnostics(self, logits, gt_classes):
         """Mean predicted probability of the true class of the foreground ROIs, per LVIS group
         (``balms/fg_score_{r,c,f}``), every ``diagnostics_period`` iterations."""
-        if self.diagnostics_period <= 0:
+        if self.diagnostics_period <= 0 or not self._group_counts:
             return
         try:
             storage = get_event_storage()
