@@ -29,6 +29,9 @@ __all__ = [
     "load_cat_info",
     "write_cat_info",
     "class_counts_from_cfg",
+    "dataset_class_counts",
+    "lazy_class_counts",
+    "lazy_num_train_images",
     "describe_counts",
     "instance_classes",
     "sampled_class_counts",
@@ -312,68 +315,24 @@ class CountSource:
         ) + f", DATASETS.TRAIN {list(self.dataset_names)}"
 
     def dataset_counts(self, need_instances=False, need_num_images=False, read=True):
-        """ClassCounts of the training datasets and a sentence saying where they came from.
-
-        Sources, first that applies (never a read of the training set when a cheaper one serves):
-
-        1. ``CAT_INFO`` (a file by ``tools/write_cat_info.py``; its ids are the dataset's own
-           category ids, mapped with the training set's ``thing_dataset_id_to_contiguous_id``);
-        2. ``MetadataCatalog.get(train).class_image_count`` of every training dataset
-           (Detectron2's LVIS metadata carries it), when only image counts are needed (plus
-           ``num_images`` metadata when the number of training images is needed);
-        3. computed once from ``DatasetCatalog.get(train)`` and cached in the metadata
-           (``balms_class_counts``), so later calls (every rank, BTM runs) reuse it.
-
-        Args:
-            need_instances (bool): instance counts are needed (``COUNT_TYPE instance_count``).
-            need_num_images (bool): the number of training images is needed (balanced sigmoid).
-            read (bool): False returns ``(None, None)`` instead of reading the training set.
-        """
-        from detectron2.data import DatasetCatalog, MetadataCatalog
-
-        K, names, cat_info = self.num_classes, list(self.dataset_names), self.cat_info
-        if not cat_info and not names:
+        """ClassCounts of the training datasets and a sentence saying where they came from
+        (:func:`dataset_class_counts` with this source's keys); ``(None, None)`` when ``read``
+        is False and they would need a read of the training set."""
+        if not self.cat_info and not self.dataset_names:
             if not read:
                 return None, None
             raise ValueError(
                 "there is no source: set DATASETS.TRAIN to the registered training set, or "
                 "MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO to a file written by tools/write_cat_info.py"
             )
-        from .data.datasets import check_registered
-
-        check_registered(names, "DATASETS.TRAIN")
-        metas = [MetadataCatalog.get(n) for n in names]
-        if cat_info:
-            mapping = metas[0].get("thing_dataset_id_to_contiguous_id", None) if metas else None
-            counts = load_cat_info(cat_info, K, mapping)
-            source = f"CAT_INFO file '{cat_info}'"
-        else:
-            cached = [m.get("balms_class_counts", None) for m in metas]
-            from_meta = [_counts_from_metadata(m, K) for m in metas]
-            num_images = [m.get("num_images", None) for m in metas]
-            if all(c is not None for c in cached):
-                counts = _sum_counts(cached)
-                source = "DatasetCatalog " + ", ".join(names) + " (computed earlier, cached)"
-            elif (
-                not need_instances
-                and all(c is not None for c in from_meta)
-                and (not need_num_images or all(n for n in num_images))
-            ):
-                img = np.sum(from_meta, axis=0)
-                counts = ClassCounts(img, img, sum(n or 0 for n in num_images))
-                source = "class_image_count metadata of " + ", ".join(names)
-            elif not read:
-                return None, None
-            else:
-                parts = []
-                for name, meta in zip(names, metas):
-                    c = counts_from_dataset_dicts(DatasetCatalog.get(name), K)
-                    meta.set(balms_class_counts=c)
-                    parts.append(c)
-                counts = _sum_counts(parts)
-                source = "DatasetCatalog " + ", ".join(names) + " (computed once, cached)"
-        self._name_classes(counts, names, metas)
-        return counts, source
+        return dataset_class_counts(
+            list(self.dataset_names),
+            self.num_classes,
+            cat_info=self.cat_info,
+            need_instances=need_instances,
+            need_num_images=need_num_images,
+            read=read,
+        )
 
     def _name_classes(self, counts, names, metas):
         K = self.num_classes
@@ -467,6 +426,155 @@ def class_counts_from_cfg(cfg, need_instances=False, need_num_images=False, read
     Returns ``(None, None)`` when ``read`` is False and that would need a read of the training
     set."""
     return CountSource.from_cfg(cfg).dataset_counts(need_instances, need_num_images, read)
+
+
+def dataset_class_counts(
+    dataset_names,
+    num_classes=None,
+    *,
+    cat_info="",
+    need_instances=False,
+    need_num_images=False,
+    read=True,
+    key="DATASETS.TRAIN",
+    num_classes_key="MODEL.ROI_HEADS.NUM_CLASSES",
+):
+    """ClassCounts of registered datasets (summed) and a sentence saying where they came from;
+    the sources of :func:`class_counts_from_cfg`, without a config.
+
+    Args:
+        dataset_names (str or list[str]): registered dataset names.
+        num_classes (int): K; None: the length of the first dataset's ``thing_classes`` (or
+            of its ``class_image_count``).
+        cat_info (str): a cat-info JSON to read instead of the datasets.
+        need_instances, need_num_images, read: see :func:`class_counts_from_cfg`.
+        key, num_classes_key: how errors name the dataset names and K.
+
+    Raises:
+        ValueError: a name is not registered (naming it and ``key``), or K is unknown or
+            disagrees with the dataset's classes.
+    """
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from .data.datasets import check_registered
+
+    names = [dataset_names] if isinstance(dataset_names, str) else [str(n) for n in dataset_names]
+    if not names and not cat_info:
+        raise ValueError(f"{key} is empty: name the registered training dataset(s)")
+    check_registered(names, key)
+    metas = [MetadataCatalog.get(n) for n in names]
+    K = num_classes
+    if K is None:
+        first = metas[0] if metas else None
+        for field in ("thing_classes", "class_image_count"):
+            if first is not None and first.get(field, None):
+                K = len(first.get(field))
+                break
+        else:
+            raise ValueError(
+                f"{num_classes_key} is not given and dataset "
+                f"'{names[0] if names else cat_info}' has no thing_classes metadata: pass it"
+            )
+    K = int(K)
+    thing_classes = metas[0].get("thing_classes", None) if metas else None
+    if thing_classes is not None and len(thing_classes) != K:  # before any read
+        raise ValueError(
+            f"{num_classes_key} is {K} but dataset '{names[0]}' has {len(thing_classes)} classes"
+        )
+    if cat_info:
+        mapping = metas[0].get("thing_dataset_id_to_contiguous_id", None) if metas else None
+        counts = load_cat_info(cat_info, K, mapping)
+        source = f"CAT_INFO file '{cat_info}'"
+    else:
+        cached = [m.get("balms_class_counts", None) for m in metas]
+        from_meta = [_counts_from_metadata(m, K) for m in metas]
+        num_images = [m.get("num_images", None) for m in metas]
+        if all(c is not None for c in cached):
+            counts = _sum_counts(cached)
+            source = "DatasetCatalog " + ", ".join(names) + " (computed earlier, cached)"
+        elif (
+            not need_instances
+            and all(c is not None for c in from_meta)
+            and (not need_num_images or all(n for n in num_images))
+        ):
+            img = np.sum(from_meta, axis=0)
+            counts = ClassCounts(img, img, sum(n or 0 for n in num_images))
+            source = "class_image_count metadata of " + ", ".join(names)
+        elif not read:
+            return None, None
+        else:
+            parts = []
+            for name, meta in zip(names, metas):
+                c = counts_from_dataset_dicts(DatasetCatalog.get(name), K)
+                meta.set(balms_class_counts=c)
+                parts.append(c)
+            counts = _sum_counts(parts)
+            source = "DatasetCatalog " + ", ".join(names) + " (computed once, cached)"
+    if thing_classes is not None:
+        counts.names = list(thing_classes)
+    return counts, source
+
+
+def lazy_class_counts(dataset_names, count_type="image_count", *, num_classes=None, cat_info=""):
+    """The K per-class training counts of registered datasets, for a LazyConfig.
+
+    Meant to be called at ``instantiate`` time, like Detectron2's ``get_fed_loss_cls_weights``
+    in its LVIS configs::
+
+        model.roi_heads.box_predictor = L(BalmsFastRCNNOutputLayers)(
+            ...,
+            loss="balanced_softmax",
+            class_counts=L(lazy_class_counts)(dataset_names="${dataloader.train.dataset.names}"),
+        )
+
+    Image counts come from the ``class_image_count`` metadata when every dataset has it
+    (Detectron2's LVIS v1 metadata: no file is read), else they are computed once from
+    ``DatasetCatalog`` and cached in the metadata (so the ``class_image_counts`` and
+    ``num_train_images`` calls of the same config reuse them); instance counts always come
+    from the data (or ``cat_info``).
+
+    Args:
+        dataset_names (str or list[str]): registered training dataset(s); counts are summed.
+        count_type (str): "image_count" or "instance_count".
+        num_classes (int): K; default: the number of the first dataset's ``thing_classes``.
+        cat_info (str): optional cat-info JSON (``tools/write_cat_info.py``) read instead.
+
+    Returns:
+        list[float]: K counts, in contiguous class order.
+
+    Raises:
+        ValueError: an unregistered name (named), an unknown ``count_type``, or a K that
+            disagrees with the dataset.
+    """
+    if count_type not in COUNT_TYPES:
+        raise ValueError(
+            f"lazy_class_counts(count_type=...) must be one of {COUNT_TYPES}, got '{count_type}'"
+        )
+    counts, _ = dataset_class_counts(
+        dataset_names,
+        num_classes,
+        cat_info=cat_info,
+        need_instances=count_type == "instance_count",
+        key="lazy_class_counts(dataset_names=...)",
+        num_classes_key="lazy_class_counts(num_classes=...)",
+    )
+    return [float(c) for c in counts.get(count_type)]
+
+
+def lazy_num_train_images(dataset_names, *, num_classes=None, cat_info=""):
+    """The number of training images of registered datasets (summed), for a LazyConfig
+    (``num_train_images=`` of a balanced-sigmoid predictor); from ``num_images`` metadata or
+    ``cat_info`` when present, else counted from ``DatasetCatalog`` once (cached with the
+    class counts). Arguments and errors as :func:`lazy_class_counts`."""
+    counts, _ = dataset_class_counts(
+        dataset_names,
+        num_classes,
+        cat_info=cat_info,
+        need_num_images=True,
+        key="lazy_num_train_images(dataset_names=...)",
+        num_classes_key="lazy_num_train_images(num_classes=...)",
+    )
+    return int(counts.num_images)
 
 
 def _sum_counts(parts):

@@ -43,6 +43,8 @@ __all__ = [
     "SkipSampler",
     "meta_dataset_dicts",
     "build_meta_loader",
+    "check_meta_batch_size",
+    "meta_batch_loader",
 ]
 
 logger = logging.getLogger(__name__)
@@ -139,23 +141,52 @@ def build_meta_loader(cfg, dataset_dicts, seed, skip_batches=0):
         seed (int): seed of the sampler; must be the same on every rank.
         skip_batches (int): meta batches already drawn (resume).
     """
-    total = cfg.BALMS.META.IMS_PER_BATCH
+    check_meta_batch_size(cfg.BALMS.META.IMS_PER_BATCH)
+    return meta_batch_loader(
+        dataset_dicts,
+        mapper=meta_mapper(cfg),
+        total_batch_size=cfg.BALMS.META.IMS_PER_BATCH,
+        seed=seed,
+        skip_batches=skip_batches,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )
+
+
+def check_meta_batch_size(total, key="BALMS.META.IMS_PER_BATCH"):
+    """Raise ValueError naming ``key`` unless ``total`` is a positive multiple of the number of
+    processes; returns the batch size of one process."""
     from detectron2.utils import comm
 
     world = comm.get_world_size()
-    if total <= 0 or total % world:
+    if int(total) <= 0 or int(total) % world:
         raise ValueError(
-            f"BALMS.META.IMS_PER_BATCH ({total}) must be a positive multiple of the number of "
-            f"processes ({world})"
+            f"{key} ({total}) must be a positive multiple of the number of processes ({world})"
         )
+    return int(total) // world
+
+
+def meta_batch_loader(
+    dataset_dicts, *, mapper, total_batch_size, seed, skip_batches=0, num_workers=0
+):
+    """Infinite loader of class-balanced meta batches, from plain arguments (no config).
+
+    Args:
+        dataset_dicts (list[dict]): the meta set.
+        mapper (callable): dataset dict -> model input (e.g. Detectron2's ``DatasetMapper``).
+        total_batch_size (int): images per meta batch over all ranks.
+        seed (int): seed of the sampler; must be the same on every rank.
+        skip_batches (int): meta batches already drawn (resume).
+        num_workers (int): data-loading worker processes.
+    """
+    per_rank = check_meta_batch_size(total_batch_size, "meta batch size")
     factors = class_balanced_repeat_factors(dataset_dicts)
     sampler = RepeatFactorTrainingSampler(factors, seed=int(seed))
-    sampler = SkipSampler(sampler, skip=int(skip_batches) * (total // world))
+    sampler = SkipSampler(sampler, skip=int(skip_batches) * per_rank)
     return build_detection_train_loader(
         dataset=dataset_dicts,
-        mapper=meta_mapper(cfg),
+        mapper=mapper,
         sampler=sampler,
-        total_batch_size=total,
+        total_batch_size=int(total_batch_size),
         aspect_ratio_grouping=False,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        num_workers=int(num_workers),
     )

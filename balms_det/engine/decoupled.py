@@ -25,15 +25,24 @@ _NORMS = (
 )
 
 
-def freeze_except(model, patterns):
+def freeze_except(model, patterns, *, key="BALMS.TRAINABLE_PARAMS"):
     """Freeze every parameter whose name matches none of ``patterns`` (``re.search``).
+
+    Args:
+        model: the module (before the optimizer is built: Detectron2's optimizer builders skip
+            frozen parameters).
+        patterns (list[str] or str): regular expressions; empty leaves the model as it is.
+        key (str): how errors name the setting (``train.balms.trainable_params`` in
+            ``tools/lazy_train_net.py``).
 
     Returns:
         list[str]: names of the parameters left trainable.
 
     Raises:
-        ValueError: when a pattern matches no parameter (naming it).
+        ValueError: when a pattern matches no parameter (naming it and ``key``).
     """
+    if isinstance(patterns, str):  # one pattern, not a sequence of characters
+        patterns = [patterns]
     if not patterns:
         return [n for n, p in model.named_parameters() if p.requires_grad]
     compiled = [(p, re.compile(p)) for p in patterns]
@@ -48,7 +57,7 @@ def freeze_except(model, patterns):
     unused = [p for p, _ in compiled if p not in used]
     if unused:
         raise ValueError(
-            f"BALMS.TRAINABLE_PARAMS patterns {unused} match no parameter of the model "
+            f"{key} patterns {unused} match no parameter of the model "
             f"(e.g. '{next(iter(dict(model.named_parameters())))}')"
         )
     logger.info(

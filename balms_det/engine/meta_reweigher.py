@@ -55,6 +55,7 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.distributed as dist
+from detectron2.config import configurable
 from detectron2.engine import HookBase
 from detectron2.layers import cat
 from detectron2.utils import comm
@@ -63,7 +64,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import losses as L
-from ..data.meta_sampler import build_meta_loader, classes_in_dataset, meta_dataset_dicts
+from ..data.meta_sampler import (
+    check_meta_batch_size,
+    classes_in_dataset,
+    meta_batch_loader,
+    meta_dataset_dicts,
+    meta_mapper,
+)
 from ..evaluation.longtail import GROUPS, frequency_groups
 from ..modeling.roi_heads import (
     LOSS_FAMILIES,
@@ -370,60 +377,70 @@ def _image_key(d):
 # ------------------------------------------------------------------------------------------
 # The hook
 # ------------------------------------------------------------------------------------------
-def _check_settings(mc):
-    if mc.WEIGHT_FN not in WEIGHT_FNS:
-        raise ValueError(f"BALMS.META.WEIGHT_FN must be one of {WEIGHT_FNS}, got '{mc.WEIGHT_FN}'")
-    if mc.META_LOSS not in META_LOSSES:
-        raise ValueError(f"BALMS.META.META_LOSS must be one of {META_LOSSES}, got '{mc.META_LOSS}'")
-    if int(mc.PERIOD) < 1:
-        raise ValueError(f"BALMS.META.PERIOD must be >= 1, got {mc.PERIOD}")
-    if not mc.LR > 0:
-        raise ValueError(f"BALMS.META.LR must be > 0, got {mc.LR}")
+def _check_settings(weight_fn, meta_loss, period, lr):
+    if weight_fn not in WEIGHT_FNS:
+        raise ValueError(
+            f"Meta Reweigher weight_fn (BALMS.META.WEIGHT_FN) must be one of {WEIGHT_FNS}, "
+            f"got '{weight_fn}'"
+        )
+    if meta_loss not in META_LOSSES:
+        raise ValueError(
+            f"Meta Reweigher meta_loss (BALMS.META.META_LOSS) must be one of {META_LOSSES}, "
+            f"got '{meta_loss}'"
+        )
+    if int(period) < 1:
+        raise ValueError(f"Meta Reweigher period (BALMS.META.PERIOD) must be >= 1, got {period}")
+    if not lr > 0:
+        raise ValueError(f"Meta Reweigher lr (BALMS.META.LR) must be > 0, got {lr}")
 
 
-def _checked_predictor(m, mc):
+def _checked_predictor(m, meta_loss):
     """The model's BalmsFastRCNNOutputLayers, checked to suit the Meta Reweigher."""
     predictor = getattr(getattr(m, "roi_heads", None), "box_predictor", None)
     if not isinstance(predictor, BalmsFastRCNNOutputLayers):
         raise ValueError(
-            "BALMS.META.ENABLED needs MODEL.ROI_HEADS.NAME 'BalmsROIHeads' (a "
-            f"BalmsFastRCNNOutputLayers box predictor), got {type(predictor).__name__}"
+            "The Meta Reweigher needs a BalmsFastRCNNOutputLayers box predictor at "
+            "model.roi_heads.box_predictor (yacs: MODEL.ROI_HEADS.NAME 'BalmsROIHeads'; "
+            "LazyConfig: model.roi_heads.box_predictor = L(BalmsFastRCNNOutputLayers)(...)), "
+            f"got {type(predictor).__name__}"
         )
     for attr in ("backbone", "proposal_generator", "preprocess_image"):
         if getattr(m, attr, None) is None:
-            raise ValueError(f"BALMS.META.ENABLED needs a GeneralizedRCNN with a {attr}")
+            raise ValueError(f"The Meta Reweigher needs a GeneralizedRCNN with a {attr}")
     if not predictor.takes_class_weights:
         raise ValueError(
-            "BALMS.META.ENABLED needs a classification loss that takes class weights: "
-            "MODEL.ROI_BOX_HEAD.BALMS.LOSS 'softmax' with Detectron2's USE_SIGMOID_CE / "
-            "USE_FED_LOSS cannot; turn those off or choose another BALMS.LOSS "
-            "(balanced_softmax, sigmoid, balanced_sigmoid, label_over_smooth)"
+            "The Meta Reweigher needs a classification loss that takes class weights: "
+            "LOSS 'softmax' with Detectron2's USE_SIGMOID_CE / USE_FED_LOSS "
+            "(use_sigmoid_ce= / use_fed_loss= of the predictor) cannot; turn those off or "
+            "choose another loss (balanced_softmax, sigmoid, balanced_sigmoid, label_over_smooth)"
         )
     if predictor.loss_name in ("seesaw", "eqlv2"):
         raise ValueError(
-            f"BALMS.META.ENABLED with LOSS '{predictor.loss_name}': the look-ahead would "
+            f"The Meta Reweigher with loss '{predictor.loss_name}': the look-ahead would "
             "differentiate through its running state; use a softmax or sigmoid family loss"
         )
     cls = predictor.cls_score
     if type(cls) is not torch.nn.Linear:
         raise ValueError(
-            "BALMS.META.ENABLED needs a plain linear classifier (the look-ahead is a linear "
-            "layer step); set MODEL.ROI_BOX_HEAD.BALMS.NORMED_CLASSIFIER_TAU to 0"
+            "The Meta Reweigher needs a plain linear classifier (the look-ahead is a linear "
+            "layer step); set MODEL.ROI_BOX_HEAD.BALMS.NORMED_CLASSIFIER_TAU "
+            "(normed_classifier_tau=) to 0"
         )
     if not (cls.weight.requires_grad and cls.bias is not None and cls.bias.requires_grad):
         raise ValueError(
-            "BALMS.META.ENABLED needs a trainable classifier with a bias (cls_score): it is "
-            "frozen (check BALMS.TRAINABLE_PARAMS)"
+            "The Meta Reweigher needs a trainable classifier with a bias (cls_score): it is "
+            "frozen (check BALMS.TRAINABLE_PARAMS / train.balms.trainable_params)"
         )
     # the "balanced" meta loss and the group summaries read the training data's counts
     predictor.resolve_class_counts(
-        required=mc.META_LOSS == "balanced" or predictor.loss_name in NEEDS_COUNTS
+        required=meta_loss == "balanced" or predictor.loss_name in NEEDS_COUNTS
     )
-    if mc.META_LOSS == "balanced":
+    if meta_loss == "balanced":
         if bool((predictor.class_counts == 1).all()) or float(predictor.num_train_images) <= 0:
             raise ValueError(
-                "BALMS.META.META_LOSS 'balanced' needs the class counts of the training set; "
-                "the predictor has none (use a balanced LOSS or a CAT_INFO file)"
+                "Meta Reweigher meta_loss 'balanced' (BALMS.META.META_LOSS) needs the class "
+                "counts of the training set; the predictor has none (use a balanced loss, a "
+                "CAT_INFO file, or class_counts= / num_train_images= of the predictor)"
             )
     return predictor
 
@@ -441,9 +458,9 @@ def _check_cacheable(m):
     ]
     if trainable:
         raise ValueError(
-            "BALMS.META.CACHE_FEATURES needs everything before the classifier frozen "
-            "(e.g. BALMS.TRAINABLE_PARAMS: ['cls_score']); trainable: "
-            + format_examples(trainable, limit=5, sort=False)
+            "BALMS.META.CACHE_FEATURES (cache_features=True) needs everything before the "
+            "classifier frozen (e.g. BALMS.TRAINABLE_PARAMS / train.balms.trainable_params: "
+            "['cls_score']); trainable: " + format_examples(trainable, limit=5, sort=False)
         )
 
 
@@ -459,78 +476,187 @@ def _class_names(cfg, K):
     return [str(i) for i in range(K)]
 
 
+def _meta_dataset_dicts(meta_dataset):
+    """(dataset dicts, name for messages) of a ``meta_dataset`` argument: registered dataset
+    name(s), loaded with Detectron2 (empty images dropped), or dataset dicts."""
+    if isinstance(meta_dataset, str):
+        meta_dataset = [meta_dataset]
+    items = list(meta_dataset)
+    if items and all(isinstance(n, str) for n in items):
+        from detectron2.data import DatasetCatalog, get_detection_dataset_dicts
+
+        for n in items:
+            if n not in DatasetCatalog.list():
+                raise KeyError(
+                    f"Meta Reweigher meta_dataset '{n}' is not a registered dataset (register it "
+                    "with detectron2.data.DatasetCatalog before building the hook); registered: "
+                    + ", ".join(sorted(DatasetCatalog.list())[:30])
+                )
+        return get_detection_dataset_dicts(items, filter_empty=True), ", ".join(items)
+    return items, None
+
+
 class MetaReweigher(HookBase):
     """Detectron2 hook learning the predictor's ``class_weights`` (see the module doc).
 
-    ``BalmsTrainer.build_hooks`` adds it when ``BALMS.META.ENABLED``. Construction validates
-    everything (loss, config values, meta dataset) so that a bad setup fails before training.
+    Built from keyword arguments (Python, a LazyConfig ``L(MetaReweigher)(...)``, or the
+    ``train.balms.meta`` entry of ``tools/lazy_train_net.py``), or from a yacs config as
+    ``MetaReweigher(cfg, model, optimizer=None, dataset_dicts=None)`` (``BALMS.META``,
+    :meth:`from_config`; ``BalmsTrainer.build_hooks`` adds it when ``BALMS.META.ENABLED``).
+    Construction validates everything (loss, settings, meta set) so that a bad setup fails
+    before training.
 
     The hook talks to the model only through the predictor's extension point: it sets
     ``record_train_rois`` and reads ``last_train_features`` / ``last_train_labels`` after each
     training step, and writes the ``class_weights`` buffer. Its meta step runs in
-    ``after_step`` of every ``PERIOD``-th iteration, so the weights it learns from iteration
-    t's training batch weight the loss from iteration t + 1 on.
-
-    Args:
-        cfg: the training config.
-        model: the detector (GeneralizedRCNN with ``BalmsROIHeads``, possibly DDP-wrapped).
-        optimizer: the training optimizer (its current lr etc. drive the look-ahead); the
-            trainer's when None and run by a trainer.
-        dataset_dicts: the meta set (default: from ``BALMS.META.DATASET`` / ``DATASETS.TRAIN``).
+    ``after_step`` of every ``period``-th iteration, so the weights it learns from iteration
+    t's training batch weight the loss from iteration t + 1 on. Register it first among the
+    trainer's hooks (its ``after_step`` then runs before the timer and the checkpointer).
     """
 
-    def __init__(self, cfg, model, optimizer=None, dataset_dicts=None):
-        mc = cfg.BALMS.META
-        _check_settings(mc)
+    @configurable
+    def __init__(
+        self,
+        *,
+        model,
+        meta_dataset,
+        meta_mapper,
+        optimizer=None,
+        meta_batch_size=2,
+        period=1,
+        lr=0.01,
+        weight_fn="sigmoid",
+        init=0.0,
+        normalize=None,
+        meta_loss="plain",
+        cache_features=False,
+        seed=None,
+        amp=False,
+        num_workers=0,
+        class_names=None,
+        meta_set_name=None,
+    ):
+        """
+        Args (the yacs key of each in parentheses):
+            model: the detector, a GeneralizedRCNN whose ``roi_heads.box_predictor`` is a
+                ``BalmsFastRCNNOutputLayers`` (possibly DDP-wrapped).
+            meta_dataset: the meta set, drawn class-balanced: Detectron2 dataset dicts, or
+                registered dataset name(s) (loaded with empty images dropped)
+                (``BALMS.META.DATASET``, default ``DATASETS.TRAIN``).
+            meta_mapper (callable): dataset dict -> model input for meta images, e.g. the
+                training ``DatasetMapper`` without instance masks (only boxes and classes are
+                used).
+            optimizer: the training optimizer (its current lr, weight decay and momentum drive
+                the look-ahead); default: the trainer's, taken in ``before_train``.
+            meta_batch_size (int): images per meta batch, in total over all processes
+                (``BALMS.META.IMS_PER_BATCH``).
+            period (int): a meta step every this many iterations (``PERIOD``).
+            lr (float): Adam learning rate of ``psi`` (``LR``).
+            weight_fn (str): "sigmoid" or "exp" (``WEIGHT_FN``).
+            init (float): initial ``psi`` of every class (``INIT``).
+            normalize (bool): foreground weights of a batch renormalised to mean 1
+                (``NORMALIZE``); None: the predictor's ``normalize_class_weights``, which it
+                must equal (the look-ahead is a step on the predictor's own loss).
+            meta_loss (str): "plain" or "balanced" (``META_LOSS``).
+            cache_features (bool): cache meta ROI features, only with everything before the
+                classifier frozen (``CACHE_FEATURES``).
+            seed (int): seed of the meta sampler, the same on every process; None: Detectron2's
+                shared random seed (``SEED`` when >= 0).
+            amp (bool): run the meta batch's no-grad forward under CUDA autocast
+                (``SOLVER.AMP.ENABLED``); the look-ahead itself is always float32.
+            num_workers (int): data-loading workers of the meta loader
+                (``DATALOADER.NUM_WORKERS``).
+            class_names (list[str]): names of the K classes, for warnings.
+            meta_set_name (str): how warnings name the meta set.
+        """
+        _check_settings(weight_fn, meta_loss, period, lr)
         m = _unwrap(model)
-        predictor = _checked_predictor(m, mc)
+        predictor = _checked_predictor(m, meta_loss)
+        own = bool(predictor.normalize_class_weights)
+        if normalize is not None and bool(normalize) != own:
+            raise ValueError(
+                f"Meta Reweigher normalize={bool(normalize)} but the box predictor has "
+                f"normalize_class_weights={own}: the look-ahead must step on the predictor's "
+                "own loss; set both the same (yacs: BALMS.META.NORMALIZE sets both)"
+            )
+        self.meta_batch_size = int(meta_batch_size)
+        check_meta_batch_size(self.meta_batch_size, "Meta Reweigher meta_batch_size")
         self.cache = None
-        if mc.CACHE_FEATURES:
+        if cache_features:
             _check_cacheable(m)
             self.cache = {}
-        self.cfg = cfg.clone()
         self.model = model
         self.predictor = predictor
         self.optimizer = optimizer
-        self.period = int(mc.PERIOD)
-        self.weight_fn = mc.WEIGHT_FN
-        self.normalize = bool(mc.NORMALIZE)
+        self.meta_mapper = meta_mapper
+        self.num_workers = int(num_workers)
+        self.amp = bool(amp)
+        self.period = int(period)
+        self.weight_fn = weight_fn
+        self.normalize = own
         K = self.num_classes = predictor.num_classes
         dev = predictor.class_weights.device
-        self.psi = nn.Parameter(torch.full((K,), float(mc.INIT), device=dev))
-        self.meta_optimizer = torch.optim.Adam([self.psi], lr=float(mc.LR))
-        self.train_loss, self.meta_loss = classifier_losses(predictor, mc.META_LOSS)
-        self._set_meta_set(cfg, dataset_dicts)
-        self.seed = int(cfg.SEED) if cfg.SEED >= 0 else int(comm.shared_random_seed())
+        self.psi = nn.Parameter(torch.full((K,), float(init), device=dev))
+        self.meta_optimizer = torch.optim.Adam([self.psi], lr=float(lr))
+        self.train_loss, self.meta_loss = classifier_losses(predictor, meta_loss)
+        self._set_meta_set(meta_dataset, class_names, meta_set_name)
+        self.seed = int(seed) if seed is not None else int(comm.shared_random_seed())
 
-        counts = predictor.class_image_counts.detach().cpu()
-        labels = frequency_groups(counts.tolist())
-        self._groups = {g: torch.tensor([x == g for x in labels]) for g in GROUPS}
-        self._rarest = int(torch.argmin(counts))
-        self._most_frequent = int(torch.argmax(counts))
-
+        self._groups = None  # frequency groups of the logged weights, at the first log
         self.meta_steps = 0  # Adam steps taken
         self.meta_batches = 0  # meta batches drawn from the loader (resume skips them)
         self._meta_iter = None
         self._last_loss = None
         self._warned_optimizer = False
 
-    def _set_meta_set(self, cfg, dataset_dicts):
+    @classmethod
+    def from_config(cls, cfg, model, optimizer=None, dataset_dicts=None):
+        """Arguments of a yacs config's ``BALMS.META`` (and ``SEED``, ``SOLVER.AMP.ENABLED``,
+        ``DATALOADER.NUM_WORKERS``); ``dataset_dicts`` replaces the meta set of
+        ``BALMS.META.DATASET`` / ``DATASETS.TRAIN``."""
+        mc = cfg.BALMS.META
+        _check_settings(mc.WEIGHT_FN, mc.META_LOSS, mc.PERIOD, mc.LR)
+        _checked_predictor(_unwrap(model), mc.META_LOSS)  # before any read of the meta set
+        return dict(
+            model=model,
+            optimizer=optimizer,
+            meta_dataset=meta_dataset_dicts(cfg) if dataset_dicts is None else dataset_dicts,
+            meta_mapper=meta_mapper(cfg),
+            meta_batch_size=mc.IMS_PER_BATCH,
+            period=mc.PERIOD,
+            lr=mc.LR,
+            weight_fn=mc.WEIGHT_FN,
+            init=mc.INIT,
+            normalize=mc.NORMALIZE,
+            meta_loss=mc.META_LOSS,
+            cache_features=mc.CACHE_FEATURES,
+            seed=int(cfg.SEED) if cfg.SEED >= 0 else None,
+            amp=cfg.SOLVER.AMP.ENABLED,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+            class_names=_class_names(cfg, cfg.MODEL.ROI_HEADS.NUM_CLASSES),
+            meta_set_name=mc.DATASET or "DATASETS.TRAIN",
+        )
+
+    def _set_meta_set(self, meta_dataset, class_names, meta_set_name):
         K = self.num_classes
-        if dataset_dicts is None:
-            dataset_dicts = meta_dataset_dicts(cfg)
+        dataset_dicts, loaded_name = _meta_dataset_dicts(meta_dataset)
+        what = meta_set_name or loaded_name or "meta_dataset"
         if len(dataset_dicts) == 0:
-            raise ValueError("the meta set of BALMS.META has no image")
+            raise ValueError(f"the meta set of the Meta Reweigher ({what}) has no image")
         present = classes_in_dataset(dataset_dicts, K)
-        names = _class_names(cfg, K)
+        names = list(class_names) if class_names is not None else []
+        if len(names) != K:
+            names = [str(i) for i in range(K)]
         missing = (~present).nonzero().flatten().tolist()
         if len(missing) == K:
-            raise ValueError("the meta set of BALMS.META has no annotation of any class")
+            raise ValueError(
+                f"the meta set of the Meta Reweigher ({what}) has no annotation of any class"
+            )
         if missing:
             logger.warning(
                 "The meta set (%s) has no image of %d classes; their weights stay at their "
                 "initial value: %s",
-                cfg.BALMS.META.DATASET or "DATASETS.TRAIN",
+                what,
                 len(missing),
                 format_examples([f"{names[c]} ({c})" for c in missing], limit=50, sort=False),
             )
@@ -559,7 +685,14 @@ class MetaReweigher(HookBase):
     def _build_loader(self):
         if self._meta_iter is not None:
             return
-        loader = build_meta_loader(self.cfg, self._dataset_dicts, self.seed, self.meta_batches)
+        loader = meta_batch_loader(
+            self._dataset_dicts,
+            mapper=self.meta_mapper,
+            total_batch_size=self.meta_batch_size,
+            seed=self.seed,
+            skip_batches=self.meta_batches,
+            num_workers=self.num_workers,
+        )
         self._meta_iter = iter(loader)
         self._dataset_dicts = None  # the loader holds them (serialised)
 
@@ -588,7 +721,7 @@ class MetaReweigher(HookBase):
     # -- meta step -------------------------------------------------------------------------
     def meta_features(self, batch):
         """(x, labels) of the ROIs of a meta batch (from the cache when enabled)."""
-        amp = self.cfg.SOLVER.AMP.ENABLED and self.psi.device.type == "cuda"
+        amp = self.amp and self.psi.device.type == "cuda"
         ctx = torch.autocast("cuda") if amp else nullcontext()
         if self.cache is None:
             with ctx:
@@ -608,7 +741,11 @@ class MetaReweigher(HookBase):
 
     def _sgd(self, params):
         if self.optimizer is None:
-            return {"lr": self.cfg.SOLVER.BASE_LR}
+            raise RuntimeError(
+                "Meta Reweigher: no optimizer to take the look-ahead's lr from; pass "
+                "optimizer= or register the hook with a trainer (before_train takes its "
+                "optimizer)"
+            )
         if not isinstance(self.optimizer, torch.optim.SGD) and not self._warned_optimizer:
             logger.warning(
                 "Meta Reweigher: optimizer %s is not SGD; the look-ahead is a plain SGD step "
@@ -659,6 +796,17 @@ class MetaReweigher(HookBase):
         self._last_loss = loss
         return loss
 
+    def _frequency_groups(self):
+        """Group masks, rarest and most frequent class of the predictor's image counts, taken
+        at the first log (the counts are the predictor's by then, however it got them)."""
+        if self._groups is None:
+            counts = self.predictor.class_image_counts.detach().cpu()
+            labels = frequency_groups(counts.tolist())
+            self._groups = {g: torch.tensor([x == g for x in labels]) for g in GROUPS}
+            self._rarest = int(torch.argmin(counts))
+            self._most_frequent = int(torch.argmax(counts))
+        return self._groups
+
     def _log(self):
         try:
             storage = get_event_storage()
@@ -666,7 +814,7 @@ class MetaReweigher(HookBase):
             return
         w = self.predictor.class_weights.detach().float().cpu()
         vals = {}
-        for g, sel in self._groups.items():
+        for g, sel in self._frequency_groups().items():
             if sel.any():
                 ws = w[sel]
                 vals[f"meta/weight_{g}_min"] = ws.min().item()
