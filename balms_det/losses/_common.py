@@ -25,8 +25,12 @@ def _as_float_counts(class_counts, name: str = "class_counts") -> torch.Tensor:
         raise ValueError(f"{name} must be 1-D (K,), got shape {tuple(counts.shape)}")
     if counts.numel() == 0:
         raise ValueError(f"{name} is empty: at least one foreground class is needed")
-    dtype = torch.float32 if counts.device.type == "mps" else torch.float64
-    return counts.detach().to(dtype)
+    return counts.detach().to(_counts_dtype(counts.device))
+
+
+def _counts_dtype(device: torch.device) -> torch.dtype:
+    """float64, the dtype counts and shifts are computed in (float32 on MPS, which has none)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _check_min_count(min_count: float) -> None:

@@ -323,6 +323,17 @@ def seesaw_loss(
 # ------------------------------------------------------------------------------------------
 # Inference
 # ------------------------------------------------------------------------------------------
+def _check_seesaw_logits(logits) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] < 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
+        raise ValueError(
+            f"seesaw_probs expects (R, K+1) logits with K >= 1 (objectness column last), "
+            f"got {shape}"
+        )
+    if not logits.is_floating_point():
+        raise ValueError(f"seesaw_probs: logits must be floating point, got {logits.dtype}")
+
+
 def seesaw_probs(logits: torch.Tensor) -> torch.Tensor:
     """Inference scores of a Seesaw-trained classifier.
 
@@ -332,15 +343,11 @@ def seesaw_probs(logits: torch.Tensor) -> torch.Tensor:
     Returns:
         (R, K+1) float32 scores: ``p_j = softmax(z[:, :K])_j * (1 - sigmoid(z_K))`` for the
         foreground classes, ``p_K = sigmoid(z_K)`` (background); rows sum to 1.
+
+    TorchScript-compatible (the predictor's inference); compiled, the input checks are left out.
     """
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] < 2:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
-        raise ValueError(
-            f"seesaw_probs expects (R, K+1) logits with K >= 1 (objectness column last), "
-            f"got {shape}"
-        )
-    if not logits.is_floating_point():
-        raise ValueError(f"seesaw_probs: logits must be floating point, got {logits.dtype}")
+    if not torch.jit.is_scripting():
+        _check_seesaw_logits(logits)
     logits = logits.float()
     bg = torch.sigmoid(logits[:, -1:])
     fg = F.softmax(logits[:, :-1], dim=1) * torch.sigmoid(-logits[:, -1:])  # 1 - sigmoid(z)

@@ -11,6 +11,7 @@ from ._common import (
     _check_inputs,
     _check_min_count,
     _check_reduction,
+    _counts_dtype,
     _weight_and_reduce,
 )
 
@@ -30,9 +31,14 @@ def balanced_softmax_shift(class_counts, tau: float = 1.0, min_count: float = 1.
     Returns:
         (K,) float64 shift, on the counts' device. The background column (not included) is
         never shifted.
+
+    TorchScript-compatible (the predictor's ``posthoc_tau`` calls it at inference): compiled,
+    ``class_counts`` must be a tensor and the input checks are left out.
     """
-    _check_min_count(min_count)
-    counts = _as_float_counts(class_counts).clamp(min=min_count)
+    if not torch.jit.is_scripting():
+        _check_min_count(min_count)
+        class_counts = _as_float_counts(class_counts)
+    counts = class_counts.to(_counts_dtype(class_counts.device)).clamp(min=min_count)
     return tau * torch.log(counts / counts.mean())
 
 

@@ -52,8 +52,8 @@ class NormedLinear(nn.Linear):
             x = x.flatten(1)
         xf = x.float()
         wf = self.weight.float()
-        x_n = (xf / (xf.norm(dim=1, keepdim=True) + self.eps)).to(x.dtype)
-        w_n = (wf / (wf.norm(dim=1, keepdim=True) + self.eps)).to(x.dtype)
+        x_n = (xf / (xf.norm(p=2, dim=1, keepdim=True) + self.eps)).to(x.dtype)
+        w_n = (wf / (wf.norm(p=2, dim=1, keepdim=True) + self.eps)).to(x.dtype)
         out = self.tau * F.linear(x_n, w_n)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)

@@ -19,18 +19,22 @@ Extension point (what the Meta Reweigher hook uses; the model never calls a hook
   over the foreground ROIs of the batch when ``normalize_class_weights``), background ROIs 1.
 * ``record_train_rois`` (bool, default False): when set, every training forward keeps the
   detached box-head features and labels of its ROIs in ``last_train_features`` (R, D) and
-  ``last_train_labels`` (R,) for readers.
+  ``last_train_labels`` (R,) for readers (the features through a forward hook the predictor
+  registers on itself, so its ``forward`` stays Detectron2's and compiles with TorchScript).
 """
 
 import logging
 import math
+from typing import List, Tuple
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.structures import Instances
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
@@ -110,6 +114,17 @@ def resolve_class_counts(model):
     return found
 
 
+def _record_train_rois(
+    predictor, inputs: Tuple[torch.Tensor], outputs: Tuple[torch.Tensor, torch.Tensor]
+):
+    """Forward hook of the predictor: the recording of ``record_train_rois`` (module doc).
+
+    A hook, so the predictor's ``forward`` stays Detectron2's (TorchScript has no ``super()``);
+    compiled into a scripted predictor, it is empty (``torch.jit.is_scripting()``)."""
+    if not torch.jit.is_scripting():
+        predictor._record_train_features(inputs[0])
+
+
 def _all_reduce_sum(t):
     """Sum of ``t`` over the processes (``t`` itself on one process)."""
     if comm.get_world_size() > 1:
@@ -133,7 +148,15 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
     serves without its training set; at inference the counts of the loaded checkpoint serve.
     The training data's counts win over a checkpoint's. Only a training step of a loss that
     needs counts, with none to be found, is an error.
+
+    TorchScript and tracing: ``forward`` is Detectron2's and the inference path
+    (``predict_probs``, ``posthoc_adjust``, Detectron2's ``inference`` / ``predict_boxes``)
+    compiles for every loss; training (``losses``) stays eager, as Detectron2's does.
     """
+
+    # a Python property on the scripted path would be compiled (once per scripting, which
+    # fails the second time): left out of TorchScript
+    __jit_unused_properties__ = ["takes_class_weights"]
 
     @configurable
     def __init__(
@@ -202,15 +225,16 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
             c = self.cls_score
             self.cls_score = NormedLinear(c.in_features, c.out_features, tau=normed_classifier_tau)
         self.loss_name = loss
+        self.loss_family = LOSS_FAMILIES[loss]
         self.tau = tau
         self.posthoc_tau = float(posthoc_tau)
         self.los_delta = los_delta
         self.los_foreground_only = bool(los_foreground_only)
-        self.min_count = min_count
+        self.min_count = float(min_count)
         self.diagnostics_period = diagnostics_period
         self.normalize_class_weights = bool(normalize_class_weights)
-        self.seesaw = dict(p=seesaw_p, q=seesaw_q, eps=seesaw_eps)
-        self.eqlv2 = dict(gamma=eqlv2_gamma, mu=eqlv2_mu, alpha=eqlv2_alpha)
+        self.seesaw = dict(p=float(seesaw_p), q=float(seesaw_q), eps=float(seesaw_eps))
+        self.eqlv2 = dict(gamma=float(eqlv2_gamma), mu=float(eqlv2_mu), alpha=float(eqlv2_alpha))
         self._register_state()
         self.count_source = count_source
         self._counts_state = _NONE
@@ -227,6 +251,7 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         self.record_train_rois = False
         self.last_train_features = None
         self.last_train_labels = None
+        self.register_forward_hook(_record_train_rois)
 
     def _check_loss(self, loss, posthoc_tau):
         if loss not in LOSS_FAMILIES:
@@ -431,12 +456,29 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
             "gaps); a checkpoint's counts serve inference only."
         )
 
+    @torch.no_grad()
+    def _take_initial_weights(self, stock):
+        """Copy the randomly drawn initial weights of a stock ``FastRCNNOutputLayers`` of the
+        same shape (``cls_score.weight``, ``bbox_pred``); the classifier bias keeps this
+        predictor's (deterministic) initialisation: 0, or the sigmoid family's prior."""
+        if self.cls_score.weight.shape != stock.cls_score.weight.shape or (
+            self.bbox_pred.weight.shape != stock.bbox_pred.weight.shape
+        ):
+            raise ValueError(
+                "_take_initial_weights: the stock predictor's layers "
+                f"{tuple(stock.cls_score.weight.shape)} / {tuple(stock.bbox_pred.weight.shape)} "
+                f"do not match this predictor's {tuple(self.cls_score.weight.shape)} / "
+                f"{tuple(self.bbox_pred.weight.shape)}"
+            )
+        self.cls_score.weight.copy_(stock.cls_score.weight)
+        self.bbox_pred.load_state_dict(stock.bbox_pred.state_dict())
+
     # -- training --------------------------------------------------------------------------
-    def forward(self, x):
-        scores, proposal_deltas = super().forward(x)
+    @torch.jit.unused
+    def _record_train_features(self, x: torch.Tensor) -> None:
+        """Called by the forward hook ``_record_train_rois`` with the input of ``forward``."""
         if self.training and self.record_train_rois:
             self.last_train_features = (x.flatten(1) if x.dim() > 2 else x).detach()
-        return scores, proposal_deltas
 
     @property
     def takes_class_weights(self):
@@ -546,28 +588,34 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         return loss
 
     # -- inference -------------------------------------------------------------------------
-    def posthoc_adjust(self, scores):
+    def posthoc_adjust(self, scores: torch.Tensor) -> torch.Tensor:
         """(R, K+1) softmax-layout logits with ``posthoc_tau`` times the balanced-softmax shift
         subtracted from the K foreground columns (the background column is kept)."""
         shift = L.balanced_softmax_shift(self.class_counts, self.posthoc_tau, self.min_count)
-        shift = torch.cat([shift, shift.new_zeros(1)]).to(scores)
+        shift = torch.cat([shift, shift.new_zeros((1,))]).to(scores)
         return scores - shift
 
-    def predict_probs(self, predictions, proposals):
-        scores, deltas = predictions
-        family = LOSS_FAMILIES[self.loss_name]
-        if family == "softmax":
-            if self.posthoc_tau:
+    def predict_probs(
+        self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]
+    ):
+        """Per-image (Ri, K+1) scores of the loss family (``LOSS_FAMILIES``): softmax (after
+        ``posthoc_adjust`` when ``posthoc_tau``; Detectron2's sigmoid of every column with its
+        USE_SIGMOID_CE), sigmoid of the foreground columns (background score 0), or Seesaw's
+        (``losses.seesaw_probs``). Only the length of each proposal is read."""
+        scores = predictions[0]
+        if self.loss_family == "softmax":
+            if self.posthoc_tau != 0.0:
                 if not torch.jit.is_scripting():
                     self._posthoc_counts()
                 scores = self.posthoc_adjust(scores)
-            return super().predict_probs((scores, deltas), proposals)
-        if family == "sigmoid":  # background column ignored (score 0)
-            probs = torch.cat([scores[:, :-1].sigmoid(), scores.new_zeros(len(scores), 1)], 1)
-            probs = probs.to(scores.dtype)
+            probs = scores.sigmoid() if self.use_sigmoid_ce else F.softmax(scores, dim=-1)
+        elif self.loss_family == "sigmoid":  # background column ignored (score 0)
+            probs = torch.cat([scores[:, :-1].sigmoid(), torch.zeros_like(scores[:, -1:])], 1)
         else:
             probs = L.seesaw_probs(scores)
-        return probs.split([len(p) for p in proposals], dim=0)
+        # __len__, not len(): a traced int, so a trace generalises to other numbers of ROIs
+        # (Detectron2's patch_builtin_len does this for its own modules only)
+        return probs.split([p.__len__() for p in proposals], dim=0)
 
     @torch.no_grad()
     def _log_diagnostics(self, logits, gt_classes):
@@ -597,10 +645,53 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
 
 @ROI_HEADS_REGISTRY.register()
 class BalmsROIHeads(StandardROIHeads):
-    """``StandardROIHeads`` whose box predictor is ``BalmsFastRCNNOutputLayers``."""
+    """``StandardROIHeads`` whose box predictor is ``BalmsFastRCNNOutputLayers``.
+
+    From a yacs config (``MODEL.ROI_HEADS.NAME: BalmsROIHeads``) the predictor is built from
+    ``MODEL.ROI_BOX_HEAD.BALMS``. Constructed directly (Python, a LazyConfig ``_target_``), the
+    ``box_predictor`` argument must be a ``BalmsFastRCNNOutputLayers``: a stock
+    ``FastRCNNOutputLayers`` is an error, not silently the stock loss.
+    """
+
+    # constants for TorchScript (dead mask / keypoint branches compile away), as Detectron2's
+    # export patches them on StandardROIHeads: a subclass with annotations of its own (which
+    # Detectron2's freeze_training_mode gives it) does not inherit those
+    mask_on: torch.jit.Final[bool]
+    keypoint_on: torch.jit.Final[bool]
+
+    @configurable
+    def __init__(self, *, box_predictor, **kwargs):
+        """
+        Args:
+            box_predictor (BalmsFastRCNNOutputLayers): the box predictor.
+            kwargs: as ``StandardROIHeads``.
+        """
+        if not isinstance(box_predictor, BalmsFastRCNNOutputLayers):
+            raise TypeError(
+                "BalmsROIHeads needs a BalmsFastRCNNOutputLayers box_predictor (it carries the "
+                f"long-tail loss), got {type(box_predictor).__name__}. In a LazyConfig, replace "
+                "the predictor too: box_predictor=L(BalmsFastRCNNOutputLayers)(input_shape=..., "
+                "box2box_transform=..., num_classes=..., loss='balanced_softmax', "
+                "class_counts=[...]); or keep StandardROIHeads for Detectron2's own head"
+            )
+        super().__init__(box_predictor=box_predictor, **kwargs)
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
+        """Detectron2's pooler and box head, and a ``BalmsFastRCNNOutputLayers`` that starts
+        from exactly the weights the stock predictor drew: with one seed the model's initial
+        weights and the random stream of the heads built after it are a ``StandardROIHeads``
+        model's (only the loss's own initialisation, e.g. the sigmoid family's bias, differs)."""
         ret = super()._init_box_head(cfg, input_shape)
-        ret["box_predictor"] = BalmsFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
+        stock = ret["box_predictor"]
+        with torch.random.fork_rng(devices=_cuda_devices(stock)):
+            predictor = BalmsFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
+        predictor._take_initial_weights(stock)
+        ret["box_predictor"] = predictor
         return ret
+
+
+def _cuda_devices(module):
+    """Indices of the CUDA devices holding ``module``'s parameters (their RNG is forked too)."""
+    devices = {p.device for p in module.parameters() if p.device.type == "cuda"}
+    return sorted(torch.cuda.current_device() if d.index is None else d.index for d in devices)
