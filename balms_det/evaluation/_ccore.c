@@ -1466,7 +1466,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ccore",
                                     "balms-det's compiled evaluation core", -1, methods};
 
 /* The interface version _native.py expects: a core built from older source is not used. */
-#define CCORE_VERSION 1
+#define CCORE_VERSION 2
 
 PyMODINIT_FUNC PyInit__ccore(void) {
     PyObject *m = PyModule_Create(&module);

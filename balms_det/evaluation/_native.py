@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-CCORE_VERSION = 1  # the interface of _ccore.c this module calls
+CCORE_VERSION = 2  # the interface of _ccore.c this module calls
 
 try:
     from . import _ccore
