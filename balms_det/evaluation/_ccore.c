@@ -1732,7 +1732,8 @@ static int boundary_cols(Work *wk, int64_t d, Cols *B) {
             B->iv = iv;
             B->cap = M->n;
         }
-        memcpy(B->iv, M->iv, sizeof(Iv) * (size_t)M->n);
+        if (M->n) /* (no intervals: iv may be NULL) */
+            memcpy(B->iv, M->iv, sizeof(Iv) * (size_t)M->n);
         memcpy(B->col, M->col, sizeof(Py_ssize_t) * (size_t)(M->nc + 1));
         B->n = M->n;
         B->count = M->count;
