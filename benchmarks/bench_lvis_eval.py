@@ -23,7 +23,9 @@ peak; the slow ones run once.
 
 The standard rows are compared with lvis-api run on the same files. AP-fixed, AP-pool and
 boundary AP have no lvis-api counterpart here (their equality with lvis-api run the way their
-authors run it is tested in tests/test_eval_protocols.py and tests/test_eval_boundary.py).
+authors run it is tested in tests/test_eval_protocols.py and tests/test_eval_boundary.py); the
+"balms-det boundary" row is compared with "balms-det boundary (Python reader)" (the engine with
+BALMS_NO_CCORE=1: masks eroded in numpy) where that row runs.
 """
 
 import argparse
@@ -233,8 +235,12 @@ metrics = ev.get_results()
 precision = ev.eval["precision"][..., 0]
 """,
     "balms-det": """
-from balms_det.evaluation.fast_lvis import evaluate_lvis
 protocol = sys.argv[5]
+if protocol.endswith("-python"):  # the engine without its compiled core
+    import os
+    os.environ["BALMS_NO_CCORE"] = "1"
+    protocol = protocol[: -len("-python")]
+from balms_det.evaluation.fast_lvis import evaluate_lvis
 iou = "boundary" if protocol == "boundary" else iou_type
 r = evaluate_lvis(gt_path, dt_path, iou, protocol="standard" if protocol == "boundary" else protocol)
 metrics, precision = r.results, r.precision
@@ -250,6 +256,7 @@ ROWS = [
     ("balms-det AP-fixed", "balms-det", "fixed"),
     ("balms-det AP-pool", "balms-det", "pool"),
     ("balms-det boundary", "balms-det", "boundary"),
+    ("balms-det boundary (Python reader)", "balms-det", "boundary-python"),
 ]
 PEERS = {"faster-coco-eval": "faster_coco_eval", "hotcoco": "hotcoco"}
 
@@ -398,9 +405,10 @@ def main():
     for iou_type in iou_types:
         todo = []  # (row, worker, protocol, prefix) in table order
         for label, worker, protocol in wanted:
-            if protocol == "boundary" and iou_type != "segm":
+            boundary = (protocol or "").startswith("boundary")
+            if boundary and iou_type != "segm":
                 continue
-            shown = "boundary" if protocol == "boundary" else iou_type
+            shown = "boundary" if boundary else iou_type
             prefix = os.path.join(data_dir, "out_%s_%s_%s" % (worker, protocol, iou_type))
             row = dict(label=label, iou=shown, wall=None, peak=None, speedup=None, runs=[])
             row.update(vs_hotcoco=None, diff=None, pdiff=None, res=None, worker=worker)
@@ -424,6 +432,9 @@ def main():
                 row["runs"].append(res[:2])
                 print("  %.2f s, %.0f MB peak" % (res[0], res[1]), flush=True)
         ref = next((r["res"] for r, w, _, _ in todo if w == "lvis-api" and r["res"]), None)
+        py_boundary = next(
+            (r["res"] for r, _, p, _ in todo if p == "boundary-python" and r["res"]), None
+        )
         hot = None
         for row, worker, protocol, _ in todo:
             if row["res"] is None:
@@ -441,6 +452,8 @@ def main():
                     row["diff"], row["pdiff"] = _diffs(row["res"], ref)
                 elif worker == "lvis-api":
                     row["diff"] = row["pdiff"] = 0.0
+            if protocol == "boundary" and py_boundary is not None:
+                row["diff"], row["pdiff"] = _diffs(row["res"], py_boundary)
             if hot is not None and worker != "lvis-api" and worker != "faster-coco-eval":
                 row["vs_hotcoco"] = row["wall"] / hot
         for row in rows:

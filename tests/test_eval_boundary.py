@@ -1,6 +1,8 @@
 """Boundary IoU and boundary AP (Cheng et al. 2021) of balms_det.evaluation: hand-computed
 masks, and boundary AP against an independent slow implementation (full-image masks, d
-erosions by a 3 x 3 square with numpy) plugged into lvis-api's own matching."""
+erosions by a 3 x 3 square with numpy) plugged into lvis-api's own matching; the compiled
+core's boundary IoUs (_ccore.boundary_min) bit-equal to the numpy ones, and boundary AP read
+through the core equal to the Python reader's."""
 
 import json
 import math
@@ -10,6 +12,7 @@ import pycocotools.mask as mask_utils
 import pytest
 from lvis import LVIS, LVISEval, LVISResults
 
+from balms_det.evaluation import _native
 from balms_det.evaluation.boundary import _crop, boundary_crops, boundary_iou, dilation
 from balms_det.evaluation.fast_lvis import evaluate_lvis
 from balms_det.evaluation.lvis_compat import lvis_numpy_compat
@@ -301,3 +304,172 @@ def test_crowd_ground_truth_matches_with_mask_iou():
     assert float(out[1].results["AP50"]) == pytest.approx(1.0, abs=1e-12)  # crowd: mask IoU 0.82
     # matched up to IoU 0.80 (thresholds .50:.05:.80 of ten): AP = 7 / 10
     assert float(out[1].results["AP"]) == pytest.approx(0.7, abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------
+# The compiled core's boundary IoUs
+# ------------------------------------------------------------------------------------------
+needs_core = pytest.mark.skipif(
+    not _native.available(), reason="the compiled core is not built (pip install -e .)"
+)
+
+
+def _core_boundary_ious(dets, gts, d, escape=False, start=2.0):
+    """(len(dets), len(gts)) min(start, boundary IoU) from _ccore.boundary_min: detections as
+    counts strings in one text (JSON-escaped where ``escape``), ground truth decoded by
+    decode_rles, every pair."""
+    h, w = dets[0]["size"] if dets else gts[0]["size"]
+    texts = [r["counts"] for r in dets]
+    if escape:
+        texts = [t.replace(b"\\", b"\\\\") for t in texts]
+    st = np.cumsum([0] + [len(t) for t in texts]).astype(np.int64)
+    m, G = len(dets), len(gts)
+    gtext = b"".join(r["counts"] for r in gts)
+    gst = np.cumsum([0] + [len(r["counts"]) for r in gts]).astype(np.int64)
+    gh, gw = np.full(G, h, np.int64), np.full(G, w, np.int64)
+    counts, off = np.empty(max(len(gtext), 1), np.uint32), np.empty(G + 1, np.int64)
+    assert _native._ccore.decode_rles(gtext, gst, gh, gw, counts, off) == -1
+    vals = np.full(m * G, start)
+    bad = _native._ccore.boundary_min(
+        b"".join(texts),
+        np.ascontiguousarray(np.stack([st[:-1], st[1:]], 1)),
+        np.full(m, int(escape), np.uint8),
+        np.full(m, h, np.int64),
+        np.full(m, w, np.int64),
+        np.full(m, d, np.int64),
+        np.repeat(np.arange(m), G),
+        np.tile(np.arange(G), m),
+        np.arange(m * G),
+        counts[: off[-1]],
+        off,
+        gh,
+        gw,
+        vals,
+    )
+    assert bad == -1
+    return vals.reshape(m, G)
+
+
+def _adversarial_masks(rng, h, w):
+    """Empty, full, one pixel (in a corner), a line along each border, thin inner lines, a
+    diagonal, rectangles on the border, a ring (two runs per column), speckle, a checkerboard."""
+    out = []
+    m = np.zeros((h, w), np.uint8)
+    out.append(m)
+    out.append(np.ones((h, w), np.uint8))
+    for y, x in ((0, 0), (h - 1, w - 1), (int(rng.integers(h)), int(rng.integers(w)))):
+        m = np.zeros((h, w), np.uint8)
+        m[y, x] = 1
+        out.append(m)
+    for sl in (np.s_[0, :], np.s_[-1, :], np.s_[:, 0], np.s_[:, -1], np.s_[h // 2, 1:-1]):
+        m = np.zeros((h, w), np.uint8)
+        m[sl] = 1
+        out.append(m)
+    m = np.zeros((h, w), np.uint8)
+    m[:, w // 2 : w // 2 + 2] = 1  # a vertical line two pixels wide
+    out.append(m)
+    yy, xx = np.mgrid[:h, :w]
+    out.append((yy == xx).astype(np.uint8))  # a diagonal: one pixel per column
+    out.append(((yy + xx) % 2).astype(np.uint8))  # checkerboard
+    r = np.hypot(yy - h / 2, xx - w / 2)
+    out.append(((r < min(h, w) * 0.45) & (r > min(h, w) * 0.2)).astype(np.uint8))  # a ring
+    for _ in range(3):
+        m = np.zeros((h, w), np.uint8)
+        for _ in range(int(rng.integers(1, 4))):
+            y0, x0 = int(rng.integers(-3, h)), int(rng.integers(-3, w))
+            m[
+                max(y0, 0) : y0 + int(rng.integers(1, h + 1)),
+                max(x0, 0) : x0 + int(rng.integers(1, w + 1)),
+            ] = 1
+        out.append(m)
+    out.append((rng.random((h, w)) < rng.uniform(0.1, 0.9)).astype(np.uint8))
+    return out
+
+
+def _compressed(mask):
+    return mask_utils.encode(np.asfortranarray(mask))
+
+
+@needs_core
+def test_compiled_boundary_ious_equal_numpy_reference():
+    """Every pair of random and adversarial masks (empty, full, one pixel, border lines and
+    corners, thin lines, rings, speckle, d larger than the object), at the image's d and at
+    d = 1, 2, 7, 60: the core's boundary IoU is bit-equal to boundary.boundary_iou, with plain
+    and JSON-escaped counts strings; min() with the value already there."""
+    rng = np.random.default_rng(5)
+    sizes = [(1, 1), (1, 7), (9, 1), (2, 2), (5, 3)] + [
+        (int(rng.integers(3, 70)), int(rng.integers(3, 70))) for _ in range(14)
+    ]
+    escaped_seen = False
+    for h, w in sizes:
+        rles = [_compressed(m) for m in _adversarial_masks(rng, h, w)]
+        for d in sorted({dilation(h, w), 1, 2, 7, 60}):
+            crops = boundary_crops(rles, d)
+            ref = np.array([[boundary_iou(a, b) for b in crops] for a in crops])
+            escape = any(b"\\" in r["counts"] for r in rles)
+            escaped_seen |= escape
+            got = _core_boundary_ious(rles, rles, d, escape=escape)
+            assert got.tobytes() == ref.tobytes(), (h, w, d)
+    assert escaped_seen  # some counts strings hold a backslash: the escaped path was run
+    # min() with what is there: a value below the boundary IoU stays
+    sq = [_compressed(_square(40, 40, 5, 5, 10)), _compressed(_square(40, 40, 5, 6, 10))]
+    got = _core_boundary_ious(sq, sq, 1, start=0.3)
+    np.testing.assert_array_equal(got, [[0.3, 0.3], [0.3, 0.3]])  # 1.0 and 1/3 above 0.3
+    got = _core_boundary_ious(sq, sq, 1, start=0.5)
+    assert got[0, 1] == got[1, 0] == 18 / 54 and got[0, 0] == 0.5
+
+
+@needs_core
+def test_compiled_boundaries_of_non_canonical_rles():
+    """Counts with zero-length runs (touching runs of ones, leading zeros) as pycocotools
+    accepts them: the same boundary IoUs as the numpy reference, and the numpy reference the
+    slow one's."""
+    rng = np.random.default_rng(1)
+    h, w = 6, 5
+    lists = [[2, 3, 0, 2, 23], [0, 0, 5, 3, 22], [0, 30], [5, 0, 0, 4, 21], [3, 2, 0, 0, 0, 4, 21]]
+    for _ in range(20):  # random runs, some of length 0
+        c = rng.integers(0, 4, int(rng.integers(2, 12))).tolist()
+        if sum(c) < h * w:
+            lists.append(c + [h * w - sum(c)])
+    rles = [mask_utils.frPyObjects({"size": [h, w], "counts": c}, h, w) for c in lists]
+    for d in (1, 2):
+        crops = boundary_crops(rles, d)
+        for r, b in zip(rles, crops):
+            assert b.count == int(slow_boundary(mask_utils.decode(r), d).sum())
+        ref = np.array([[boundary_iou(a, b) for b in crops] for a in crops])
+        assert _core_boundary_ious(rles, rles, d).tobytes() == ref.tobytes()
+
+
+@needs_core
+@pytest.mark.parametrize("seed", [0, 1])
+def test_boundary_ap_through_the_core_equals_python_reader(tmp_path, monkeypatch, seed):
+    """A results file evaluated for boundary AP with the compiled reader (which computes the
+    boundary IoUs in the core) and with BALMS_NO_CCORE=1: the same precision and recall,
+    bit for bit, and the slow reference's; the core did compute boundary IoUs."""
+    ds, res = boundary_dataset(seed)
+    path = tmp_path / "res.json"
+    path.write_text(json.dumps(res))
+    pairs = []
+    core_min = _native._ccore.boundary_min
+
+    def counted(*args):
+        pairs.append(len(args[6]))
+        return core_min(*args)
+
+    monkeypatch.setattr(_native._ccore, "boundary_min", counted)
+    out = {}
+    for off in ("1", "0"):
+        monkeypatch.setenv("BALMS_NO_CCORE", off)
+        for ignore in (False, True):
+            out[off, ignore] = evaluate_lvis(ds, str(path), "boundary", ignore_boxes=ignore)
+    assert sum(pairs) > 10  # the core's path was taken (twice), with pairs to compute
+    for ignore in (False, True):
+        a, b = out["0", ignore], out["1", ignore]
+        assert a.precision.tobytes() == b.precision.tobytes()
+        assert a.recall.tobytes() == b.recall.tobytes()
+        assert a.results == b.results
+    gt_path = str(tmp_path / "gt.json")
+    with open(gt_path, "w") as f:
+        json.dump(ds, f)
+    ref = slow_boundary_ap(gt_path, res)
+    np.testing.assert_allclose(out["0", False].precision, ref.eval["precision"], rtol=0, atol=TOL)

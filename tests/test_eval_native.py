@@ -245,12 +245,11 @@ def test_compiled_and_python_readers_evaluate_the_same(
     monkeypatch.setattr(_native, "native_columns", counted)
     for kw in (dict(workers=2), dict(workers=1, ignore_boxes=True)):
         python, native = _evaluate_both(monkeypatch, ds, str(path), iou_type, **kw)
-        # the compiled reader read chunks itself where it can: not for boundary IoUs, nor
-        # boxes made from masks (bbox, boxes ignored); chunks with polygons (adversarial) only
-        # where no mask is read
+        # the compiled reader read chunks itself where it can: not for boxes made from masks
+        # (bbox, boxes ignored); chunks with polygons (adversarial) only where no mask is read
         masks_read = iou_type != "bbox" or kw.get("ignore_boxes")
         if not (adversarial and masks_read):
-            expected = iou_type != "boundary" and not (iou_type == "bbox" and masks_read)
+            expected = not (iou_type == "bbox" and masks_read)
             assert any(taken) == expected, taken
         taken.clear()
         for p in ("standard", "fixed", "pool"):

@@ -10,6 +10,8 @@
  * decode_rles / mask_ious: COCO compressed RLE strings (pycocotools' format) decoded, and the
  *     IoUs of detection masks with the ground-truth masks of their cell, with pycocotools'
  *     rleIou's integer counts (hence bit-equal values).
+ * boundary_min (the last section): boundary AP's min(mask IoU, boundary IoU), the boundaries
+ *     computed from the runs of the masks (erosions of intervals, not of pixels).
  *
  * Numbers are converted correctly rounded, as Python's float() does (checked in the tests).
  * Every input comes in through the buffer protocol (numpy arrays, bytes); no numpy headers.
@@ -1434,6 +1436,8 @@ done:
     return res;
 }
 
+static PyObject *boundary_min(PyObject *self, PyObject *args); /* below */
+
 static PyMethodDef methods[] = {
     {"scan_results", scan_results, METH_VARARGS,
      "scan_results(text, img, cat, score, box, flags, seg) -> n, or -1 (not valid JSON), "
@@ -1452,13 +1456,17 @@ static PyMethodDef methods[] = {
     {"accumulate", accumulate, METH_VARARGS,
      "accumulate(tp, fp, order, bounds, num_gt, rec_thrs, precision, recall): lvis-api's "
      "precision and recall of groups of detections"},
+    {"boundary_min", boundary_min, METH_VARARGS,
+     "boundary_min(text, spans, escaped, h, w, d, pair_det, pair_gt, pair_val, gt_counts, "
+     "gt_off, gt_h, gt_w, vals) -> -1 or the first pair left to Python: vals = min(vals, "
+     "boundary IoU) of the pairs"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ccore",
                                     "balms-det's compiled evaluation core", -1, methods};
 
 /* The interface version _native.py expects: a core built from older source is not used. */
-#define CCORE_VERSION 1
+#define CCORE_VERSION 2
 
 PyMODINIT_FUNC PyInit__ccore(void) {
     PyObject *m = PyModule_Create(&module);
@@ -1467,4 +1475,441 @@ PyMODINIT_FUNC PyInit__ccore(void) {
         return NULL;
     }
     return m;
+}
+
+/* ---- boundary IoU ------------------------------------------------------------------------ */
+/* Boundary IoU (Cheng et al. 2021) of compressed-RLE masks, the values of
+ * balms_det/evaluation/boundary.py: the boundary of a mask M is M minus its erosion by a
+ * (2d + 1) x (2d + 1) square (d erosions by 3 x 3), the outside of the image counting as
+ * background. A mask is held as columns of runs: per column x, its sorted, disjoint row
+ * intervals [y0, y1). The erosion is separable: every interval of a column shrinks by d at both
+ * ends (vertical erosion; the column's ends are the image border), then a pixel stays iff its row
+ * is in the vertically eroded columns x - d .. x + d, all inside the mask's columns (horizontal
+ * erosion: intersections of columns, the window of 2d + 1 columns built by doubling,
+ * A_2m(x) = A_m(x) & A_m(x + m)). Everything is linear in the number of runs, not pixels. */
+typedef struct {
+    uint32_t y0, y1;
+} Iv;
+
+typedef struct {
+    Iv *iv; /* intervals: column k's are iv[col[k] .. col[k + 1]) */
+    Py_ssize_t n, cap;
+    Py_ssize_t *col;
+    Py_ssize_t ccap;
+    int64_t x0, nc; /* first column (of the image), number of columns */
+    uint64_t count; /* pixels */
+} Cols;
+
+static void cols_free(Cols *c) {
+    free(c->iv);
+    free(c->col);
+    memset(c, 0, sizeof(*c));
+}
+
+/* room for nc columns; no intervals, no pixels */
+static int cols_reset(Cols *c, int64_t x0, int64_t nc) {
+    if (nc + 1 > c->ccap) {
+        Py_ssize_t cap = (Py_ssize_t)nc + 1 > 2 * c->ccap ? (Py_ssize_t)nc + 1 : 2 * c->ccap;
+        Py_ssize_t *col = realloc(c->col, sizeof(Py_ssize_t) * (size_t)cap);
+        if (!col)
+            return -1;
+        c->col = col;
+        c->ccap = cap;
+    }
+    c->x0 = x0;
+    c->nc = nc;
+    c->n = 0;
+    c->count = 0;
+    c->col[0] = 0;
+    return 0;
+}
+
+static inline int cols_push(Cols *c, uint32_t y0, uint32_t y1) {
+    if (c->n == c->cap) {
+        Py_ssize_t cap = c->cap ? 2 * c->cap : 256;
+        Iv *iv = realloc(c->iv, sizeof(Iv) * (size_t)cap);
+        if (!iv)
+            return -1;
+        c->iv = iv;
+        c->cap = cap;
+    }
+    c->iv[c->n].y0 = y0;
+    c->iv[c->n].y1 = y1;
+    c->n++;
+    c->count += y1 - y0;
+    return 0;
+}
+
+/* the columns of the RLE counts cnt[0 .. m) of an h x w mask (counts summing to h * w): its
+ * first to its last column with a pixel (none for an empty mask); runs split at column ends,
+ * touching runs of a column (zero-length runs between them) joined */
+static int mask_cols(const uint32_t *cnt, Py_ssize_t m, uint32_t h, uint32_t w, Cols *M) {
+    if (cols_reset(M, 0, w) < 0)
+        return -1;
+    M->nc = 0;
+    int64_t cur = -1; /* the current column, of the image */
+    uint64_t pos = 0;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        uint64_t len = cnt[j];
+        if ((j & 1) && len) {
+            uint64_t p = pos, end = pos + len;
+            while (p < end) {
+                int64_t x = (int64_t)(p / h);
+                uint32_t y = (uint32_t)(p % h);
+                uint64_t stop = (uint64_t)(x + 1) * h;
+                if (stop > end)
+                    stop = end;
+                if (cur < 0) {
+                    M->x0 = cur = x;
+                    M->col[0] = 0;
+                }
+                while (cur < x) /* columns cur + 1 .. x start here */
+                    M->col[++cur - M->x0] = M->n;
+                uint32_t y1 = y + (uint32_t)(stop - p);
+                if (M->n > M->col[cur - M->x0] && M->iv[M->n - 1].y1 == y) {
+                    M->iv[M->n - 1].y1 = y1;
+                    M->count += y1 - y;
+                } else if (cols_push(M, y, y1) < 0) {
+                    return -1;
+                }
+                p = stop;
+            }
+        }
+        pos += len;
+    }
+    M->nc = cur < 0 ? 0 : cur - M->x0 + 1;
+    M->col[M->nc] = M->n;
+    return 0;
+}
+
+/* out = [a] & [b] (sorted disjoint intervals), appended */
+static int iv_and(Cols *out, const Iv *a, Py_ssize_t na, const Iv *b, Py_ssize_t nb) {
+    Py_ssize_t i = 0, j = 0;
+    while (i < na && j < nb) {
+        uint32_t lo = a[i].y0 > b[j].y0 ? a[i].y0 : b[j].y0;
+        uint32_t hi = a[i].y1 < b[j].y1 ? a[i].y1 : b[j].y1;
+        if (lo < hi && cols_push(out, lo, hi) < 0)
+            return -1;
+        if (a[i].y1 < b[j].y1)
+            i++;
+        else
+            j++;
+    }
+    return 0;
+}
+
+/* out(k) = A(k) & A(k + shift), k = 0 .. A.nc - shift - 1 */
+static int cols_window(const Cols *A, int64_t shift, Cols *out) {
+    int64_t nc = A->nc - shift;
+    if (cols_reset(out, A->x0, nc < 0 ? 0 : nc) < 0)
+        return -1;
+    for (int64_t k = 0; k < out->nc; k++) {
+        Py_ssize_t ia = A->col[k], ib = A->col[k + shift];
+        if (iv_and(out, A->iv + ia, A->col[k + 1] - ia, A->iv + ib, A->col[k + shift + 1] - ib) < 0)
+            return -1;
+        out->col[k + 1] = out->n;
+    }
+    return 0;
+}
+
+/* Scratch of boundary_cols */
+typedef struct {
+    Cols M, T1, T2;
+    int64_t *q; /* two deques of column indices */
+    Py_ssize_t qcap;
+} Work;
+
+static void work_free(Work *w) {
+    cols_free(&w->M);
+    cols_free(&w->T1);
+    cols_free(&w->T2);
+    free(w->q);
+    memset(w, 0, sizeof(*w));
+}
+
+/* E(k) = V(k) & .. & V(k + L - 1), k = 0 .. V.nc - L, of columns V holding at most one interval
+ * each: the largest y0 and the least y1 of the window (sliding maximum and minimum, monotone
+ * deques), empty where a column of the window is */
+static int window_single(const Cols *V, int64_t L, Cols *E, Work *wk) {
+    int64_t nc = V->nc;
+    if (cols_reset(E, V->x0, nc - L + 1) < 0)
+        return -1;
+    if (2 * nc > wk->qcap) {
+        int64_t *q = realloc(wk->q, sizeof(int64_t) * (size_t)(2 * nc));
+        if (!q)
+            return -1;
+        wk->q = q;
+        wk->qcap = 2 * nc;
+    }
+    int64_t *qa = wk->q, *qb = wk->q + nc; /* y0: decreasing; y1: increasing */
+    int64_t ha = 0, ta = 0, hb = 0, tb = 0, empty = -1;
+    const Iv *iv = V->iv;
+    const Py_ssize_t *col = V->col;
+    for (int64_t k = 0; k < nc; k++) {
+        if (col[k] == col[k + 1]) {
+            empty = k;
+            ha = ta = hb = tb = 0;
+        } else {
+            uint32_t y0 = iv[col[k]].y0, y1 = iv[col[k]].y1;
+            while (ta > ha && iv[col[qa[ta - 1]]].y0 <= y0)
+                ta--;
+            qa[ta++] = k;
+            while (tb > hb && iv[col[qb[tb - 1]]].y1 >= y1)
+                tb--;
+            qb[tb++] = k;
+        }
+        int64_t s = k - L + 1; /* the window s .. k */
+        if (s < 0)
+            continue;
+        if (empty < s) {
+            while (qa[ha] < s)
+                ha++;
+            while (qb[hb] < s)
+                hb++;
+            uint32_t lo = iv[col[qa[ha]]].y0, hi = iv[col[qb[hb]]].y1;
+            if (lo < hi && cols_push(E, lo, hi) < 0)
+                return -1;
+        }
+        E->col[s + 1] = E->n;
+    }
+    return 0;
+}
+
+/* B = the boundary of the mask wk->M (its columns) for width d */
+static int boundary_cols(Work *wk, int64_t d, Cols *B) {
+    const Cols *M = &wk->M;
+    int64_t L = 2 * d + 1, ne = M->nc - L + 1; /* columns of the erosion: M's d .. nc - d - 1 */
+    Cols *E = NULL;
+    if (ne > 0) {
+        /* vertical erosion */
+        Cols *V = &wk->T1;
+        int single = 1;
+        if (cols_reset(V, M->x0, M->nc) < 0)
+            return -1;
+        for (int64_t k = 0; k < M->nc; k++) {
+            for (Py_ssize_t i = M->col[k]; i < M->col[k + 1]; i++) {
+                int64_t y0 = (int64_t)M->iv[i].y0 + d, y1 = (int64_t)M->iv[i].y1 - d;
+                if (y0 < y1 && cols_push(V, (uint32_t)y0, (uint32_t)y1) < 0)
+                    return -1;
+            }
+            V->col[k + 1] = V->n;
+            single &= V->col[k + 1] - V->col[k] <= 1;
+        }
+        if (V->n && single) {
+            if (window_single(V, L, &wk->T2, wk) < 0)
+                return -1;
+            E = &wk->T2;
+        } else if (V->n) {
+            /* horizontal: windows of p = 1, 2, 4, .. <= L columns, then two of them overlapping */
+            Cols *A = V, *other = &wk->T2;
+            int64_t p = 1;
+            while (2 * p <= L && A->n) {
+                if (cols_window(A, p, other) < 0)
+                    return -1;
+                Cols *t = A;
+                A = other;
+                other = t;
+                p *= 2;
+            }
+            if (A->n && p < L) {
+                if (cols_window(A, L - p, other) < 0)
+                    return -1;
+                A = other;
+            }
+            E = A;
+        }
+        if (E && !E->n)
+            E = NULL;
+        /* E(k) is the erosion of M's column k + d, k = 0 .. ne - 1 */
+    }
+    if (cols_reset(B, M->x0, M->nc) < 0)
+        return -1;
+    if (!E) { /* all boundary */
+        if (M->n > B->cap) {
+            Iv *iv = realloc(B->iv, sizeof(Iv) * (size_t)M->n);
+            if (!iv)
+                return -1;
+            B->iv = iv;
+            B->cap = M->n;
+        }
+        if (M->n) /* (no intervals: iv may be NULL) */
+            memcpy(B->iv, M->iv, sizeof(Iv) * (size_t)M->n);
+        memcpy(B->col, M->col, sizeof(Py_ssize_t) * (size_t)(M->nc + 1));
+        B->n = M->n;
+        B->count = M->count;
+        return 0;
+    }
+    for (int64_t k = 0; k < M->nc; k++) {
+        Py_ssize_t e = 0, ee = 0;
+        if (k >= d && k - d < ne) {
+            e = E->col[k - d];
+            ee = E->col[k - d + 1];
+        }
+        for (Py_ssize_t i = M->col[k]; i < M->col[k + 1]; i++) { /* M minus E (E inside M) */
+            uint32_t cur = M->iv[i].y0, y1 = M->iv[i].y1;
+            for (; e < ee && E->iv[e].y0 < y1; e++) {
+                if (E->iv[e].y0 > cur && cols_push(B, cur, E->iv[e].y0) < 0)
+                    return -1;
+                if (E->iv[e].y1 > cur)
+                    cur = E->iv[e].y1;
+            }
+            if (cur < y1 && cols_push(B, cur, y1) < 0)
+                return -1;
+        }
+        B->col[k + 1] = B->n;
+    }
+    return 0;
+}
+
+/* |A & B| of two column sets of the same image */
+static uint64_t cols_intersection(const Cols *a, const Cols *b) {
+    int64_t x0 = a->x0 > b->x0 ? a->x0 : b->x0;
+    int64_t x1 = a->x0 + a->nc < b->x0 + b->nc ? a->x0 + a->nc : b->x0 + b->nc;
+    uint64_t inter = 0;
+    for (int64_t x = x0; x < x1; x++) {
+        Py_ssize_t i = a->col[x - a->x0], ie = a->col[x - a->x0 + 1];
+        Py_ssize_t j = b->col[x - b->x0], je = b->col[x - b->x0 + 1];
+        while (i < ie && j < je) {
+            uint32_t lo = a->iv[i].y0 > b->iv[j].y0 ? a->iv[i].y0 : b->iv[j].y0;
+            uint32_t hi = a->iv[i].y1 < b->iv[j].y1 ? a->iv[i].y1 : b->iv[j].y1;
+            if (lo < hi)
+                inter += hi - lo;
+            if (a->iv[i].y1 < b->iv[j].y1)
+                i++;
+            else
+                j++;
+        }
+    }
+    return inter;
+}
+
+/* boundary_min(text, spans int64 (m, 2), escaped uint8 (m,), h int64 (m,), w int64 (m,),
+ *              d int64 (m,), pair_det int64 (P,), pair_gt int64 (P,), pair_val int64 (P,),
+ *              gt_counts uint32, gt_off int64 (G+1,), gt_h int64 (G,), gt_w int64 (G,),
+ *              vals float64) -> -1, or the index of the first pair it cannot compute
+ * For each pair p: vals[pair_val[p]] = min(vals[pair_val[p]], boundary IoU of detection
+ * pair_det[p] (its counts string at spans, in an h x w image, boundary width d) and ground truth
+ * pair_gt[p]): |Bd & Bg| / |Bd | Bg|, 0 without intersection, as boundary.boundary_iou. Pairs
+ * of one detection come one after another; each ground truth's boundary is computed once. */
+static PyObject *boundary_min(PyObject *self, PyObject *args) {
+    Py_buffer v[14];
+    memset(v, 0, sizeof(v));
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*y*y*y*y*y*w*", &v[0], &v[1], &v[2], &v[3],
+                          &v[4], &v[5], &v[6], &v[7], &v[8], &v[9], &v[10], &v[11], &v[12],
+                          &v[13]))
+        return NULL;
+    PyObject *res = NULL;
+    uint32_t *tmp = NULL;
+    Cols *gb = NULL, B;
+    Work wk;
+    memset(&B, 0, sizeof(B));
+    memset(&wk, 0, sizeof(wk));
+    char *gdone = NULL;
+    if (get_buffers(v, 14) < 0)
+        goto done;
+    Py_ssize_t m = v[2].len, P = v[6].len / 8, G = v[11].len / 8;
+    const int64_t *spans = v[1].buf, *h = v[3].buf, *w = v[4].buf, *dd = v[5].buf,
+                  *pd = v[6].buf, *pg = v[7].buf, *pv = v[8].buf, *goff = v[10].buf,
+                  *gh = v[11].buf, *gw = v[12].buf;
+    const uint8_t *esc = v[2].buf;
+    const uint32_t *gc = v[9].buf;
+    double *vals = v[13].buf;
+    Py_ssize_t nvals = v[13].len / 8, ngc = v[9].len / 4;
+    if (v[1].len / 16 != m || v[3].len / 8 != m || v[4].len / 8 != m || v[5].len / 8 != m ||
+        v[7].len / 8 != P || v[8].len / 8 != P || v[10].len / 8 != G + 1 ||
+        v[12].len / 8 != G) {
+        PyErr_SetString(PyExc_ValueError, "boundary_min: buffers of wrong sizes");
+        goto done;
+    }
+    cp text = v[0].buf;
+    gb = calloc((size_t)(G + 1), sizeof(Cols));
+    gdone = calloc((size_t)(G + 1), 1);
+    if (!gb || !gdone) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t cap = 0, bad = -1;
+    int64_t last = -1; /* the detection whose boundary B is */
+    int nomem = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t p = 0; p < P; p++) {
+        int64_t j = pd[p], g = pg[p];
+        if (j < 0 || j >= m || g < 0 || g >= G || pv[p] < 0 || pv[p] >= nvals || gh[g] != h[j] ||
+            gw[g] != w[j] || dd[j] < 1 || goff[g] < 0 || goff[g] > goff[g + 1] ||
+            goff[g + 1] > ngc) {
+            bad = p;
+            break;
+        }
+        uint64_t hw = (uint64_t)h[j] * (uint64_t)w[j];
+        if (h[j] <= 0 || w[j] <= 0 || hw >= ((uint64_t)1 << 32)) {
+            bad = p;
+            break;
+        }
+        if (j != last) {
+            int64_t s = spans[2 * j], e = spans[2 * j + 1];
+            if (s < 0 || s > e || e > v[0].len) {
+                bad = p;
+                break;
+            }
+            if (e - s > cap) {
+                cap = 2 * (e - s) + 16;
+                uint32_t *t = realloc(tmp, sizeof(uint32_t) * (size_t)cap);
+                if (!t) {
+                    nomem = 1;
+                    break;
+                }
+                tmp = t;
+            }
+            Py_ssize_t nd = rle_decode(text + s, text + e, esc[j], tmp);
+            if (nd < 0 || rle_sum(tmp, nd) != hw) {
+                bad = p;
+                break;
+            }
+            if (mask_cols(tmp, nd, (uint32_t)h[j], (uint32_t)w[j], &wk.M) < 0 ||
+                boundary_cols(&wk, dd[j], &B) < 0) {
+                nomem = 1;
+                break;
+            }
+            last = j;
+        }
+        if (!gdone[g]) {
+            const uint32_t *gcn = gc + goff[g];
+            Py_ssize_t ng = (Py_ssize_t)(goff[g + 1] - goff[g]);
+            if (rle_sum(gcn, ng) != hw) {
+                bad = p;
+                break;
+            }
+            if (mask_cols(gcn, ng, (uint32_t)h[j], (uint32_t)w[j], &wk.M) < 0 ||
+                boundary_cols(&wk, dd[j], &gb[g]) < 0) {
+                nomem = 1;
+                break;
+            }
+            gdone[g] = 1; /* (wk is scratch: B stays the detection's boundary) */
+        }
+        double iou = 0.0;
+        if (B.count && gb[g].count) {
+            uint64_t inter = cols_intersection(&B, &gb[g]);
+            if (inter)
+                iou = (double)inter / (double)(B.count + gb[g].count - inter);
+        }
+        if (iou < vals[pv[p]])
+            vals[pv[p]] = iou;
+    }
+    Py_END_ALLOW_THREADS
+    if (nomem) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    res = PyLong_FromSsize_t(bad);
+done:
+    free(tmp);
+    if (gb)
+        for (Py_ssize_t g = 0; g < G; g++)
+            cols_free(&gb[g]);
+    free(gb);
+    free(gdone);
+    cols_free(&B);
+    work_free(&wk);
+    release(v, 14);
+    return res;
 }

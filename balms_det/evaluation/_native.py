@@ -13,7 +13,10 @@ import os
 
 import numpy as np
 
-CCORE_VERSION = 1  # the interface of _ccore.c this module calls
+from .boundary import dilation
+from .matching import THR_EFF
+
+CCORE_VERSION = 2  # the interface of _ccore.c this module calls
 
 try:
     from . import _ccore
@@ -152,10 +155,8 @@ def ground_truth_masks(gt, gidx):
 
 
 def reads(how):
-    """Whether the compiled reader reads results of this kind (it leaves boundary IoUs and
-    boxes made from masks to the Python reader)."""
-    if how.masks and how.ious and how.iou_type == "boundary":
-        return False
+    """Whether the compiled reader reads results of this kind (it leaves boxes made from masks
+    to the Python reader)."""
     return not (how.iou_type == "bbox" and how.ignore_boxes)
 
 
@@ -201,7 +202,7 @@ def native_columns(s, how):
     need = np.arange(nrel) if how.need_segs else np.flatnonzero(~rel_box)
     if not rel_box.all() and how.iou_type == "bbox":
         return None  # boxes from masks: pycocotools' toBbox, in the Python reader
-    ious = how.masks and how.ious  # segm: boundary IoUs are not read here (see reads)
+    ious = how.masks and how.ious
     j = rel_idx[need]
     img = iidx[j]
     h, w = gt.img_h[img], gt.img_w[img]
@@ -255,11 +256,55 @@ def native_columns(s, how):
     area[dec] = dec_area
     if bad >= 0:
         return None
+    if ious and how.iou_type == "boundary" and len(vals):
+        spans = np.ascontiguousarray(seg[:, 4:6])
+        escaped = ((s.flags[j] & F_ESCAPED) != 0).astype(np.uint8)
+        crowd = gt.g_crowd[gidx]
+        if not _min_with_boundary(s.text, spans, escaped, h, w, g_first, g_num, masks, crowd, vals):
+            return None
     out["mask_area"][need[want]] = area[want]
     if ious:
         out["iou_off"][need] = np.where(g_num > 0, out_off, -1)
         out["iou_val"] = vals
     return out, unknown
+
+
+_THR0 = float(THR_EFF.min())  # as fast_lvis: below it with every ground truth, never matched
+
+
+def _min_with_boundary(text, spans, escaped, h, w, g_first, g_num, masks, crowd, vals):
+    """Boundary AP's IoUs, in place: ``vals`` (the mask IoUs of detections with the ground truth
+    of their cell, as ``mask_ious`` wrote them: detection k's with ground truth ``g_first[k]``..
+    at ``vals[sum(g_num[:k]):][:g_num[k]]``) become min(mask IoU, boundary IoU) where the Python
+    reader computes the boundary IoU (``fast_lvis._min_with_boundary``): mask IoU at least the
+    lowest threshold, ground truth not crowd. False: a detection left to the Python reader."""
+    k = np.repeat(np.arange(len(g_num)), g_num)  # the detection of each value
+    start = np.zeros(len(g_num), np.int64)
+    np.cumsum(g_num[:-1], out=start[1:])
+    g = np.repeat(g_first - start, g_num) + np.arange(len(vals))  # its ground truth
+    pair = np.flatnonzero((vals >= _THR0) & ~crowd[g])
+    if len(pair) == 0:
+        return True
+    size = h.astype(np.int64) << 32 | w  # image sizes are below 2**32 pixels (mask_ious)
+    uniq, inv = np.unique(size, return_inverse=True)
+    d = np.array([dilation(int(u >> 32), int(u & 0xFFFFFFFF)) for u in uniq.tolist()], np.int64)
+    bad = _ccore.boundary_min(
+        text,
+        spans,
+        escaped,
+        np.ascontiguousarray(h, np.int64),
+        np.ascontiguousarray(w, np.int64),
+        d[inv],
+        k[pair],
+        g[pair],
+        pair,
+        masks.counts,
+        masks.off,
+        masks.h,
+        masks.w,
+        vals,
+    )
+    return bad < 0
 
 
 GroundTruthMasks.empty = GroundTruthMasks(
