@@ -2,7 +2,7 @@
 # Both create .venv with the tested stack on first use (scripts/ensure_venv.sh).
 PY := .venv/bin/python
 
-.PHONY: venv run test bench format clean-data
+.PHONY: venv run test bench format clean-data sanitize
 
 venv:
 	@bash scripts/ensure_venv.sh
@@ -32,6 +32,27 @@ bench: venv
 		decoupled_los_d0.9 decoupled_los_d0.9_fg balanced_softmax seesaw eqlv2 sigmoid_rfs \
 		balms_published
 	$(PY) benchmarks/bench_cost.py --steps 30 --out output/bench_cost
+
+# The evaluation core (balms_det/evaluation/_ccore.c) built with AddressSanitizer and
+# UndefinedBehaviorSanitizer (gcc) into a temporary copy of the package, and the compiled-reader
+# and hostile-input tests run against it (libasan preloaded into the Python host process, leak
+# detection off: Python's own allocations are not freed at exit). Not part of `make test`; the
+# in-place core is left as it is, the temporary folder removed. See README ("Evaluation").
+SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+sanitize: venv
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	cp -r balms_det "$$tmp/"; rm -f "$$tmp"/balms_det/evaluation/_ccore*.so; \
+	inc=$$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['include'])"); \
+	ext=$$($(PY) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))"); \
+	gcc -shared -fPIC -O1 -g -std=c99 -ffp-contract=off $(SAN_FLAGS) -I"$$inc" \
+		balms_det/evaluation/_ccore.c -o "$$tmp/balms_det/evaluation/_ccore$$ext"; \
+	repo=$$(pwd); py=$(abspath $(PY)); cd "$$tmp"; \
+	export LD_PRELOAD=$$(gcc -print-file-name=libasan.so) PYTHONPATH="$$tmp" \
+		ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1; \
+	$$py -c "import balms_det.evaluation._ccore as c; assert c.__file__.startswith('$$tmp'), \
+		c.__file__; print('sanitized core:', c.__file__)"; \
+	$$py -m pytest "$$repo/tests/test_eval_native.py" "$$repo/tests/test_eval_hostile.py" -q \
+		-p no:cacheprovider $(PYTEST_ARGS)
 
 # black and isort at line length 100 (pyproject.toml)
 format:

@@ -634,8 +634,10 @@ done:
 /* ---- RLE ------------------------------------------------------------------------------- */
 /* Decode a COCO compressed RLE string [s, e) (JSON escapes \\ and \/ undone when ``escaped``)
  * into counts, as pycocotools' rleFrString, for the strings it decodes without overflow: every
- * character in '0'..'o', at most 6 characters per count, the last one complete. Returns the
- * number of counts, or -1 for a string left to pycocotools. ``cnts`` holds (e - s) counts. */
+ * character in '0'..'o', at most 6 characters per count, the last one complete, every count in
+ * 0..2**32 - 1 (pycocotools would wrap it around). Returns the number of counts, or -1 for a
+ * string left to the Python reader (which raises for it, or gives it to pycocotools when it
+ * keeps detections_io's rules). ``cnts`` holds (e - s) counts. */
 static Py_ssize_t rle_decode(cp s, cp e, int escaped, uint32_t *cnts) {
     Py_ssize_t m = 0;
     int64_t x = 0;
@@ -657,6 +659,8 @@ static Py_ssize_t rle_decode(cp s, cp e, int escaped, uint32_t *cnts) {
                 x |= -((int64_t)1 << (5 * k)); /* sign extension */
             if (m > 2)
                 x += (int64_t)cnts[m - 2];
+            if (x < 0 || x > (int64_t)UINT32_MAX)
+                return -1;
             cnts[m++] = (uint32_t)x;
             x = 0;
             k = 0;

@@ -39,13 +39,18 @@ class BadJSON(ValueError):
 def loads(data):
     """Parse JSON text (bytes or str). orjson first; the standard library where orjson refuses
     what Python's json accepts (NaN / Infinity literals, integers beyond 64 bits, lone
-    surrogates), so that both give the same values and a NaN reaches the validators."""
+    surrogates), so that both give the same values and a NaN reaches the validators. Text
+    nested too deeply for the standard library (its recursion limit) is BadJSON, as any other
+    text that does not parse (a ValueError)."""
     if orjson is not None:
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
             pass
-    return json.loads(data)
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise BadJSON("nested too deeply") from None
 
 
 def read_file(path):

@@ -35,6 +35,7 @@ __all__ = [
     "scan",
     "GroundTruthMasks",
     "ground_truth_masks",
+    "undecodable_rles",
     "reads",
     "native_columns",
     "true_false_positives",
@@ -114,27 +115,54 @@ class GroundTruthMasks:
         return cls(counts[: off[-1]].copy(), off, h, w)
 
 
+def undecodable_rles(text, lengths, hw):
+    """Positions of the compressed RLE counts strings (``text``: bytes, the strings joined,
+    ``lengths`` bytes each) that the core does not decode into counts summing to ``hw`` (per
+    string): a superset of those that break detections_io's rules (the core also leaves counts
+    of 7 characters and images of 2**32 pixels or more to them), found at C speed."""
+    n = len(lengths)
+    starts = np.zeros(n + 1, np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    hw = np.ascontiguousarray(hw, np.int64)
+    ones = np.ones(n, np.int64)
+    counts = np.empty(max(len(text), 1), np.uint32)
+    off = np.empty(n + 1, np.int64)
+    view = memoryview(text)
+    out, i = [], 0
+    while i < n:  # the core stops at the first one: go on after it
+        first = _ccore.decode_rles(
+            view[starts[i] :], starts[i:] - starts[i], hw[i:], ones[i:], counts, off[: n - i + 1]
+        )
+        if first < 0:
+            break
+        out.append(i + first)
+        i += first + 1
+    return np.array(out, np.int64)
+
+
+def _ranges(starts, lengths):
+    """The indices starts[i] .. starts[i] + lengths[i] - 1 of every i, concatenated."""
+    ends = np.cumsum(lengths)
+    return np.repeat(starts - (ends - lengths), lengths) + np.arange(ends[-1] if len(ends) else 0)
+
+
 def _polygons(gt, gidx):
     """(coords, polygon offsets, annotation offsets) of the kept ground truth ``gidx`` when
     every one of them is polygons as pycocotools rasterises them (a list of lists, the first of
-    more than 4 coordinates, none of fewer than 4), else None."""
-    anns = gt.dataset["annotations"]
-    coords, poly_off, ann_off = [], [0], [0]
-    for a in gt.g_ann[gidx].tolist():
-        segm = anns[a].get("segmentation")
-        if not (isinstance(segm, list) and segm and isinstance(segm[0], list) and len(segm[0]) > 4):
-            return None
-        for poly in segm:
-            if not isinstance(poly, list) or len(poly) < 4:
-                return None  # the Python reader's check names it
-            coords.extend(poly)
-            poly_off.append(len(coords))
-        ann_off.append(len(poly_off) - 1)
-    try:
-        xy = np.array(coords, np.float64)
-    except (TypeError, ValueError):
+    more than 4 coordinates), from the ground truth's polygon table, else None."""
+    pos, xy, coord_off, poly_off, raster = gt.polygon_table()
+    k = pos[gidx]
+    if (k < 0).any() or not raster[k].all():
         return None
-    return xy, np.array(poly_off, np.int64), np.array(ann_off, np.int64)
+    npoly = poly_off[k + 1] - poly_off[k]
+    polys = _ranges(poly_off[k], npoly)
+    ncoord = coord_off[polys + 1] - coord_off[polys]
+    coords = np.ascontiguousarray(xy[_ranges(coord_off[polys], ncoord)])
+    return (
+        coords,
+        np.r_[0, np.cumsum(ncoord)].astype(np.int64),
+        np.r_[0, np.cumsum(npoly)].astype(np.int64),
+    )
 
 
 def ground_truth_masks(gt, gidx):
@@ -229,31 +257,29 @@ def native_columns(s, how):
             return None
         g_first[inside] = local[np.searchsorted(cells, ci[inside])]
         g_num[inside] = count[np.searchsorted(cells, ci[inside])]
-    # decoded: the masks compared with ground truth, and those whose area is read
+    # every mask read is decoded (and so checked, as the Python reader checks every
+    # segmentation it reads); the areas kept: of all, or of those without a box
     want = np.ones(m, bool) if how.areas == "all" else ~rel_box[need]
-    dec = np.flatnonzero((g_num > 0) | want)
     out_off = np.zeros(m, np.int64)
     np.cumsum(g_num[:-1], out=out_off[1:])
     vals = np.empty(int(g_num.sum()))
-    area = np.full(m, np.nan)
-    dec_area = np.empty(len(dec))
+    area = np.empty(m)
     bad = _ccore.mask_ious(
         s.text,
-        np.ascontiguousarray(seg[dec, 4:6]),
-        ((s.flags[j[dec]] & F_ESCAPED) != 0).astype(np.uint8),
-        h[dec],
-        w[dec],
-        g_first[dec],
-        g_num[dec],
-        out_off[dec],
+        np.ascontiguousarray(seg[:, 4:6]),
+        ((s.flags[j] & F_ESCAPED) != 0).astype(np.uint8),
+        h,
+        w,
+        g_first,
+        g_num,
+        out_off,
         masks.counts,
         masks.off,
         masks.h,
         masks.w,
         vals,
-        dec_area,
+        area,
     )
-    area[dec] = dec_area
     if bad >= 0:
         return None
     if ious and how.iou_type == "boundary" and len(vals):

@@ -6,7 +6,9 @@ saved file against an annotation file without the model (:func:`evaluate_detecti
 Every check of a detection exists once, here (:func:`extract_columns`,
 :func:`check_segmentation`), and every failure is an :class:`LVISInputError` naming the file and
 the detection (its index in the results, image_id and category_id). The engine
-(:mod:`balms_det.evaluation.fast_lvis`) and the lvis-api path both go through it.
+(:mod:`balms_det.evaluation.fast_lvis`) and the lvis-api path both go through it. Segmentations
+(of detections and of ground truth) are checked before any pycocotools call, which trusts its
+input (see "Segmentations" below): a hostile file is an error, not minutes of CPU or gigabytes.
 
 This module imports neither torch nor Detectron2 (torch only to read a ``.pth`` file).
 """
@@ -20,7 +22,7 @@ import re
 import numpy as np
 
 from ..utils import format_examples
-from . import _json
+from . import _json, _native
 
 __all__ = [
     "LVISInputError",
@@ -90,38 +92,45 @@ class Columns:
 
 def _as_int_ids(values, batch, base, field, source):
     """Integer array of ids; floats only when integral; anything else names the detections."""
-    arr = np.asarray(values)
-    if arr.dtype.kind in "iu":
+    try:
+        arr = np.asarray(values)
+    except (TypeError, ValueError, OverflowError):  # lists of unequal lengths among them
+        arr = np.empty(0, object)
+    if arr.ndim != 1 or len(arr) != len(values):
+        arr = np.empty(0, object)  # one value at a time (below)
+    if arr.dtype.kind == "i" or (arr.dtype.kind == "u" and (arr.size == 0 or arr.max() < 2**63)):
         return arr.astype(np.int64, copy=False)
     if arr.dtype.kind == "f":
-        ok = np.isfinite(arr) & (arr == np.round(arr))
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(arr) & (arr == np.round(arr)) & (arr >= -(2.0**63)) & (arr < 2.0**63)
         if ok.all():
             return arr.astype(np.int64)
         bad = np.flatnonzero(~ok).tolist()
     else:
-        bad = [
-            i
-            for i, v in enumerate(values)
-            if isinstance(v, bool)
-            or not isinstance(v, (int, float, np.integer, np.floating))
-            or not math.isfinite(v)
-            or v != int(v)
-        ]
+        bad = [i for i, v in enumerate(values) if not _is_integral(v)]
         if not bad:  # a mix of ints and integral floats
             return np.array([int(v) for v in values], dtype=np.int64)
-    _raise_for(batch, base, bad, source, f"{field} is not an integer")
+    _raise_for(batch, base, bad, source, f"{field} is not an integer (of 64 bits)")
+
+
+def _is_integral(v):
+    """An integer, or an integral float, of the int64 range (not a bool)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        return False
+    try:
+        return math.isfinite(v) and v == int(v) and -(2**63) <= int(v) < 2**63
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _scores(values, batch, base, source):
     try:
-        score = np.array(values, dtype=np.float64).reshape(len(values))
-    except (TypeError, ValueError):
-        bad = [
-            i
-            for i, s in enumerate(values)
-            if isinstance(s, bool) or not isinstance(s, (int, float))
-        ]
-        _raise_for(batch, base, bad, source, "score is not a number")
+        score = np.array(values, dtype=np.float64)
+        if score.shape != (len(values),):
+            raise ValueError("not one number per result")
+    except (TypeError, ValueError, OverflowError):
+        bad = [i for i, s in enumerate(values) if isinstance(s, bool) or not _is_float(s)]
+        _raise_for(batch, base, bad, source, "score is not a number (of 64 bits)")
     if not np.isfinite(score).all():
         bad = np.flatnonzero(~np.isfinite(score)).tolist()
         what = {"nan": "NaN", "inf": "infinite"}
@@ -138,7 +147,7 @@ def _boxes(boxes, batch, pos, base, source):
         if not boxes or set(map(len, boxes)) == {4}:
             flat = itertools.chain.from_iterable(boxes)
             arr = np.fromiter(flat, np.float64, 4 * len(boxes)).reshape(-1, 4)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         pass
     if arr is None:
         bad = [
@@ -146,9 +155,9 @@ def _boxes(boxes, batch, pos, base, source):
             for p, b in zip(pos, boxes)
             if not isinstance(b, (list, tuple))
             or len(b) != 4
-            or not all(isinstance(v, (int, float)) for v in b)
+            or not all(isinstance(v, (int, float)) and _is_float(v) for v in b)
         ]
-        _raise_for(batch, base, bad, source, "bbox must be [x, y, w, h] (4 numbers)")
+        _raise_for(batch, base, bad, source, "bbox must be [x, y, w, h] (4 numbers of 64 bits)")
     finite = np.isfinite(arr).all(1)
     if not finite.all():
         bad = [pos[i] for i in np.flatnonzero(~finite).tolist()]
@@ -266,24 +275,271 @@ def check_ids(unknown_img, unknown_cat, source, gt_source):
 # ------------------------------------------------------------------------------------------
 # Segmentations
 # ------------------------------------------------------------------------------------------
+# pycocotools trusts its input. A compressed RLE string whose run lengths do not sum to h * w
+# (a truncated string, a digit inserted) makes mask_utils.iou run for minutes or overflow, and
+# polygon coordinates far outside the image make its rleFrPoly allocate memory in proportion to
+# them (1e9: ~24 GB). The readers check every segmentation they read before any pycocotools call
+# (the compiled reader's decoder applies the same rules to the strings it decodes itself):
+#
+# * a compressed RLE string: characters '0'..'o' only, every run length complete and of at most
+#   RLE_MAX_RUN_CHARS characters (pycocotools' encoder writes any count of an image of fewer
+#   than 2**32 pixels in 7), every decoded count in 0..h * w (no overflow of pycocotools' 32-bit
+#   counts), the counts summing to h * w;
+# * polygons: finite numbers, every x within [-POLYGON_MARGIN * w, (1 + POLYGON_MARGIN) * w] and
+#   every y within [-POLYGON_MARGIN * h, (1 + POLYGON_MARGIN) * h] (the image extended by its
+#   own size on every side: detections near the border reach well beyond it), and the outline
+#   (every polygon of the segmentation, closed, in the max norm) at most
+#   POLYGON_MAX_OUTLINE * (h + 1) * (w + 1) pixels long (pycocotools traces the outline at 5
+#   times the resolution; no outline along the pixel grid that does not retrace an edge is
+#   longer than 2 (h + 1) (w + 1), and the border of the extended image is shorter).
+RLE_MAX_RUN_CHARS = 7
+POLYGON_MARGIN = 1.0
+POLYGON_MAX_OUTLINE = 4
+
+
+def _is_float(v):
+    """A number that a float64 holds (not an int too large for one; NaN and inf are floats)."""
+    if not isinstance(v, (int, float, np.integer, np.floating)):
+        return False
+    try:
+        float(v)
+    except OverflowError:
+        return False
+    return True
+
+
 def _is_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return not isinstance(v, bool) and _is_float(v) and math.isfinite(v)
 
 
-def check_segmentation(segm, h, w, strict=True):
+def _rle_texts(counts):
+    """(bytes, lengths): compressed RLE counts strings (str or bytes) joined, and their lengths
+    in bytes (a non-ASCII character takes several, none of them a valid RLE character)."""
+    lengths = np.fromiter(map(len, counts), np.int64, len(counts))
+    if all(c.__class__ is str for c in counts):
+        joined = "".join(counts)
+        if joined.isascii():
+            return joined.encode("ascii"), lengths
+    parts = [c.encode("utf-8", "surrogatepass") if isinstance(c, str) else bytes(c) for c in counts]
+    return b"".join(parts), np.fromiter(map(len, parts), np.int64, len(parts))
+
+
+def bad_rle_strings(counts, hw):
+    """Boolean array: which of the compressed RLE counts strings ``counts`` (str or bytes) break
+    the rules above for images of ``hw`` (per string) pixels, vectorised over all of them
+    (:func:`rle_string_problem` says why, one string at a time). The compiled core, where it is
+    available, finds the few strings to look at (:func:`_native.undecodable_rles`)."""
+    n = len(counts)
+    hw = np.asarray(hw, np.int64).reshape(n)
+    data, lengths = _rle_texts(counts)
+    if n and _native.available():
+        bad = np.zeros(n, bool)
+        look = _native.undecodable_rles(data, lengths, hw)
+        if len(look):
+            texts = [counts[i] for i in look.tolist()]
+            bad[look] = _bad_rle_texts(*_rle_texts(texts), hw[look])
+        return bad
+    return _bad_rle_texts(data, lengths, hw)
+
+
+def _bad_rle_texts(data, lengths, hw):
+    """:func:`bad_rle_strings` of the strings ``data`` (joined, ``lengths`` bytes each), in
+    numpy."""
+    n = len(lengths)
+    bad = np.zeros(n, bool)
+    if n == 0:
+        return bad
+    v = np.frombuffer(data, np.uint8) - np.uint8(48)  # an invalid character: 64 or more
+    start = np.zeros(n + 1, np.int64)
+    np.cumsum(lengths, out=start[1:])
+    invalid = v > 63
+    if invalid.any():
+        bad[np.searchsorted(start, np.flatnonzero(invalid), "right") - 1] = True
+        v = np.where(invalid, np.uint8(0), v)
+    is_end = (v & 0x20) == 0  # the last character of a count
+    nonempty = np.flatnonzero(lengths > 0)
+    last = start[1:][nonempty] - 1
+    bad[nonempty[~is_end[last]]] = True  # ends inside a count
+    is_end[last] = True  # (no count runs on into the next string)
+    ends = np.flatnonzero(is_end)
+    m = len(ends)
+    cb = np.searchsorted(ends, start)  # string s: counts cb[s]..cb[s + 1] - 1
+    per = np.diff(cb)
+    total = np.zeros(m + 1, np.int64)
+    if m:
+        cs = np.r_[0, ends[:-1] + 1]
+        nchar = ends - cs + 1
+        long = nchar > RLE_MAX_RUN_CHARS
+        if long.any():
+            bad[np.searchsorted(cb, np.flatnonzero(long), "right") - 1] = True
+        # 5 bits a character, least significant first (the first 7 of a count)
+        v5 = (v & 0x1F).astype(np.int64)
+        x = v5[cs]
+        sel = np.flatnonzero(nchar > 1)
+        for i in range(1, RLE_MAX_RUN_CHARS):
+            if not len(sel):
+                break
+            x[sel] += v5[cs[sel] + i] << (5 * i)
+            sel = sel[nchar[sel] > i + 1]
+        neg = np.flatnonzero(v[ends] & 0x10)  # sign bit of the last character
+        x[neg] |= np.int64(-1) << (5 * np.minimum(nchar[neg], RLE_MAX_RUN_CHARS))
+        # count j > 2 of a string is a delta to count j - 2: running sums over every other
+        # count (global index g), less what came before the string in the same chain
+        first = cb[:-1]
+        pos = np.arange(m) - np.repeat(first, per)
+        head = pos == 0
+        run = np.where(head, 0, x)
+        run[0::2] = np.cumsum(run[0::2])  # int64 wraps around, exactly: differences stay exact
+        run[1::2] = np.cumsum(run[1::2])
+        padded = np.r_[0, 0, run]  # padded[g + 2] = run[g]
+        before_odd = np.repeat(padded[first + 1], per)  # run[first - 1]: the chain of first + 1
+        before_even = np.repeat(
+            padded[np.minimum(first + 2, m + 1)], per
+        )  # run[first]: 0 added at the head
+        cnt = np.where(head, x, run - np.where(pos & 1, before_odd, before_even))
+        in_range = (cnt >= 0) & (cnt <= np.repeat(hw, per))
+        if not in_range.all():
+            bad[np.searchsorted(cb, np.flatnonzero(~in_range), "right") - 1] = True
+        np.cumsum(np.where(in_range, cnt, 0), out=total[1:])
+    bad |= (total[cb[1:]] - total[cb[:-1]]) != hw
+    return bad
+
+
+def rle_string_problem(counts, hw):
+    """None if the compressed RLE counts string ``counts`` (str or bytes) of an image of ``hw``
+    pixels keeps the rules above (as :func:`bad_rle_strings`), else the first problem."""
+    if isinstance(counts, str):
+        data = counts.encode("utf-8", "surrogatepass")
+    else:
+        data = bytes(counts)
+    cnts, x, k = [], 0, 0
+    for i, ch in enumerate(data):
+        v = ch - 48
+        if not 0 <= v <= 63:
+            shown = chr(ch) if ch < 128 else f"byte 0x{ch:02x}"
+            return f"RLE counts hold {shown!r} (character {i}), not one of '0'..'o'"
+        if k == RLE_MAX_RUN_CHARS:
+            return (
+                f"RLE count #{len(cnts)} runs over more than {RLE_MAX_RUN_CHARS} characters "
+                f"(to character {i})"
+            )
+        x |= (v & 0x1F) << (5 * k)
+        k += 1
+        if not v & 0x20:
+            if v & 0x10:
+                x |= -1 << (5 * k)
+            if len(cnts) > 2:
+                x += cnts[-2]
+            if not 0 <= x <= hw:
+                return f"RLE count #{len(cnts)} is {x}, outside 0..{hw} (h * w)"
+            cnts.append(x)
+            x, k = 0, 0
+    if k:
+        return "RLE counts end inside a count (a truncated string?)"
+    if sum(cnts) != hw:
+        return f"RLE counts sum to {sum(cnts)} instead of h * w = {hw}"
+    return None
+
+
+def flatten_polygons(segms):
+    """(xy, points, polygons) of polygon segmentations ``segms`` (lists of lists of
+    coordinates): every polygon's coordinates (an odd last one left out, as pycocotools does)
+    concatenated as float64, or None where some coordinate is not a number; the points of every
+    polygon and the polygons of every segmentation (int64)."""
+    coords, npts, npoly = [], [], []
+    for segm in segms:
+        for p in segm:
+            k = len(p) // 2
+            coords.extend(p if len(p) == 2 * k else p[: 2 * k])
+            npts.append(k)
+        npoly.append(len(segm))
+    xy = None
+    try:
+        arr = np.array(coords)
+        if arr.ndim == 1 and arr.dtype.kind in "biuf":
+            xy = arr.astype(np.float64)
+    except (TypeError, ValueError, OverflowError):
+        pass
+    return xy, np.array(npts, np.int64), np.array(npoly, np.int64)
+
+
+def bad_outlines(segms, h, w, flat=None):
+    """Boolean array: which of the polygon segmentations ``segms`` (lists of lists of
+    coordinates) of h x w images (per segmentation) break the rules above: a coordinate that is
+    not a finite number, outside the image by more than the margin, an outline too long.
+    Vectorised over all of them (:func:`outline_problem` says why, one at a time). ``flat``:
+    :func:`flatten_polygons` of ``segms``, where the caller has it."""
+    n = len(segms)
+    h = np.asarray(h, np.float64).reshape(n)
+    w = np.asarray(w, np.float64).reshape(n)
+    xy, npts, npoly = flatten_polygons(segms) if flat is None else flat
+    if xy is None:  # one at a time: which ones
+        if n == 1:
+            return np.ones(1, bool)
+        return np.array(
+            [bad_outlines([s], h[i : i + 1], w[i : i + 1])[0] for i, s in enumerate(segms)]
+        )
+    x, y = xy[0::2], xy[1::2]
+    pt_seg = np.repeat(np.repeat(np.arange(n), npoly), npts)
+    hp, wp = h[pt_seg], w[pt_seg]
+    m = POLYGON_MARGIN
+    with np.errstate(invalid="ignore"):
+        ok = (x >= -m * wp) & (x <= (1 + m) * wp) & (y >= -m * hp) & (y <= (1 + m) * hp)
+    bad = np.zeros(n, bool)
+    bad[pt_seg[~ok]] = True
+    # the outline: every point to the next of its polygon, the last one back to the first
+    nxt = np.arange(1, len(x) + 1)
+    first = np.cumsum(npts) - npts
+    has = npts > 0
+    nxt[(first + npts - 1)[has]] = first[has]
+    x, y = np.where(ok, x, 0), np.where(ok, y, 0)
+    step = np.maximum(np.abs(x[nxt] - x), np.abs(y[nxt] - y))
+    length = np.bincount(pt_seg, weights=step, minlength=n)
+    bad |= length > POLYGON_MAX_OUTLINE * (h + 1) * (w + 1)
+    return bad
+
+
+def outline_problem(segm, h, w):
+    """None if the polygons ``segm`` (a list of lists of coordinates) of an h x w image keep
+    the rules above (as :func:`bad_outlines`), else the first problem."""
+    m = POLYGON_MARGIN
+    for poly in segm:
+        for i, v in enumerate(poly[: len(poly) // 2 * 2]):
+            if not _is_float(v) or not math.isfinite(v):
+                return f"non-numeric or non-finite polygon coordinate {v!r}"
+            size, name = (w, "x") if i % 2 == 0 else (h, "y")
+            if not -m * size <= v <= (1 + m) * size:
+                return (
+                    f"polygon coordinate {name} = {v!r} lies outside the {w} x {h} (w x h) image "
+                    f"by more than {m:g} times its size"
+                )
+    if not all(isinstance(p, (list, tuple)) for p in segm):
+        return "a polygon must be a list of coordinates"
+    if bad_outlines([segm], [h], [w])[0]:
+        cap = POLYGON_MAX_OUTLINE * (h + 1) * (w + 1)
+        return (
+            f"the polygons' outline is longer than {POLYGON_MAX_OUTLINE} (h + 1) (w + 1) = {cap} "
+            "pixels (or its coordinates cannot be read as numbers)"
+        )
+    return None
+
+
+def check_segmentation(segm, h, w, strict=True, deep=True):
     """None if ``segm`` is a usable segmentation for an h x w image, else the reason.
 
     A result (``strict``) needs polygons of at least 3 points (an even number >= 6 of finite
     coordinates), an uncompressed RLE whose counts sum to h * w, or a compressed RLE of the
-    image's size. Ground truth (``strict=False``) is checked for structure only, the contents
-    left to pycocotools as lvis-api does."""
+    image's size. Ground truth (``strict=False``) may have polygons of 2 points, and numbers
+    that are bools, as pycocotools and lvis-api read it. ``deep``: the polygons' coordinates
+    and outline and the RLE string are checked too (see the rules above); callers that check
+    many at once do it with :func:`bad_outlines` and :func:`bad_rle_strings`."""
     if isinstance(segm, list):
         if len(segm) == 0:
             return "empty polygon list"
         if not strict:
             if not all(isinstance(p, list) and len(p) >= 4 for p in segm):
                 return "a polygon must be a list of at least 4 coordinates"
-            return None
+            return outline_problem(segm, h, w) if deep else None
         for poly in segm:
             if not isinstance(poly, (list, tuple)) or len(poly) % 2:
                 return "a polygon must be a list of x, y coordinates (an even number)"
@@ -292,7 +548,7 @@ def check_segmentation(segm, h, w, strict=True):
             for v in poly:
                 if not _is_number(v):
                     return f"non-numeric or non-finite polygon coordinate {v!r}"
-        return None
+        return outline_problem(segm, h, w) if deep else None
     if isinstance(segm, dict):
         if "counts" not in segm or "size" not in segm:
             return "an RLE needs 'counts' and 'size'"
@@ -305,7 +561,7 @@ def check_segmentation(segm, h, w, strict=True):
             return f"RLE size {size!r} does not match the image size [{h}, {w}]"
         counts = segm["counts"]
         if isinstance(counts, (str, bytes)):
-            return None
+            return rle_string_problem(counts, int(h) * int(w)) if deep else None
         if isinstance(counts, list):
             if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
                 return "uncompressed RLE counts must be non-negative integers"
@@ -321,7 +577,11 @@ def check_segmentations(segs, h, w, index, ident, source):
     (polygons, uncompressed RLE, None); raises LVISInputError naming the malformed ones.
 
     ``h``, ``w``: per-segmentation image size; ``index(j)`` / ``ident(j)``: the detection's
-    index in the results and its 'image_id .., category_id ..'."""
+    index in the results and its 'image_id .., category_id ..'. RLE strings and polygons are
+    checked all at once (:func:`bad_rle_strings`, :func:`bad_outlines`)."""
+    h = np.asarray(h, np.int64).reshape(len(segs))
+    w = np.asarray(w, np.int64).reshape(len(segs))
+    strings = None
     try:  # fast path: compressed RLEs (str counts) of the image's size
         sizes = np.array([s["size"] for s in segs], dtype=np.int64)
         if (
@@ -330,20 +590,38 @@ def check_segmentations(segs, h, w, index, ident, source):
             and (sizes[:, 1] == w).all()
             and all(s["counts"].__class__ is str for s in segs)
         ):
-            return []
-    except (TypeError, KeyError, ValueError, IndexError):
+            strings, polys, other = list(range(len(segs))), [], []
+    except (TypeError, KeyError, ValueError, IndexError, OverflowError):
         pass
-    bad, other = [], []
-    for j, (s, hh, ww) in enumerate(zip(segs, np.asarray(h).tolist(), np.asarray(w).tolist())):
-        if s is None:
-            other.append(j)
-            continue
-        reason = check_segmentation(s, hh, ww)
-        if reason is not None:
-            bad.append((j, reason))
-        elif not (isinstance(s, dict) and isinstance(s["counts"], (str, bytes))):
-            other.append(j)
+    bad = []
+    if strings is None:
+        strings, polys, other = [], [], []
+        for j, (s, hh, ww) in enumerate(zip(segs, h.tolist(), w.tolist())):
+            if s is None:
+                other.append(j)
+                continue
+            reason = check_segmentation(s, hh, ww, deep=False)
+            if reason is not None:
+                bad.append((j, reason))
+            elif isinstance(s, list):
+                polys.append(j)
+            elif isinstance(s["counts"], (str, bytes)):
+                strings.append(j)
+            else:
+                other.append(j)
+        other = sorted(other + polys)
+    if polys:
+        flagged = np.asarray(polys)[bad_outlines([segs[j] for j in polys], h[polys], w[polys])]
+        bad += [(j, outline_problem(segs[j], int(h[j]), int(w[j]))) for j in flagged.tolist()]
+    if strings:
+        hw = h[strings] * w[strings]
+        flagged = np.asarray(strings)[bad_rle_strings([segs[j]["counts"] for j in strings], hw)]
+        bad += [
+            (j, rle_string_problem(segs[j]["counts"], int(h[j]) * int(w[j])))
+            for j in flagged.tolist()
+        ]
     if bad:
+        bad.sort(key=lambda b: b[0])
         shown = "; ".join(f"#{index(j)} ({ident(j)}): {r}" for j, r in bad[:5])
         if len(bad) > 5:
             shown += f" ... ({len(bad)} in all)"
@@ -356,7 +634,12 @@ def check_segmentations(segs, h, w, index, ident, source):
 # ------------------------------------------------------------------------------------------
 # A segmentation as Python's json writes Detectron2's results, the last member of a result.
 # Removed from the text before parsing when no mask is needed: parsing is then faster.
-_SEG_PAIR = re.compile(rb', "segmentation": \{"size": \[\d+, \d+\], "counts": "[^"]*"\}')
+# Only JSON that the parser takes (integers without leading zeros, a string of ASCII characters
+# and valid escapes): removing a member must not hide text that would not parse.
+_SEG_PAIR = re.compile(
+    rb', "segmentation": \{"size": \[(?:0|[1-9][0-9]*), (?:0|[1-9][0-9]*)\], '
+    rb'"counts": "(?:[^"\\\x00-\x1f\x80-\xff]|\\[\\/bfnrt]|\\u[0-9a-fA-F]{4})*"\}'
+)
 _VALUE_END = frozenset(b'"}]0123456789el')
 
 

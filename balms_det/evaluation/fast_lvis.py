@@ -60,10 +60,13 @@ from .boundary import boundary_crops, boundary_iou, dilation
 from .detections_io import (
     LVISInputError,
     array_ranges_or_raise,
+    bad_outlines,
+    bad_rle_strings,
     check_ids,
     check_segmentation,
     check_segmentations,
     extract_columns,
+    flatten_polygons,
     iter_result_chunks,
 )
 from .longtail import GROUPS
@@ -166,11 +169,14 @@ def _table_lookup(table, ids):
 
 def _ids(values, what, source):
     arr = np.asarray(values)
-    if arr.dtype.kind in "iu":
+    if arr.dtype.kind == "i" or (arr.dtype.kind == "u" and (arr.size == 0 or arr.max() < 2**63)):
         return arr.astype(np.int64, copy=False)
-    if arr.dtype.kind == "f" and np.isfinite(arr).all() and (arr == np.round(arr)).all():
-        return arr.astype(np.int64)
-    raise LVISInputError(f"{what}{_where(source)}: non-integer values")
+    if arr.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(arr) & (arr == np.round(arr)) & (arr >= -(2.0**63)) & (arr < 2.0**63)
+        if ok.all():
+            return arr.astype(np.int64)
+    raise LVISInputError(f"{what}{_where(source)}: non-integer values (or beyond 64 bits)")
 
 
 class LVISGroundTruth:
@@ -212,6 +218,7 @@ class LVISGroundTruth:
         self._boundary_cache = {}
         self._boxes = None
         self._img_bounds = None
+        self._masks_checked = False
         self._index_images_and_categories()
         self._index_annotations()
 
@@ -399,7 +406,69 @@ class LVISGroundTruth:
             f"segmentation: {reason}"
         )
 
+    def check_masks(self):
+        """Raise LVISInputError for the first kept ground truth whose segmentation is malformed
+        or unsafe for pycocotools (see ``detections_io.check_segmentation``): all of them at
+        once (RLE strings and polygons vectorised), before any mask is made, by either reader."""
+        if self._masks_checked:
+            return
+        anns = self.dataset["annotations"]
+        h = self.img_h[self.g_img]
+        w = self.img_w[self.g_img]
+        bad, polys, strings = [], [], []
+        for g, (a, hg, wg) in enumerate(zip(self.g_ann.tolist(), h.tolist(), w.tolist())):
+            segm = anns[a].get("segmentation")
+            if (
+                segm.__class__ is list
+                and segm
+                and all(p.__class__ is list and len(p) >= 4 for p in segm)
+            ):
+                polys.append(g)  # (what check_segmentation's structure check lets through)
+                continue
+            reason = check_segmentation(segm, hg, wg, strict=False, deep=False)
+            if reason is not None:
+                bad.append((g, reason))
+            elif isinstance(segm, list):
+                polys.append(g)
+            elif isinstance(segm["counts"], (str, bytes)):
+                strings.append(g)
+        segms = [anns[a]["segmentation"] for a in self.g_ann[polys].tolist()]
+        flat = flatten_polygons(segms)
+        if polys:
+            flagged = np.flatnonzero(bad_outlines(segms, h[polys], w[polys], flat))
+            bad += [(polys[i], "") for i in flagged.tolist()]
+        if strings:
+            counts = [anns[a]["segmentation"]["counts"] for a in self.g_ann[strings].tolist()]
+            hw = h[strings] * w[strings]
+            bad += [(strings[i], "") for i in np.flatnonzero(bad_rle_strings(counts, hw)).tolist()]
+        if bad:
+            g, reason = min(bad, key=lambda b: b[0])
+            ann = anns[int(self.g_ann[g])]
+            if not reason:
+                reason = check_segmentation(ann["segmentation"], int(h[g]), int(w[g]), False)
+            raise self._bad_segm(ann, int(self.img_ids[self.g_img[g]]), reason)
+        xy, npts, npoly = flat
+        pos = np.full(len(self.g_ann), -1, np.int64)
+        pos[polys] = np.arange(len(polys))
+        poly_off = np.zeros(len(polys) + 1, np.int64)
+        np.cumsum(npoly, out=poly_off[1:])
+        coord_off = np.zeros(len(npts) + 1, np.int64)
+        np.cumsum(2 * npts, out=coord_off[1:])
+        raster = np.array([len(s[0]) > 4 for s in segms], bool)  # pycocotools' frPoly
+        self._polygon_table = (pos, np.zeros(0) if xy is None else xy, coord_off, poly_off, raster)
+        self._masks_checked = True
+
+    def polygon_table(self):
+        """The polygons of the kept ground truth, read once by :meth:`check_masks`: (pos, xy,
+        coord_off, poly_off, raster). Ground truth g is polygon set ``k = pos[g]`` (-1: not
+        polygons), its polygons ``poly_off[k]:poly_off[k + 1]``, polygon p's coordinates
+        ``xy[coord_off[p]:coord_off[p + 1]]`` (an odd last one left out); ``raster[k]``: they
+        are polygons to pycocotools (a first list of more than 4 coordinates; else boxes)."""
+        self.check_masks()
+        return self._polygon_table
+
     def _convert(self, gidx):
+        self.check_masks()
         anns = self.dataset["annotations"]
         by_img = {}
         for g in gidx:
@@ -410,10 +479,7 @@ class LVISGroundTruth:
             batch, owners = [], []
             for g in gs:
                 ann = anns[int(self.g_ann[g])]
-                segm = ann.get("segmentation")
-                reason = check_segmentation(segm, h, w, strict=False)
-                if reason is not None:
-                    raise self._bad_segm(ann, img_id, reason)
+                segm = ann.get("segmentation")  # checked by check_masks
                 if isinstance(segm, list) and len(segm[0]) > 4:
                     batch.extend(segm)  # one frPyObjects call per image for polygons
                     owners.append((g, len(segm)))
@@ -519,7 +585,9 @@ def _read_part(results, rng, how):
                 parts.append(cols)
                 continue
             batch = _json.loads(b"[" + batch.text + b"]")  # the Python reader decides
-        if original is not None and any("bbox" not in d for d in batch):
+        if original is not None and any(
+            not isinstance(d, dict) or d.get("bbox") is None for d in batch
+        ):
             batch = _json.loads(b"[" + original + b"]")  # their segmentations are needed
         c = extract_columns(batch, base, how.gt, how.source, how.need_segs, how.ignore_boxes)
         _tally_unknown(bad_img, c.img, batch, "image_id")
@@ -591,6 +659,11 @@ def _to_rles(segs, need, img, out, batch, rel_idx, base, how):
             out["no_seg"][j] = True
             x1, y1, bw, bh = out["box"][j].tolist()
             x2, y2 = x1 + bw, y1 + bh
+            # clipped to 1 pixel outside the image: the same mask (a corner outside does not
+            # move a crossing of a pixel column inside), none of pycocotools' overflow and
+            # allocation in proportion to the coordinates for a box far outside
+            x1, x2 = np.clip([x1, x2], -1.0, w[j] + 1.0).tolist()
+            y1, y2 = np.clip([y1, y2], -1.0, h[j] + 1.0).tolist()
             s = [[x1, y1, x1, y2, x2, y2, x2, y1]]
         try:
             segs[j] = _to_rle(s, int(h[j]), int(w[j]))
@@ -669,6 +742,8 @@ def _read_detections(results, how, workers):
     processes; raises the validator's errors (with indices as in the results)."""
     jobs = _jobs(results, how, workers)
     how.gt.lookup_tables()  # before the readers start: they share them
+    if how.masks and how.ious:
+        how.gt.check_masks()
     run = run_forked
     if _native.available() and not isinstance(results, (list, tuple)) and _native.reads(how):
         run = run_threads  # the compiled reader scans without the GIL: threads, no copies
@@ -1203,6 +1278,8 @@ def check_detections(
     if source is None and isinstance(results, (str, os.PathLike)):
         source = os.fspath(results)
     with _gc_paused():
+        if iou_type in ("segm", "boundary"):
+            gt.check_masks()
         how = _Reading(gt, iou_type, ignore_boxes, "boxless", source, ious=False)
         cols = _read_detections(results, how, 1)
         if _evaluated(cols, gt, iou_type, protocol, max_dets, DETS_PER_CATEGORY, source) is None:
