@@ -17,8 +17,9 @@ test: venv
 
 # The benchmark (docs/RESULTS.md): cost of each head side by side; accuracy of the main table with
 # 3 seeds (paired intervals); the Label Over-Smoothing sweep and the Meta Reweigher study from the
-# same stage-1 models (seed 0, per-class intervals); the logit diagnostics. About 2 hours on a
-# 2-core CPU; every part resumes where it stopped. BENCH_ARGS end every accuracy command (options,
+# same stage-1 models (seed 0, per-class intervals); the sampler prior against the dataset prior
+# (3 seeds), the Meta Reweigher with it at 300 iterations (3 seeds) and a TAU sweep (seed 0); the
+# logit diagnostics. About 3 hours on a quiet 2-core CPU; every part resumes where it stopped. BENCH_ARGS end every accuracy command (options,
 # then KEY VALUE config overrides).
 BENCH := $(PY) benchmarks/bench_accuracy.py --out output/bench_accuracy
 bench: venv
@@ -27,6 +28,13 @@ bench: venv
 	$(BENCH) --seeds 0 --methods meta_study --report meta_study \
 		--baselines balms_published_no_meta balms_published_no_meta_it300 \
 		balms_published_no_meta_it900 $(BENCH_ARGS)
+	$(BENCH) --seeds 0 1 2 --methods sampler_prior --report sampler_prior \
+		--baselines softmax_rfs balanced_softmax_rfs balms_published_control $(BENCH_ARGS)
+	$(BENCH) --seeds 0 1 2 --methods meta_sampler_prior --report meta_sampler_prior \
+		--baselines balms_published_sampler_prior_no_meta_it300 balms_published_control_it300 \
+		$(BENCH_ARGS)
+	$(BENCH) --seeds 0 --methods tau_sweep --report tau_sweep \
+		--baselines softmax_rfs balanced_softmax_rfs $(BENCH_ARGS)
 	$(PY) benchmarks/bench_diagnostics.py --out output/bench_accuracy --seeds 0 --methods \
 		softmax decoupled_softmax decoupled_balanced_softmax decoupled_los_d0.5 \
 		decoupled_los_d0.9 decoupled_los_d0.9_fg balanced_softmax seesaw eqlv2 sigmoid_rfs \

@@ -26,6 +26,10 @@ _EXPORTS = {
     "register_synthetic_lt": "data.datasets",
     "ClassCounts": "class_counts",
     "write_cat_info": "class_counts",
+    "CountSource": "class_counts",
+    "lazy_class_counts": "class_counts",
+    "lazy_num_train_images": "class_counts",
+    "sampled_class_counts": "class_counts",
     # the head and its losses
     "BalmsROIHeads": "modeling.roi_heads",
     "BalmsFastRCNNOutputLayers": "modeling.roi_heads",

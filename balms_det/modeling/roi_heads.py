@@ -262,7 +262,8 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         if loss != "softmax" and (self.use_sigmoid_ce or self.use_fed_loss):
             raise ValueError(
                 f"MODEL.ROI_BOX_HEAD.BALMS.LOSS '{loss}' replaces the classification loss: "
-                "leave MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE and USE_FED_LOSS off (they apply to "
+                "leave MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE and USE_FED_LOSS off (a LazyConfig's "
+                "use_sigmoid_ce= / use_fed_loss=, e.g. ViTDet's LVIS configs; they apply to "
                 "LOSS 'softmax', Detectron2's stock loss)"
             )
         if posthoc_tau:
