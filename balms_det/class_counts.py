@@ -402,7 +402,7 @@ class CountSource:
                 f"RepeatFactorTrainingSampler (REPEAT_THRESHOLD {self.repeat_threshold:g}, "
                 f"sqrt {self.repeat_sqrt}) over DatasetCatalog {', '.join(self.dataset_names)}"
             )
-            how = f"{self.count_type}, sampler prior: expected per epoch"
+            note = "sampler prior: expected per epoch"
         else:
             prior, source = self.dataset_counts(
                 need_instances=self.count_type == "instance_count",
@@ -411,12 +411,14 @@ class CountSource:
             )
             if prior is None:
                 return None
-            dataset, how = prior, self.count_type
+            dataset, note = prior, ""
         return dict(
             prior=prior,
             image_count=dataset.image_count,
             names=prior.names,
-            description=describe_counts(prior, how, source, dataset.image_count),
+            description=describe_counts(
+                prior, self.count_type, source, dataset.image_count, note=note
+            ),
         )
 
 
@@ -586,15 +588,15 @@ def _sum_counts(parts):
     )
 
 
-def describe_counts(counts, count_type, source, image_count=None):
+def describe_counts(counts, count_type, source, image_count=None, note=""):
     """One log line: where the counts came from, their range and the r/c/f group sizes (of
-    ``image_count``, default the counts' own image counts). ``count_type`` may carry a comment
-    after a comma ("image_count, sampler prior: ...")."""
-    c = counts.get(count_type.split(",")[0])
+    ``image_count``, default the counts' own image counts); ``note`` qualifies the count type
+    ("sampler prior: expected per epoch")."""
+    c = counts.get(count_type)
     groups = frequency_groups((counts.image_count if image_count is None else image_count).tolist())
     sizes = ", ".join(f"{g} {groups.count(g)}" for g in GROUPS)
     return (
-        f"Class counts ({count_type}) from {source}: {len(c)} classes, range "
+        f"Class counts ({count_type}{', ' + note if note else ''}) from {source}: {len(c)} classes, range "
         f"{c.min():g}..{c.max():g}, {counts.num_images:g} training images; LVIS groups by "
         f"training image count: {sizes}"
     )
