@@ -252,7 +252,7 @@ def test_import_into_a_plain_detectron2_config():
     assert pred.class_counts.tolist() == [float(c["image_count"]) for c in cats]
     # without training data nor CAT_INFO the balanced loss says what it needs when it trains
     cfg.DATASETS.TRAIN = ()
-    pred = build_model(cfg).roi_heads.box_predictor
+    pred = BalmsFastRCNNOutputLayers(cfg, ShapeSpec(channels=16))  # the predictor alone
     with pytest.raises(ValueError, match="needs the class counts.*class_counts=.*CAT_INFO"):
         pred.resolve_class_counts()
 
