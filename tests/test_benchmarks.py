@@ -23,7 +23,6 @@ def test_accuracy_benchmark_smoke(tmp_path):
         "softmax",
         "decoupled_balanced_softmax",
         "btm",
-        "seesaw",
         "--seeds",
         "0",
         "--iters",
@@ -51,14 +50,14 @@ def test_accuracy_benchmark_smoke(tmp_path):
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     summary = json.loads((out / "accuracy.json").read_text())["summary"]
-    assert set(summary) == {"softmax", "decoupled_balanced_softmax", "btm", "seesaw"}
+    assert set(summary) == {"softmax", "decoupled_balanced_softmax", "btm"}
     for method in summary.values():
         assert set(method) == {"AP", "APr", "APc", "APf", "AP_box", "hmean", "gmean", "train_min"}
         assert len(method["AP"]["runs"]) == 1
     assert "| decoupled_balanced_softmax |" in (out / "accuracy.md").read_text()
-    # a peer trained with its own loss (a LOSS override of METHODS) and the passed-through key
-    cfg = (out / "seesaw" / "seed0" / "config.yaml").read_text()
-    assert "LOSS: seesaw" in cfg and "DETECTIONS_PER_IMAGE: 10" in cfg
+    # the passed-through key reached the run (a method's own overrides: the test below)
+    cfg = (out / "decoupled_balanced_softmax" / "seed0" / "config.yaml").read_text()
+    assert "LOSS: balanced_softmax" in cfg and "DETECTIONS_PER_IMAGE: 10" in cfg
     # the decoupled run started from the softmax run of the same seed
     log = (out / "decoupled_balanced_softmax" / "seed0" / "stdout.txt").read_text()
     assert str(out / "softmax" / "seed0" / "model_final.pth") in log
@@ -134,6 +133,50 @@ def test_cost_benchmark_smoke(tmp_path):
     rows = json.loads((tmp_path / "cost.json").read_text())["rows"]
     assert [r["variant"] for r in rows] == ["stock_d2_head", "balanced_softmax"]
     assert rows[0]["time_ratio"] == 1.0 and rows[1]["median_step_s"] > 0
+
+
+@pytest.mark.parametrize(
+    "method, expect",
+    [
+        ("seesaw", ["MODEL.ROI_BOX_HEAD.BALMS.LOSS", "seesaw"]),
+        ("balanced_softmax_rfs_sampler_prior", ["MODEL.ROI_BOX_HEAD.BALMS.PRIOR", "sampler"]),
+    ],
+)
+def test_accuracy_run_command_has_the_method_and_user_overrides(
+    tmp_path, monkeypatch, method, expect
+):
+    """The command a method runs: its config, its own overrides, then the user's (last wins)."""
+    bench = _load_bench("bench_accuracy")
+    cmds = []
+
+    def fake_subprocess_run(cmd, cwd, stdout, stderr):
+        cmds.append(cmd)
+        out = cmd[cmd.index("OUTPUT_DIR") + 1]
+        path = pathlib.Path(bench.metrics_path(out, method))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+        return argparse.Namespace(returncode=0)
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_subprocess_run)
+    args = argparse.Namespace(
+        out=str(tmp_path),
+        device="cpu",
+        train_images=160,
+        classes=12,
+        data_seed=0,
+        max_images_per_class=130,
+        val_instances_per_class=2,
+        dets_per_image=100,
+        image_size=0,
+        iters=2,
+        num_gpus=1,
+        opts=["TEST.DETECTIONS_PER_IMAGE", "10"],
+    )
+    bench.run_method(args, method, 0)
+    (cmd,) = cmds
+    i = next(k for k in range(len(cmd) - 1) if cmd[k : k + 2] == expect)
+    assert cmd[cmd.index("--config-file") + 1].endswith(bench.METHODS[method][0])
+    assert cmd.index("TEST.DETECTIONS_PER_IMAGE", cmd.index("SEED")) > i  # user's after
 
 
 def test_accuracy_failed_method_is_reported_and_the_rest_goes_on(tmp_path, monkeypatch):
