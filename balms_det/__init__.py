@@ -45,7 +45,7 @@ _EXPORTS = {
     "BalmsLVISEvaluator": "evaluation.lvis_evaluator",
     "evaluate_detections_file": "evaluation.detections_io",
     "evaluate_lvis": "evaluation.fast_lvis",
-    "worst_class_metrics": "evaluation.longtail",
+    "worst_class_metrics": "longtail",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .evaluation.longtail import GROUPS, frequency_groups
+from .longtail import GROUPS, frequency_groups
 from .utils import read_json
 
 __all__ = [

@@ -635,7 +635,7 @@ def meta_weights(args, method, seed):
     import torch
 
     sys.path.insert(0, REPO)
-    from balms_det.evaluation.longtail import frequency_group
+    from balms_det.longtail import frequency_group
     from balms_det.evaluation.report import read_per_class_table
 
     d = run_dir(args.out, method, seed)

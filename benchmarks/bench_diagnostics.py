@@ -30,7 +30,7 @@ def diagnose_run(run, out_dir):
     path = os.path.join(out_dir, "logit_diagnostics.json")
     if not os.path.exists(path):
         from balms_det.engine.trainer import setup_cfg
-        from balms_det.evaluation.logit_diagnostics import diagnose_model
+        from balms_det.engine.logit_diagnostics import diagnose_model
 
         weights = os.path.join(run, "model_final.pth")
         cfg = setup_cfg(os.path.join(run, "config.yaml"), ["MODEL.WEIGHTS", weights])
@@ -46,7 +46,7 @@ def main():
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--report", default="diagnostics")
     a = p.parse_args()
-    from balms_det.evaluation.logit_diagnostics import KEYS, plot_diagnostics
+    from balms_det.engine.logit_diagnostics import KEYS, plot_diagnostics
 
     table, first, lines = {}, {}, []
     for m in a.methods:

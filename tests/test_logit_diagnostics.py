@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import tiny_cfg
 
-from balms_det.evaluation.logit_diagnostics import (
+from balms_det.engine.logit_diagnostics import (
     diagnostics_group_means,
     diagnostics_rows,
     gt_roi_logits,

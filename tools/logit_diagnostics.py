@@ -14,7 +14,7 @@ import argparse
 import os
 
 from balms_det.engine.trainer import setup_cfg
-from balms_det.evaluation.logit_diagnostics import KEYS, diagnose_model
+from balms_det.engine.logit_diagnostics import KEYS, diagnose_model
 from balms_det.utils import markdown_table
 
 

@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..class_counts import instance_classes
-from ..evaluation.longtail import GROUPS
+from ..longtail import GROUPS
 from ..utils import atomic_write_json, markdown_table
 
 __all__ = [

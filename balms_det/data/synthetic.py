@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from ..evaluation.longtail import frequency_group
+from ..longtail import frequency_group
 
 __all__ = ["SyntheticLTConfig", "generate_synthetic_lt", "class_image_counts", "class_names"]
 

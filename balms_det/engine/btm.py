@@ -21,7 +21,7 @@ from collections import OrderedDict
 
 import torch
 
-from ..evaluation.longtail import frequency_groups
+from ..longtail import frequency_groups
 from ..modeling.roi_heads import LOSS_FAMILIES
 from ..utils import atomic_write, atomic_write_json, format_examples, markdown_table
 from .merging import merge_checkpoints, normalize_weights

@@ -71,7 +71,7 @@ from ..data.meta_sampler import (
     meta_dataset_dicts,
     meta_mapper,
 )
-from ..evaluation.longtail import GROUPS, frequency_groups
+from ..longtail import GROUPS, frequency_groups
 from ..modeling.roi_heads import (
     LOSS_FAMILIES,
     NEEDS_COUNTS,

@@ -10,6 +10,6 @@ imports nothing):
 * ``matching``: lvis-api's greedy matching and accumulation, vectorised;
 * ``boundary``: boundary IoU;
 * ``lvis_evaluator``: ``BalmsLVISEvaluator``, the Detectron2 evaluator;
-* ``report``: per-class tables and plots; ``longtail``: LVIS groups and worst-class metrics;
+* ``report``: per-class tables and plots (LVIS groups and worst-class metrics: ``balms_det.longtail``);
 * ``lvis_compat``: lvis-api itself on a current numpy (the reference).
 """

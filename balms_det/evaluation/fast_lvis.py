@@ -69,7 +69,7 @@ from .detections_io import (
     flatten_polygons,
     iter_result_chunks,
 )
-from .longtail import GROUPS
+from ..longtail import GROUPS
 from .matching import (
     AREA_HI,
     AREA_LO,

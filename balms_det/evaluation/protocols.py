@@ -34,7 +34,7 @@ import numpy as np
 from ..utils import format_examples, markdown_table
 from .detections_io import is_empty_results, load_lvis_detections
 from .fast_lvis import LVISGroundTruth, check_detections, evaluate_protocols
-from .longtail import GROUPS, assign_frequency, worst_class_metrics
+from ..longtail import GROUPS, assign_frequency, worst_class_metrics
 
 __all__ = [
     "PROTOCOLS",
@@ -154,7 +154,7 @@ def prepare_gt_dataset(dataset, train_counts=None, source=None, hint=""):
     """Make an LVIS- or COCO-format annotation dict evaluable with the LVIS protocol (in place).
 
     * Categories without an LVIS ``frequency`` get one from training image counts with the LVIS
-      thresholds (:mod:`balms_det.evaluation.longtail`): from ``train_counts``
+      thresholds (:mod:`balms_det.longtail`): from ``train_counts``
       ({id: {"image_count", ...}}) when given, else from the categories' ``image_count``.
     * Images without ``neg_category_ids`` (COCO format: exhaustive annotations) list every
       category they hold no annotation of as negative; a missing

@@ -28,7 +28,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..utils import atomic_write, atomic_write_json, markdown_table, read_json
-from .longtail import GROUPS, worst_class_metrics
+from ..longtail import GROUPS, worst_class_metrics
 
 __all__ = [
     "TABLE_FIELDS",

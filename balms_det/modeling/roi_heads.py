@@ -40,7 +40,7 @@ from detectron2.utils.events import get_event_storage
 
 from .. import losses as L
 from ..class_counts import CountSource
-from ..evaluation.longtail import COMMON_MAX_IMAGES, GROUPS, RARE_MAX_IMAGES
+from ..longtail import COMMON_MAX_IMAGES, GROUPS, RARE_MAX_IMAGES
 from ..utils import format_examples
 from .normed_linear import NormedLinear
 

@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-from .longtail import GROUPS, frequency_group
+from ..longtail import GROUPS, frequency_group
 
 __all__ = [
     "logit_diagnostics",
@@ -189,7 +189,7 @@ _TITLES = {"logits_magnitude": "Logits Magnitude", "regularized_std": "Regulariz
 def plot_diagnostics(rows_by_label, path):
     """PNG with Logits Magnitude and Regularized Standard Deviation against training image count
     (log scale), one series per label (``{label: rows}`` of :func:`diagnostics_rows`)."""
-    from .report import _new_figure, _save
+    from ..evaluation.report import _new_figure, _save
 
     fig = _new_figure(11.0, 4.2)
     for k, key in enumerate(KEYS):
@@ -219,7 +219,7 @@ def diagnose_model(cfg, dataset, output_dir, label="model"):
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     from ..class_counts import class_counts_from_cfg
-    from ..engine.trainer import BalmsTrainer
+    from .trainer import BalmsTrainer
     from ..utils import atomic_write_json
 
     if not cfg.MODEL.WEIGHTS:
