@@ -21,7 +21,6 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import (
     AMPTrainer,
     SimpleTrainer,
-    default_argument_parser,
     default_setup,
     default_writers,
     hooks,
@@ -31,16 +30,21 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from balms_det.engine.lazy import balms_hooks, freeze_trainable
-from balms_det.engine.trainer import build_ddp_model, newest_loadable_checkpoint
+from balms_det.engine.buffer_sync import broadcast_buffers
+from balms_det.engine.launching import argument_parser, dist_url
+from balms_det.engine.lazy import balms_hooks, freeze_trainable, resumable_train_loader
+from balms_det.engine.resume import DataStreamHook, resume_checkpoint
+from balms_det.engine.trainer import build_ddp_model
 
 logger = logging.getLogger("balms_det")
 
 
 def do_test(cfg, model):
-    """Inference on ``dataloader.test`` with ``dataloader.evaluator``; ``{}`` without one."""
+    """Inference on ``dataloader.test`` with ``dataloader.evaluator`` (every process with the
+    main process's buffers: the checkpoint's BatchNorm statistics); ``{}`` without one."""
     if "evaluator" not in cfg.dataloader:
         return {}
+    broadcast_buffers(model)
     res = inference_on_dataset(
         model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
     )
@@ -51,20 +55,22 @@ def do_test(cfg, model):
 
 def build_trainer(cfg):
     """The model, optimizer, data loader, trainer and hooks of ``cfg``; returns
-    ``(trainer, checkpointer)``. The balms hooks come first (the Meta Reweigher's meta step
-    runs before the timer stops and before the checkpointer saves its state)."""
+    ``(trainer, checkpointer)``. The training loader is resumable (``resumable_train_loader``).
+    The balms hooks come first (the Meta Reweigher's meta step runs before the timer stops and
+    before the checkpointer saves its state), then ``DataStreamHook`` (it seeds each step)."""
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
     freeze_trainable(cfg, model)  # before the optimizer: it skips frozen parameters
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
+    train_loader = resumable_train_loader(cfg)
     model = build_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(
         model, train_loader, optimizer
     )
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     main = comm.is_main_process()
+    seed = int(cfg.train.get("seed", -1))
 
     def test_and_keep():
         trainer.last_eval_results = do_test(cfg, model)
@@ -74,6 +80,9 @@ def build_trainer(cfg):
     trainer.register_hooks(
         balms_hooks(cfg, model, optimizer)
         + [
+            # seeds each step and keeps the data stream's position (the balms hooks before it
+            # draw no random number in before_step)
+            DataStreamHook(train_loader, seed=seed if seed >= 0 else None),
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
@@ -94,11 +103,12 @@ def build_trainer(cfg):
 def do_train(cfg, resume=False):
     """Train ``cfg``; returns the trainer (``trainer.last_eval_results``: the last
     evaluation). ``resume`` continues from the newest readable checkpoint of
-    ``train.output_dir`` (model, optimizer, iteration and the Meta Reweigher's state), else the
-    model starts from ``train.init_checkpoint`` (e.g. the stage-1 model of a decoupled stage 2).
+    ``train.output_dir``, chosen by the main process for all (model, optimizer, iteration, the
+    data stream's position and the Meta Reweigher's state), else the model starts from
+    ``train.init_checkpoint`` (e.g. the stage-1 model of a decoupled stage 2).
     """
     trainer, checkpointer = build_trainer(cfg)
-    found = newest_loadable_checkpoint(checkpointer) if resume else None
+    found = resume_checkpoint(checkpointer) if resume else None
     if found is not None:
         checkpointer.load(found)
         start_iter = trainer.iter + 1  # the checkpoint holds the iteration that finished
@@ -145,14 +155,14 @@ def main(args):
 
 
 def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     print("Command Line Args:", args)
     launch(
         main,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
+        dist_url=dist_url(args),  # a free port by default on one machine
         args=(args,),
     )
 

@@ -11,10 +11,12 @@ python tools/train_net.py --config-file configs/synthetic/tiny.yaml --num-gpus 2
 import logging
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
+from balms_det.engine.launching import argument_parser, dist_url
+from balms_det.engine.resume import resume_checkpoint
 from balms_det.engine.trainer import BalmsTrainer, print_summary, setup_cfg
 
 logger = logging.getLogger("balms_det")
@@ -25,13 +27,14 @@ def evaluate(cfg, resume=False):
     DATASETS.TEST; every process runs inference, the main one writes results and metrics."""
     model = BalmsTrainer.build_model(cfg)
     checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
-    if not cfg.MODEL.WEIGHTS and not (resume and checkpointer.has_checkpoint()):
+    weights = (resume_checkpoint(checkpointer) if resume else None) or cfg.MODEL.WEIGHTS
+    if not weights:
         raise ValueError(
             "--eval-only needs trained weights: MODEL.WEIGHTS is empty, so a randomly "
             "initialised model would be evaluated. Pass MODEL.WEIGHTS path/to/model.pth (or "
             "--resume with a checkpoint in OUTPUT_DIR)"
         )
-    checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+    checkpointer.load(weights)
     res = BalmsTrainer.test(cfg, model)
     if comm.is_main_process():
         verify_results(cfg, res)
@@ -54,14 +57,14 @@ def main(args):
 
 
 def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     print("Command Line Args:", args)
     launch(
         main,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
+        dist_url=dist_url(args),  # a free port by default on one machine
         args=(args,),
     )
 

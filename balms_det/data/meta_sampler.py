@@ -14,33 +14,27 @@ Detectron2's ``RepeatFactorTrainingSampler``: its stochastic rounding keeps the 
 frequencies, and an "epoch" then holds about as many indices as the set has images (unscaled
 LVIS factors reach 10^5 per image and would make epochs of 10^8 indices).
 
-The loader is resumable: the sampler's seed and the number of meta batches already drawn are
-part of the Meta Reweigher's checkpointed state, and the index stream is restarted past them
-(indices only, no image is loaded to skip). Aspect-ratio grouping is off in the meta loader so
-that batch ``j`` of a rank is exactly indices ``[j * B, (j + 1) * B)`` of its stream.
+The loader is resumable (``balms_det.data.resumable``): the sampler's seed and the number of
+meta batches already drawn are part of the Meta Reweigher's checkpointed state, the index
+stream is restarted past them (indices only, no image is loaded to skip), and each meta image
+is augmented with random numbers of its position in the stream. Aspect-ratio grouping is off
+in the meta loader: batch ``j`` of a rank is positions ``[j * B, (j + 1) * B)`` of its stream.
 """
 
-import itertools
 import logging
 from collections import Counter
 
 import torch
-from detectron2.data import (
-    DatasetCatalog,
-    DatasetMapper,
-    build_detection_train_loader,
-    get_detection_dataset_dicts,
-)
+from detectron2.data import DatasetCatalog, DatasetMapper, get_detection_dataset_dicts
 from detectron2.data.samplers import RepeatFactorTrainingSampler
-from torch.utils.data import Sampler
 
 from ..class_counts import instance_classes
+from .resumable import SALT_META, build_resumable_train_loader
 
 __all__ = [
     "class_image_frequency",
     "class_balanced_repeat_factors",
     "classes_in_dataset",
-    "SkipSampler",
     "meta_dataset_dicts",
     "build_meta_loader",
     "check_meta_batch_size",
@@ -89,17 +83,6 @@ def classes_in_dataset(dataset_dicts, num_classes):
             if 0 <= c < num_classes:
                 present[c] = True
     return present
-
-
-class SkipSampler(Sampler):
-    """An infinite sampler restarted past its first ``skip`` indices (resume)."""
-
-    def __init__(self, sampler, skip=0):
-        self.sampler = sampler
-        self.skip = int(skip)
-
-    def __iter__(self):
-        yield from itertools.islice(iter(self.sampler), self.skip, None)
 
 
 def meta_dataset_dicts(cfg):
@@ -178,15 +161,17 @@ def meta_batch_loader(
         skip_batches (int): meta batches already drawn (resume).
         num_workers (int): data-loading worker processes.
     """
-    per_rank = check_meta_batch_size(total_batch_size, "meta batch size")
+    check_meta_batch_size(total_batch_size, "meta batch size")
     factors = class_balanced_repeat_factors(dataset_dicts)
-    sampler = RepeatFactorTrainingSampler(factors, seed=int(seed))
-    sampler = SkipSampler(sampler, skip=int(skip_batches) * per_rank)
-    return build_detection_train_loader(
+    loader = build_resumable_train_loader(
         dataset=dataset_dicts,
         mapper=mapper,
-        sampler=sampler,
+        sampler=RepeatFactorTrainingSampler(factors, seed=int(seed)),
         total_batch_size=int(total_batch_size),
         aspect_ratio_grouping=False,
         num_workers=int(num_workers),
+        seed=int(seed),
+        salt=SALT_META,
     )
+    loader.batches = int(skip_batches)  # the first iteration starts after them
+    return loader
