@@ -50,10 +50,13 @@ class DeviceAdam:
         p = self.param.detach()
         grad = grad.to(p)
         t = self.step_count + 1
+        # bias corrections in float64 (float32 loses 1 - 0.999^t), applied in p's dtype
+        t64 = t.to(torch.float32 if t.device.type == "mps" else torch.float64)
+        step_size = self.lr / (1.0 - b1**t64)
         m = self.exp_avg.lerp(grad, 1.0 - b1)
-        v = self.exp_avg_sq * b2 + (1.0 - b2) * grad * grad
-        denom = v.sqrt() / (1.0 - b2**t).sqrt() + self.eps
-        new = p - (self.lr / (1.0 - b1**t)) * (m / denom)
+        v = torch.addcmul(self.exp_avg_sq * b2, grad, grad, value=1.0 - b2)
+        denom = v.sqrt() / (1.0 - b2**t64).sqrt() + self.eps
+        new = p + (-step_size * m) / denom
         if ok is not None:
             t = torch.where(ok, t, self.step_count)
             m = torch.where(ok, m, self.exp_avg)

@@ -714,8 +714,8 @@ class MetaReweigher(HookBase):
         dev = self.predictor.class_weights.device
         if self.psi.device == dev:
             return
-        with torch.no_grad():
-            self.psi.data = self.psi.data.to(dev)
+        self.psi = nn.Parameter(self.psi.detach().to(dev))
+        self.meta_optimizer.param = self.psi
         self.meta_optimizer.to(dev)
         self.class_mask = self.class_mask.to(dev)
         self._skipped = self._skipped.to(dev)
