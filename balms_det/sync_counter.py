@@ -46,6 +46,16 @@ import torch
 __all__ = ["SyncCounter", "cuda_sync_warnings"]
 
 _T = torch.Tensor
+# functions of both torch and Tensor whose output size depends on values, or that compare
+_BOTH = (
+    "nonzero",
+    "unique",
+    "unique_consecutive",
+    "masked_select",
+    "bincount",
+    "equal",
+    "allclose",
+)
 # Tensor methods that read values into Python or give value-dependent output sizes
 _ALWAYS = (
     "item",
@@ -59,24 +69,8 @@ _ALWAYS = (
     "__complex__",
     "is_nonzero",
     "cpu",
-    "nonzero",
-    "unique",
-    "unique_consecutive",
-    "masked_select",
-    "bincount",
-    "equal",
-    "allclose",
-)
-_TORCH_ALWAYS = (
-    "nonzero",
-    "argwhere",
-    "unique",
-    "unique_consecutive",
-    "masked_select",
-    "bincount",
-    "equal",
-    "allclose",
-)
+) + _BOTH
+_TORCH_ALWAYS = _BOTH + ("argwhere",)
 
 
 def _is_mask(index):
