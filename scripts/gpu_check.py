@@ -10,9 +10,9 @@ that prints one table.
    ``torch.cuda.set_sync_debug_mode("warn")`` and by ``SyncCounter``, balms-det's (0 expected)
    apart from Detectron2's and PyTorch's.
 5. ``lvis``: at LVIS size (R50-FPN Mask R-CNN, 1,203 classes, 2 synthetic 800 x 1067 images per
-   step, AMP float16): the step time of BalmsROIHeads per LOSS over StandardROIHeads, and of a
-   step with the Meta Reweigher over one without, measured side by side in this run, with the
-   peak GPU memory of each.
+   step, AMP float16, random weights at learning rate 0): the step time of BalmsROIHeads per LOSS
+   over StandardROIHeads, and of a step with the Meta Reweigher over one without, measured side
+   by side in this run, with the peak GPU memory of each.
 
 ``--device cpu`` (what ``scripts/gpu_check.sh --dry-run`` runs) does all of it on the CPU without
 AMP, the LVIS-size part at 128 x 160 px: everything but the CUDA calls. Each part records a row
@@ -360,7 +360,11 @@ def synthetic_image(ck, seed, size):
     return {"image": img.to(ck.dev), "height": h, "width": w, "instances": inst}
 
 
+LVIS_LIKE = "balms_gpu_check_lvis_like"  # a training set known by its counts file only
+
+
 def lvis_model(ck, heads, loss, cat_info):
+    from detectron2.data import DatasetCatalog
     from detectron2.modeling import build_model
 
     from balms_det.engine.trainer import setup_cfg
@@ -378,10 +382,12 @@ def lvis_model(ck, heads, loss, cat_info):
         "MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO",
         cat_info,
         "DATASETS.TRAIN",
-        "('balms_gpu_check_lvis_like',)",
+        f"('{LVIS_LIKE}',)",
         "DATASETS.TEST",
         "()",
     ]
+    if LVIS_LIKE not in DatasetCatalog.list():
+        DatasetCatalog.register(LVIS_LIKE, list)  # no images: the counts come from CAT_INFO
     cfg = setup_cfg(LVIS_BASE, opts)
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -392,11 +398,14 @@ def lvis_model(ck, heads, loss, cat_info):
 
 def timed_steps(ck, model, batch, n_warm, n, before=None, after=None):
     """Seconds per training step (AMP float16 on CUDA) and the peak memory in GiB;
-    ``before(optimizer)`` runs before the first step, ``after(i)`` after each."""
+    ``before(optimizer)`` runs before the first step, ``after(i)`` after each. Learning rate 0
+    (as benchmarks/bench_cost.py): every operation of a step runs, the randomly initialised
+    weights stay as they are (they would diverge on noise), and every setting sees the same
+    proposals and sampled ROIs."""
     from detectron2.utils.events import EventStorage
 
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=1e-4)
+    opt = torch.optim.SGD(params, lr=0.0, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=ck.cuda)
     amp = torch.autocast("cuda", dtype=torch.float16) if ck.cuda else contextlib.nullcontext()
     if before is not None:
@@ -427,7 +436,7 @@ def part_lvis(ck):
     from balms_det.modeling.roi_heads import LOSS_FAMILIES
 
     size = (800, 1067) if ck.cuda else (128, 160)
-    n_warm, n = (3, 10) if ck.cuda else (1, 1)
+    n_warm, n = (3, 10) if ck.cuda else (0, 1)
     rounds = 2 if ck.cuda else 1
     cat_info = lvis_cat_info(ck)
     batch = [synthetic_image(ck, s, size) for s in (0, 1)]

@@ -7,9 +7,10 @@
 #
 #   scripts/gpu_check.sh [--dry-run] [gpu_check.py options, e.g. --out DIR --parts tiny lvis]
 #
-# --dry-run (a machine without a GPU, the project's .venv): checks that .gpu_check/ holds a
-# Detectron2 source and wheels that install on CPython 3.12 (pip's own dry run), prints the build
-# command, and runs gpu_check.py --device cpu: everything up to the first CUDA call.
+# --dry-run (a machine without a GPU, the project's .venv): checks that .gpu_check/ holds wheels
+# that install on CPython 3.12 (pip's own dry run), prints the build command, and runs
+# gpu_check.py --device cpu on the carried Detectron2 source's Python code: everything up to the
+# first CUDA call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PREP=${GPU_CHECK_DIR:-.gpu_check}
@@ -36,8 +37,11 @@ if [ "$DRY" = 1 ]; then
   echo "   ok: $(ls "$PREP"/wheels/*.whl | wc -l) wheels install on CPython 3.12"
   echo "== dry run: would build Detectron2 with" \
        "(cd $WORK/detectron2 && ${BUILD_ENV[*]} python3 setup.py build_ext --inplace)"
-  echo "== dry run: gpu_check.py --device cpu (this machine's .venv)"
-  PYTHONPATH=$PWD exec "$PY" scripts/gpu_check.py --device cpu "${ARGS[@]}"
+  rm -rf "$WORK/detectron2" && mkdir -p "$WORK" && cp -r "$PREP/detectron2" "$WORK/detectron2"
+  ln -s "$WORK/detectron2/configs" "$WORK/detectron2/detectron2/model_zoo/configs"
+  echo "== dry run: gpu_check.py --device cpu with this .venv and the carried Detectron2 source"
+  echo "   (its Python code: no _C built here)"
+  PYTHONPATH="$WORK/detectron2:$PWD" exec "$PY" scripts/gpu_check.py --device cpu "${ARGS[@]}"
 fi
 
 PY=${PYTHON:-python3}
@@ -47,6 +51,11 @@ mkdir -p "$WORK"
 echo "== wheels -> $WORK/site"
 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target "$WORK/site" "$PREP"/wheels/*.whl
+if ! PYTHONPATH="$WORK/site" "$PY" -c "import numpy, torch, cv2, matplotlib, pycocotools" 2>/dev/null; then
+  echo "   numpy<2 (the tested stack's) does not import with this machine's torch / cv2 /" \
+       "matplotlib: the machine's own numpy is used instead"
+  rm -rf "$WORK"/site/numpy "$WORK"/site/numpy-*.dist-info "$WORK"/site/numpy.libs
+fi
 echo "== Detectron2 build (${BUILD_ENV[*]}), log in $WORK/detectron2_build.log"
 rm -rf "$WORK/detectron2" && cp -r "$PREP/detectron2" "$WORK/detectron2"
 if (cd "$WORK/detectron2" && env "${BUILD_ENV[@]}" PYTHONPATH="$WORK/site" \
