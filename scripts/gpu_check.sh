@@ -26,7 +26,7 @@ if [ ! -f "$PREP/detectron2/setup.py" ] || ! ls "$PREP"/wheels/*.whl >/dev/null 
   exit 2
 fi
 cat "$PREP/MANIFEST.txt" 2>/dev/null || true
-BUILD_ENV=(FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=$(nproc))
+BUILD_ENV=(FORCE_CUDA=1 "TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}" "MAX_JOBS=$(nproc)")
 
 if [ "$DRY" = 1 ]; then
   PY=${PYTHON:-.venv/bin/python}

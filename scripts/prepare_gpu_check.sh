@@ -24,7 +24,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && PY=${PYTHON:-.venv/bin/python}
 
 if [ -z "$SRC" ]; then
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2
   echo "error: give the Detectron2 source (a tree or a git directory)" >&2
   exit 2
 fi
@@ -34,6 +34,7 @@ D2_PATHS=(setup.py setup.cfg LICENSE detectron2 configs projects/PointRend/point
 rm -rf "$OUT.tmp" && mkdir -p "$OUT.tmp/detectron2" "$OUT.tmp/wheels"
 if [ -f "$SRC/setup.py" ] && [ -d "$SRC/detectron2" ]; then
   (cd "$SRC" && tar -cf - --exclude=__pycache__ --exclude='*.so' --exclude=build \
+     --exclude=detectron2/model_zoo/configs \
      $(for p in "${D2_PATHS[@]}"; do [ -e "$p" ] && echo "$p"; done)) | tar -xf - -C "$OUT.tmp/detectron2"
   origin="source tree $SRC"
   commit=$(git -C "$SRC" rev-parse HEAD 2>/dev/null || echo unknown)
