@@ -1,4 +1,4 @@
-"""AP-fixed and AP-pool (Dave et al. 2021) of balms_det.evaluation.fast_lvis against lvis-api
+"""AP-fixed and AP-pool (Dave et al. 2021) of balms_det.lvis_eval against lvis-api
 run the way the authors' scripts run it: top-k per category, ``LVISResults(..., max_dets=-1)``,
 ``params.max_dets = -1``; for AP-pool the pooled accumulation, written here on top of lvis-api's
 per-category matching (``LVISEval.evaluate``)."""
@@ -8,12 +8,12 @@ import copy
 import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
+from eval_cases import make_dataset, make_results
 from lvis import LVIS, LVISEval, LVISResults
-from test_fast_lvis import _write, assert_same, make_dataset, make_results
+from test_fast_lvis import _write, assert_same
 
-import balms_det.evaluation.fast_lvis as fl
-from balms_det.evaluation.fast_lvis import evaluate_lvis
 from balms_det.evaluation.lvis_compat import lvis_numpy_compat, run_lvis_api
+from balms_det.lvis_eval import evaluate_lvis
 
 TOL = 1e-9
 POOLS = ("all", "r", "c", "f")
@@ -162,12 +162,15 @@ def test_ap_pool_equals_pooled_lvis_api(tmp_path, seed, adversarial, k):
             ours.per_category_ap()
 
 
-def test_pool_and_fixed_in_two_processes(tmp_path, monkeypatch):
-    """The categories scored by two processes give the same arrays as one."""
+def test_pool_and_fixed_in_two_threads(tmp_path, monkeypatch):
+    """The results read in two byte ranges and the categories scored by two threads give the
+    same arrays as one."""
+    from balms_det.lvis_eval import reader, score
+
     ds = make_dataset(40, n_img=30)
     res = make_results(ds, 41, dets_per_img=(10, 40))
-    monkeypatch.setattr(fl, "PARALLEL_MIN_EVALUATED", 0)
-    monkeypatch.setattr(fl, "PARALLEL_MIN_RESULTS", 0)
+    monkeypatch.setattr(score, "PARALLEL_MIN_EVALUATED", 0)
+    monkeypatch.setattr(reader, "PARALLEL_MIN_BYTES", 0)
     for protocol in ("standard", "fixed", "pool"):
         one = evaluate_lvis(ds, res, "segm", protocol=protocol, dets_per_category=20, workers=1)
         two = evaluate_lvis(ds, res, "segm", protocol=protocol, dets_per_category=20, workers=2)
@@ -199,7 +202,7 @@ def test_fixed_ties_at_the_budget_keep_input_order(tmp_path):
 
 
 def test_lvis_api_engine_runs_ap_fixed_the_authors_way(tmp_path, caplog):
-    from balms_det.evaluation.protocols import evaluate_tasks, prepare_gt_dataset
+    from balms_det.evaluation.tasks import evaluate_tasks, prepare_gt_dataset
 
     ds = prepare_gt_dataset(make_dataset(55, n_img=12))
     res = make_results(ds, 56, dets_per_img=(5, 30))
@@ -214,24 +217,3 @@ def test_lvis_api_engine_runs_ap_fixed_the_authors_way(tmp_path, caplog):
         for k, v in ref[t].items():
             assert (np.isnan(v) and np.isnan(fast[t][k])) or abs(fast[t][k] - v) <= 1e-7, (t, k)
         assert n_fast[t] == n_ref[t] and max(n_ref[t].values()) <= 4
-
-
-def test_accumulation_of_groups_too_large_for_a_block():
-    """A group larger than a block is accumulated alone, a few rows at a time: the same arrays
-    as the padded path (and, through the tests above, as lvis-api)."""
-    from balms_det.evaluation.matching import accumulate
-
-    rng = np.random.default_rng(3)
-    for _ in range(10):
-        n = int(rng.integers(1, 2000))
-        tp = rng.random((n, 4, 10)) < 0.3
-        fp = ~tp & (rng.random((n, 4, 10)) < 0.6)
-        bounds = np.r_[0, np.sort(rng.integers(0, n, 4)), n]
-        order = rng.permutation(n)
-        num_gt = rng.integers(0, 40, (5, 4))
-        num_gt[0] = 0  # a group without ground truth stays -1
-        padded = accumulate(tp, fp, order, bounds, num_gt)
-        alone = accumulate(tp, fp, order, bounds, num_gt, max_elems=64)
-        for a, b in zip(padded, alone):
-            np.testing.assert_array_equal(a, b)
-        assert (padded[0][:, :, 0] == -1).all()

@@ -32,7 +32,7 @@ import argparse
 import logging
 import sys
 
-from balms_det.evaluation.protocols import PROTOCOLS
+from balms_det.evaluation.tasks import PROTOCOLS
 
 
 def build_parser():
@@ -72,7 +72,7 @@ def build_parser():
         "--engine",
         choices=("fast", "lvis-api"),
         default="fast",
-        help="fast (balms_det.evaluation.fast_lvis) or lvis-api (the reference; standard and "
+        help="fast (balms_det.lvis_eval) or lvis-api (the reference; standard and "
         "fixed protocols)",
     )
     p.add_argument(
@@ -120,7 +120,7 @@ def _copypaste(results):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from balms_det.evaluation.detections_io import evaluate_detections_file
+    from balms_det.evaluation.offline import evaluate_detections_file
     from balms_det.utils import markdown_table
 
     if not logging.getLogger().handlers:

@@ -1,15 +1,12 @@
-"""LVIS-protocol evaluation (Gupta et al. 2019) with the challenge protocols of large-vocabulary
-detection: AP-fixed and AP-pool (Dave et al. 2021) and boundary AP (Cheng et al. 2021).
+"""The Detectron2 side of LVIS-protocol evaluation (the engine itself, torch-free, is
+:mod:`balms_det.lvis_eval`):
 
-Modules (none imports torch or Detectron2 except ``lvis_evaluator``; importing this package
-imports nothing):
+* ``lvis_evaluator``: ``BalmsLVISEvaluator``, Detectron2's LVISEvaluator on the engine, with the
+  challenge protocols' streaming per-category top-k;
+* ``tasks``: the tasks of each protocol, their metrics, the engines ("fast", "lvis-api");
+* ``offline``: ``evaluate_detections_file``, a saved detections file without the model;
+* ``report``: per-class tables and plots;
+* ``lvis_compat``: lvis-api itself on a current numpy (the reference engine).
 
-* ``fast_lvis``: the engine, lvis-api 0.5.3's numbers fast (:func:`~.fast_lvis.evaluate_lvis`);
-* ``protocols``: the tasks of each protocol and their reported metrics;
-* ``detections_io``: reading and checking detection files, ``evaluate_detections_file``;
-* ``matching``: lvis-api's greedy matching and accumulation, vectorised;
-* ``boundary``: boundary IoU;
-* ``lvis_evaluator``: ``BalmsLVISEvaluator``, the Detectron2 evaluator;
-* ``report``: per-class tables and plots (LVIS groups and worst-class metrics: ``balms_det.longtail``);
-* ``lvis_compat``: lvis-api itself on a current numpy (the reference).
+Only ``lvis_evaluator`` imports Detectron2; importing this package imports nothing.
 """

@@ -4,13 +4,15 @@ lvis 0.5.3, the only release on PyPI, calls ``np.float`` in ``LVISEval.accumulat
 the alias was removed in numpy 1.24, so ``LVISEval.run()`` crashes there.
 :func:`lvis_numpy_compat` puts the alias back for the duration of a ``with`` block.
 :func:`run_lvis_api` is the reference evaluator (the ``lvis-api`` engine of
-:mod:`balms_det.evaluation.protocols`, and what the tests compare the fast engine with).
+:mod:`balms_det.evaluation.tasks`, and what the tests compare the fast engine with).
 """
 
 import contextlib
 import threading
 
 import numpy as np
+
+from ..lvis_eval import read_json
 
 __all__ = ["lvis_numpy_compat", "run_lvis_api"]
 
@@ -36,7 +38,7 @@ def lvis_numpy_compat():
                     pass
 
 
-def run_lvis_api(gt, results, iou_type, max_dets=300):
+def run_lvis_api(gt, results, iou_type, max_dets=300, *, ignore_boxes=False):
     """Evaluate ``results`` against ``gt`` with lvis-api and return the ``LVISEval`` object.
 
     Args:
@@ -48,6 +50,10 @@ def run_lvis_api(gt, results, iou_type, max_dets=300):
         max_dets: detections kept per image (over all categories), lvis-api's cap; -1 for
             none (``LVISResults(..., max_dets=-1)`` and ``params.max_dets = -1``, how Dave et al.
             run AP-fixed after keeping the top-k detections of each category).
+        ignore_boxes: evaluate as if the results had no "bbox": for segm the areas of APs /
+            APm / APl are then mask areas (the evaluator's and Detectron2's convention for mask
+            tasks); with the boxes kept, lvis-api takes the areas of a results file that has
+            boxes from its boxes. The same option as ``balms_det.lvis_eval.evaluate_lvis``'s.
     Returns:
         lvis.LVISEval after ``run()``: ``.results`` / ``get_results()``, ``.eval``.
     """
@@ -55,10 +61,10 @@ def run_lvis_api(gt, results, iou_type, max_dets=300):
 
     if not isinstance(gt, LVIS):
         gt = LVIS(str(gt))
-    if isinstance(results, (list, tuple)):
-        results = [dict(r) for r in results]
-    else:
-        results = str(results)
+    if not isinstance(results, (list, tuple)):
+        results = read_json(results, "Detections file")
+    drop = ("bbox",) if ignore_boxes else ()
+    results = [{k: v for k, v in r.items() if k not in drop} for r in results]
     dt = LVISResults(gt, results, max_dets=max_dets)
     lvis_eval = LVISEval(gt, dt, iou_type)
     lvis_eval.params.max_dets = max_dets

@@ -3,9 +3,9 @@
 ``BalmsLVISEvaluator`` is Detectron2's ``LVISEvaluator`` with its metric computation replaced:
 
 * it runs on numpy >= 1.24 (lvis-api 0.5.3 crashes there) and is faster
-  (:mod:`balms_det.evaluation.fast_lvis`, the same numbers),
+  (:mod:`balms_det.lvis_eval`, the same numbers),
 * besides the standard protocol it computes AP-fixed, AP-pool (Dave et al. 2021) and boundary
-  AP (Cheng et al. 2021), see :mod:`balms_det.evaluation.protocols`,
+  AP (Cheng et al. 2021), see :mod:`balms_det.evaluation.tasks`,
 * categories without a ``frequency`` field (COCO-format datasets) get one from the training image
   counts with the LVIS thresholds, so APr/APc/APf exist for custom data,
 * it adds worst-class metrics (harmonic/geometric mean and minimum of per-class AP),
@@ -36,7 +36,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import LVISEvaluator
 
 from ..utils import atomic_write
-from .protocols import (
+from .report import write_report
+from .tasks import (
     ENGINES,
     PROTOCOLS,
     counts_from_categories,
@@ -44,7 +45,6 @@ from .protocols import (
     plan_tasks,
     prepare_gt_dataset,
 )
-from .report import write_report
 
 __all__ = ["BalmsLVISEvaluator", "CategoryTopK", "RESULTS_JSON", "TOPK_RESULTS_JSON"]
 
@@ -317,6 +317,7 @@ class BalmsLVISEvaluator(LVISEvaluator):
         path = os.path.join(self._output_dir, name)
         self._logger.info("Saving results to %s", path)
         atomic_write(path, lambda f: f.write(json.dumps(results)))
+        return path
 
     def _eval_predictions(self, predictions):
         lvis_results = list(itertools.chain(*[x["instances"] for x in predictions]))
@@ -327,10 +328,10 @@ class BalmsLVISEvaluator(LVISEvaluator):
             topk = [dict(r) for r in self._merged_topk.results()]
             self._to_dataset_ids(topk)
         self._to_dataset_ids(lvis_results)
-        if self._output_dir:
-            self._save(RESULTS_JSON, lvis_results)
+        if self._output_dir:  # the engine reads the files written (errors name them)
+            lvis_results = self._save(RESULTS_JSON, lvis_results)
             if topk is not None:
-                self._save(TOPK_RESULTS_JSON, topk)
+                topk = self._save(TOPK_RESULTS_JSON, topk)
         if not self._do_evaluation:
             self._logger.info("Annotations are not available for evaluation.")
             return
@@ -346,6 +347,7 @@ class BalmsLVISEvaluator(LVISEvaluator):
             engine=self._engine,
             log=self._logger,
             dets_per_category=self._dets_per_category,
+            source=lvis_results if isinstance(lvis_results, str) else None,
             gt_source=self._metadata.get("json_file", None),
             workers=self._workers,
             topk_results=topk,

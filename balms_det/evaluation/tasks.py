@@ -1,6 +1,7 @@
-"""What an LVIS-protocol evaluation computes and reports, shared by the training-time evaluator
-(:class:`balms_det.evaluation.lvis_evaluator.BalmsLVISEvaluator`) and the offline path
-(:func:`balms_det.evaluation.detections_io.evaluate_detections_file`).
+"""The tasks of an LVIS-protocol evaluation and their reported metrics, shared by the
+training-time evaluator (:class:`balms_det.evaluation.lvis_evaluator.BalmsLVISEvaluator`) and
+the offline driver (:func:`balms_det.evaluation.offline.evaluate_detections_file`); each task is
+run by the engine (:mod:`balms_det.lvis_eval`) or by lvis-api itself (the reference).
 
 Protocols (``protocols``) and the tasks they add, for each evaluated iou type:
 
@@ -12,8 +13,10 @@ Protocols (``protocols``) and the tasks they add, for each evaluated iou type:
   APf the group pools; no per-class AP, hence no worst-class metrics);
 * "boundary": boundary AP (Cheng et al. 2021) of the masks, standard protocol -> "boundary".
 
-Mask tasks (segm, boundary) are computed without the boxes, so that areas (small / medium /
-large) are mask areas, as Detectron2's LVISEvaluator and Dave et al.'s scripts do.
+Mask tasks (segm, boundary) are computed without the boxes (``ignore_boxes``), so that the areas
+of APs / APm / APl and ARs / ARm / ARl are mask areas, as Detectron2's LVISEvaluator and Dave et
+al.'s scripts evaluate masks, by both engines. (lvis-api on a results file that keeps its boxes
+uses box areas for segm: ``evaluate_lvis`` / ``run_lvis_api`` with ``ignore_boxes=False``.)
 
 Metric values are in %; a metric lvis-api leaves undefined (-1: e.g. APr when no rare category
 has ground truth, APl without large objects) is reported as NaN, as Detectron2's COCOEvaluator
@@ -25,16 +28,18 @@ This module imports neither torch nor Detectron2.
 import copy
 import logging
 import math
-import mmap
-import os
 from collections import Counter, OrderedDict, namedtuple
 
 import numpy as np
 
-from ..utils import format_examples, markdown_table
-from .detections_io import is_empty_results, load_lvis_detections
-from .fast_lvis import LVISGroundTruth, check_detections, evaluate_protocols
 from ..longtail import GROUPS, assign_frequency, worst_class_metrics
+from ..lvis_eval import (
+    LVISGroundTruth,
+    check_detections,
+    evaluate_protocols,
+    read_json,
+)
+from ..utils import format_examples, markdown_table
 
 __all__ = [
     "PROTOCOLS",
@@ -43,7 +48,6 @@ __all__ = [
     "WORST_KEYS",
     "Task",
     "plan_tasks",
-    "tasks_of_results",
     "prepare_gt_dataset",
     "task_metrics",
     "evaluate_tasks",
@@ -115,25 +119,6 @@ def plan_tasks(iou_types, protocols=("standard",)):
 
 def _as_tasks(tasks):
     return [t if isinstance(t, Task) else _task_of_name(t) for t in tasks]
-
-
-def tasks_of_results(results):
-    """Iou types the results support: "bbox" (unless no result has a box) and "segm" when some
-    result has a segmentation. ``results``: a list, or a results JSON file (searched for the
-    keys, not parsed)."""
-    if isinstance(results, (str, os.PathLike)):
-        with open(results, "rb") as f:
-            if os.fstat(f.fileno()).st_size == 0:
-                return ("bbox",)
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-                has_box = m.find(b'"bbox"') >= 0
-                has_seg = m.find(b'"segmentation"') >= 0
-        empty = is_empty_results(results)
-    else:
-        empty = len(results) == 0
-        has_box = any("bbox" in r for r in results)
-        has_seg = any("segmentation" in r for r in results)
-    return (("bbox",) if empty or has_box else ()) + (("segm",) if has_seg else ())
 
 
 # ------------------------------------------------------------------------------------------
@@ -210,8 +195,9 @@ def top_per_category(results, k):
 
 
 def _lvis_api(gt_dataset, gt_index, results, task, max_dets, dets_per_category, source):
-    """(summary, per_class, num_dets, short) of lvis-api itself: the standard protocol, or
-    AP-fixed run as Dave et al.'s script runs it."""
+    """(summary, per_class, num_dets, short, empty) of lvis-api itself: the standard protocol,
+    or AP-fixed run as Dave et al.'s script runs it; mask tasks without the boxes, as the
+    engine runs them."""
     from lvis import LVIS
 
     from .lvis_compat import run_lvis_api
@@ -222,8 +208,6 @@ def _lvis_api(gt_dataset, gt_index, results, task, max_dets, dets_per_category, 
             "computed by the fast engine only"
         )
     check_detections(gt_index, results, task.iou_type, ignore_boxes=task.masks, source=source)
-    if task.masks:
-        results = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
     short = 0
     if task.protocol == "fixed":
         counts = Counter(r["category_id"] for r in results)
@@ -233,7 +217,7 @@ def _lvis_api(gt_dataset, gt_index, results, task, max_dets, dets_per_category, 
     gt.logger = logger
     gt.dataset = copy.deepcopy(gt_dataset)
     gt._create_index()
-    ev = run_lvis_api(gt, results, task.iou_type, max_dets=max_dets)
+    ev = run_lvis_api(gt, results, task.iou_type, max_dets=max_dets, ignore_boxes=task.masks)
     precision = ev.eval["precision"]
     per_class, num_dets = {}, {}
     for k, cat_id in enumerate(ev.params.cat_ids):
@@ -243,29 +227,26 @@ def _lvis_api(gt_dataset, gt_index, results, task, max_dets, dets_per_category, 
         num_dets[cat_id] = 0
     for (_, cat_id), dts in ev._dts.items():
         num_dets[cat_id] += len(dts)
-    return dict(ev.get_results()), per_class, num_dets, short
+    return dict(ev.get_results()), per_class, num_dets, short, None
 
 
 def _fast(gt_index, results, task, protocols, max_dets, dets_per_category, workers):
-    """{protocol: (summary, per_class, num_dets, short)} of the fast engine for ``task``'s iou
-    type and ``protocols`` (read once); ``short``: categories with fewer than
-    ``dets_per_category`` detections kept (AP-fixed / AP-pool want that many)."""
+    """{protocol: (summary, per_class, num_dets, short, empty)} of the engine for ``task``'s
+    iou type and ``protocols`` (read once); ``short``: categories with fewer than
+    ``dets_per_category`` detections kept (AP-fixed / AP-pool want that many); ``empty``:
+    {category id: its detections (kept, where lvis-api evaluates them) of area 0}."""
     k = dets_per_category
     evs = evaluate_protocols(
-        gt_index,
-        results,
-        task.iou_type,
-        protocols,
-        max_dets=max_dets,
-        dets_per_category=dets_per_category,
-        ignore_boxes=task.masks,
-        workers=workers,
-    )
+        gt_index, results, task.iou_type, protocols, max_dets=max_dets,
+        dets_per_category=dets_per_category, ignore_boxes=task.masks, workers=workers,
+    )  # fmt: skip
     out = {}
     for protocol, ev in evs.items():
         per_class = ev.per_category_ap() if protocol != "pool" else None
         num_dets = dict(zip(ev.cat_ids, ev.num_dets.tolist()))
-        out[protocol] = dict(ev.results), per_class, num_dets, int((ev.num_kept < k).sum())
+        empty = dict(zip(ev.cat_ids, ev.num_empty.tolist()))
+        short = int((ev.num_kept < k).sum())
+        out[protocol] = dict(ev.results), per_class, num_dets, short, empty
     return out
 
 
@@ -293,7 +274,7 @@ def task_metrics(summary, per_class):
     return res
 
 
-def _log_task(log, task, engine, res, per_class, num_dets, dets_per_category, short):
+def _log_task(log, task, engine, res, per_class, num_dets, dets_per_category, short, empty):
     keys = list(res)
     log.info(
         "Evaluation results for %s (%s engine):\n%s",
@@ -303,14 +284,26 @@ def _log_task(log, task, engine, res, per_class, num_dets, dets_per_category, sh
     )
     if per_class is not None:
         silent = [c for c, ap in per_class.items() if not math.isnan(ap) and num_dets[c] == 0]
-        if silent:
+        hollow = [c for c in silent if (empty or {}).get(c)]
+        none = [c for c in silent if c not in hollow]
+        if none:
             log.info(
-                "%s: %d categories with ground truth have no evaluated detection (AP 0, "
-                "num_dets_%s 0 in the per-class table): %s",
+                "%s: %d categories with ground truth have no detection%s (AP 0, num_dets_%s 0 "
+                "in the per-class table): %s",
                 task.name,
-                len(silent),
+                len(none),
+                " in the images that annotate them" if empty is not None else " evaluated",
                 task.name,
-                format_examples(silent),
+                format_examples(none),
+            )
+        if hollow:
+            log.info(
+                "%s: %d categories with ground truth have detections, all with empty %s (area "
+                "0: lvis-api does not evaluate them; AP 0): %s",
+                task.name,
+                len(hollow),
+                "masks" if task.masks else "boxes",
+                format_examples(f"{c} ({empty[c]} detections)" for c in hollow),
             )
     if task.protocol != "standard" and short:
         log.info(
@@ -369,16 +362,15 @@ def evaluate_tasks(
     fast = {}  # (detections, iou type) -> the fast engine's results of all their protocols
     for task in tasks:
         dets = dets_of(task)
-        if engine == "lvis-api" and not is_empty_results(dets):
-            if not isinstance(dets, (list, tuple)):
-                dets = load_lvis_detections(dets, gt_dataset)
-            summary, per_class, num_dets, short = _lvis_api(
-                gt_dataset, gt_index, dets, task, max_dets, dets_per_category, source
-            )
+        listed = dets
+        if engine == "lvis-api" and not isinstance(dets, (list, tuple)):
+            listed = read_json(dets, "Detections file")
+        if engine == "lvis-api" and listed:
+            got = _lvis_api(gt_dataset, gt_index, listed, task, max_dets, dets_per_category, source)
         else:
             # lvis-api crashes on an empty result list (LVISResults reads results[0]); without
-            # detections every category with ground truth has AP 0, which the fast engine
-            # (equal to lvis-api) gives
+            # detections every category with ground truth has AP 0, which the engine (equal to
+            # lvis-api) gives
             key = (id(dets), task.iou_type)
             if key not in fast:
                 protocols = [
@@ -387,9 +379,10 @@ def evaluate_tasks(
                 fast[key] = _fast(
                     gt_index, dets, task, protocols, max_dets, dets_per_category, workers
                 )
-            summary, per_class, num_dets, short = fast[key][task.protocol]
+            got = fast[key][task.protocol]
+        summary, per_class, num_dets, short, empty = got
         res = task_metrics(summary, per_class)
-        _log_task(log, task, engine, res, per_class, num_dets, dets_per_category, short)
+        _log_task(log, task, engine, res, per_class, num_dets, dets_per_category, short, empty)
         out[task.name] = res
         if per_class is not None:
             per_class_by_task[task.name] = per_class
