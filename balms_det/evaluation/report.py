@@ -27,8 +27,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..utils import atomic_write, atomic_write_json, markdown_table, read_json
 from ..longtail import GROUPS, worst_class_metrics
+from ..utils import atomic_write, atomic_write_json, markdown_table, read_json
 
 __all__ = [
     "TABLE_FIELDS",
@@ -196,59 +196,70 @@ def _save(fig, path):
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
 
 
-def plot_per_class_ap(rows, path, task="segm"):
-    """PNG of per-class AP (%) against training image count (symmetric log scale, so that a
-    count of 0 shows), one colour per LVIS group, dashed lines at the group means.
+DENSE = 150  # points of a panel above which it shows their density (hexagons), not the points
 
-    Categories without AP for ``task`` (no ground truth) are left out. Returns ``path``.
-    """
+
+def _points(ax, x, y, color, cmap, xscale="linear", extent=None):
+    """Scatter of (x, y), or, for more than DENSE points, their density (hexagonal bins
+    coloured by count, log scale, a lone class still clearly coloured): a thousand classes stay
+    readable, none hides another."""
+    if len(x) <= DENSE:
+        ax.scatter(x, y, s=14, alpha=0.75, color=color, edgecolors="none")
+        return None
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+
+    cmap = ListedColormap(colormaps[cmap](np.linspace(0.3, 1.0, 128)))
+    return ax.hexbin(
+        x, y, gridsize=(24, 16), xscale=xscale, extent=extent, cmap=cmap, mincnt=1,
+        bins="log", linewidths=0.2,
+    )  # fmt: skip
+
+
+_CMAPS = {"r": "Reds", "c": "Oranges", "f": "Blues"}
+
+
+def plot_per_class_ap(rows, path, task="segm"):
+    """PNG of per-class AP (%) against training image count, one panel per LVIS group (rare,
+    common, frequent: each on its own count axis, log scale), with the group mean; a panel of
+    more than DENSE classes shows their density. Categories without AP for ``task`` (no
+    ground truth) are left out. Returns ``path``."""
     key = f"AP_{task}"
     data = _task_values(rows, task)
     if not data:
         raise ValueError(f"No per-class {key} to plot (was '{task}' evaluated?)")
-    fig = _new_figure(7.0, 4.5)
-    ax = fig.add_subplot(1, 1, 1)
-    counts_known = all(r.get("train_image_count") is not None for r in data)
     means = _group_means(rows, task)
-    for g in GROUPS:
+    counts_known = all(r.get("train_image_count") is not None for r in data)
+    fig = _new_figure(12.0, 4.2)
+    axes = fig.subplots(1, len(GROUPS), sharey=True)
+    for ax, g in zip(axes, GROUPS):
         pts = [r for r in data if r.get("group") == g]
+        ax.set_title(f"{_GROUP_NAMES[g]}: {len(pts)} classes, AP{g} = {means[g]:.1f}", fontsize=10)
+        ax.set_ylim(-2, 102)
+        ax.grid(True, alpha=0.3)
         if not pts:
             continue
-        x = [r.get("train_image_count") or 0 for r in pts]
-        y = [r[key] for r in pts]
-        ax.scatter(
-            x,
-            y,
-            s=14,
-            alpha=0.75,
-            color=_GROUP_COLORS[g],
-            edgecolors="none",
-            label=f"{_GROUP_NAMES[g]} ({len(pts)})",
+        x = np.array([(r.get("train_image_count") or 0) + 1 for r in pts], float)  # (0 shows)
+        y = np.array([r[key] for r in pts], float)
+        lo, hi = np.log10(x.min()), np.log10(x.max())
+        extent = (lo - 0.05, max(hi, lo + 0.1) + 0.05, -2, 102)
+        hb = _points(ax, x, y, _GROUP_COLORS[g], _CMAPS[g], "log", extent)
+        if hb is not None:
+            fig.colorbar(hb, ax=ax, label="classes per cell", pad=0.01)
+        ax.set_xscale("log")
+        ax.axhline(means[g], color=_GROUP_COLORS[g], linestyle="--", linewidth=1.2)
+        ax.axhline(means["all"], color="black", linestyle=":", linewidth=1.0)
+        ax.set_xlabel(
+            "training images of the class + 1" + ("" if counts_known else " (0 if unknown)")
         )
-        ax.axhline(
-            means[g],
-            color=_GROUP_COLORS[g],
-            linestyle="--",
-            linewidth=1.2,
-            label=f"AP{g} = {means[g]:.1f}",
-        )
-    ax.axhline(
-        means["all"], color="black", linestyle=":", linewidth=1.0, label=f"AP = {means['all']:.1f}"
-    )
-    ax.set_xscale("symlog", linthresh=1.0, linscale=0.3)
-    xmax = max((r.get("train_image_count") or 0) for r in data)
-    ax.set_xlim(0, max(xmax * 1.6, 2.0))
-    ax.set_ylim(-2, 102)
-    ax.set_xlabel("training images of the class" + ("" if counts_known else " (unknown: 0)"))
-    ax.set_ylabel(f"{_TASK_TITLES.get(task, task)} (%)")
+    axes[0].set_ylabel(f"{_TASK_TITLES.get(task, task)} (%)")
     skipped = len(rows) - len(data)
-    title = f"Per-class {_TASK_TITLES.get(task, task)}"
+    title = f"Per-class {_TASK_TITLES.get(task, task)} (dashed: group mean; dotted: AP = {means['all']:.1f})"
     if skipped:
-        noun = "class" if skipped == 1 else "classes"
-        title += f" ({skipped} {noun} without ground truth left out)"
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="best", ncol=2)
+        title += (
+            f"; {skipped} {'class' if skipped == 1 else 'classes'} without ground truth left out"
+        )
+    fig.suptitle(title, fontsize=10)
     _save(fig, path)
     return path
 
@@ -313,9 +324,9 @@ def plot_comparison(result_dirs, path, labels=None, task="segm"):
     """PNG comparing two or more result folders (each holding a ``per_class_ap.json``).
 
     Left: AP, APr, APc, APf and the harmonic / geometric means of per-class AP, one bar per
-    folder. Right: per-class AP of every other folder against the first one (matched by
-    category id), coloured by group; points above the diagonal are classes that improved.
-    Returns ``path``.
+    folder. Then one panel per LVIS group: per-class AP of every other folder against the first
+    one (matched by category id; their density where more than DENSE classes of one other
+    folder); points above the diagonal are classes that improved. Returns ``path``.
     """
     result_dirs = list(result_dirs)
     if len(result_dirs) < 2:
@@ -328,8 +339,8 @@ def plot_comparison(result_dirs, path, labels=None, task="segm"):
             raise ValueError(f"Result folder '{d}' has no per-class {key}")
     summary = compare_table(result_dirs, labels, task)
 
-    fig = _new_figure(11.0, 4.5)
-    ax = fig.add_subplot(1, 2, 1)
+    fig = _new_figure(16.0, 4.2)
+    ax = fig.add_subplot(1, 4, 1)
     metrics = ("AP", "APr", "APc", "APf", "hmean", "gmean")
     n = len(result_dirs)
     width = 0.8 / n
@@ -344,11 +355,12 @@ def plot_comparison(result_dirs, path, labels=None, task="segm"):
     ax.legend(fontsize=7)
     ax.grid(True, axis="y", alpha=0.3)
 
-    ax = fig.add_subplot(1, 2, 2)
     base = {r["category_id"]: r for r in tables[0]}
     markers = "os^vD<>p*"
-    for i in range(1, n):
-        for g in GROUPS:
+    for col, g in enumerate(GROUPS):  # one panel per group: frequent points hide no common one
+        ax = fig.add_subplot(1, 4, 2 + col)
+        count = 0
+        for i in range(1, n):
             pts = [
                 (base[r["category_id"]][key], r[key])
                 for r in tables[i]
@@ -356,27 +368,27 @@ def plot_comparison(result_dirs, path, labels=None, task="segm"):
                 and r.get("group") == g
                 and base.get(r["category_id"], {}).get(key) is not None
             ]
+            count = max(count, len(pts))
             if not pts:
                 continue
-            xs, ys = zip(*pts)
-            ax.scatter(
-                xs,
-                ys,
-                s=14,
-                alpha=0.7,
-                color=_GROUP_COLORS[g],
-                edgecolors="none",
-                marker=markers[(i - 1) % len(markers)],
-                label=f"{labels[i]}: {_GROUP_NAMES[g]}",
-            )
-    ax.plot([0, 100], [0, 100], color="gray", linewidth=1, linestyle="--")
-    ax.set_xlim(-2, 102)
-    ax.set_ylim(-2, 102)
-    ax.set_xlabel(f"per-class AP, {labels[0]} (%)")
-    ax.set_ylabel("per-class AP, other (%)")
-    ax.set_title("Per-class AP against the first folder", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left")
-    ax.grid(True, alpha=0.3)
+            xs, ys = (np.array(v, float) for v in zip(*pts))
+            if n == 2:  # one folder against the first: density where classes are many
+                hb = _points(ax, xs, ys, _GROUP_COLORS[g], _CMAPS[g], extent=(-2, 102, -2, 102))
+                if hb is not None:
+                    fig.colorbar(hb, ax=ax, pad=0.01)
+                continue
+            ax.scatter(xs, ys, s=12, alpha=min(0.75, 60 / len(xs) + 0.15), edgecolors="none",
+                       color=f"C{i}", marker=markers[(i - 1) % len(markers)], label=labels[i])  # fmt: skip
+        ax.plot([0, 100], [0, 100], color="gray", linewidth=1, linestyle="--")
+        ax.set_xlim(-2, 102)
+        ax.set_ylim(-2, 102)
+        ax.set_xlabel(f"AP, {labels[0]} (%)", fontsize=8)
+        if col == 0:
+            ax.set_ylabel(f"AP, {labels[1] if n == 2 else 'other'} (%)", fontsize=8)
+        ax.set_title(f"{_GROUP_NAMES[g]} ({count}): above = better", fontsize=9)
+        ax.grid(True, alpha=0.3)
+        if n > 2 and col == 0:
+            ax.legend(fontsize=6, loc="upper left")
     _save(fig, path)
     return path
 
