@@ -28,7 +28,7 @@ def core_boundary_ious(masks, d, start=2.0):
     h, w = masks[0].shape if hasattr(masks[0], "shape") else masks[0][1]
     segs = [mask_rle(m) if hasattr(m, "shape") else {"size": [h, w], "counts": m[0]} for m in masks]
     n = len(segs)
-    counts, off, code, _, _ = core.masks(
+    counts, off, code, _ = core.masks(
         *rules.segmentation_arrays(segs, np.full(n, h), np.full(n, w))
     )
     assert not code.any()

@@ -168,7 +168,7 @@ def _masks(segs, h, w):
     """Masks made by the core of Python segmentations (as the ground truth's are made)."""
     n = len(segs)
     arrays = rules.segmentation_arrays(segs, np.full(n, h), np.full(n, w))
-    counts, off, code, detail, value = core.masks(*arrays)
+    counts, off, code, detail = core.masks(*arrays)
     return counts, off, code
 
 
@@ -213,7 +213,7 @@ def test_masks_areas_boxes_and_ious_equal_pycocotools():
     status, why, cols = _scan(text)
     assert status == core.SCAN_DONE_
     n = len(results)
-    counts, off, code, _, _ = core.masks(
+    counts, off, code, _ = core.masks(
         cols["kind"], cols["seg"], ((cols["flags"] & F["ESCAPED"]) != 0).astype(np.uint8),
         text, cols["coords"], np.r_[cols["poly_off"], 0], cols["num"], np.full(n, h), np.full(n, w),
     )  # fmt: skip

@@ -72,11 +72,8 @@ def _verdicts(segs, h, w):
     """The core's problem (a message, or None) of each segmentation of an h x w image."""
     n = len(segs)
     arrays = rules.segmentation_arrays(segs, np.full(n, h), np.full(n, w))
-    _, _, code, detail, value = core.masks(*arrays, make=False)
-    return [
-        rules.mask_problem(s, h, w, c, d, v) if c else None
-        for s, c, d, v in zip(segs, code, detail, value)
-    ]
+    _, _, code, detail = core.masks(*arrays, make=False)
+    return [rules.mask_problem(s, h, w, c, d) if c else None for s, c, d in zip(segs, code, detail)]
 
 
 @pytest.mark.parametrize(
@@ -333,6 +330,9 @@ def test_ground_truth_fields_are_checked(tmp_path, name, problem):
     gt, res, case = _case_files(tmp_path, name)
     with pytest.raises(LVISInputError, match=problem) as e:
         evaluate_lvis(gt, res, case["iou_type"])
+    assert f"'{gt}'" in str(e.value)
+    with pytest.raises(LVISInputError, match=problem) as e:  # the offline driver alike
+        evaluate_detections_file(gt, res, iou_types=[case["iou_type"]])
     assert f"'{gt}'" in str(e.value)
 
 

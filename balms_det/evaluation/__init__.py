@@ -1,12 +1,6 @@
-"""The Detectron2 side of LVIS-protocol evaluation (the engine itself, torch-free, is
-:mod:`balms_det.lvis_eval`):
-
-* ``lvis_evaluator``: ``BalmsLVISEvaluator``, Detectron2's LVISEvaluator on the engine, with the
-  challenge protocols' streaming per-category top-k;
-* ``tasks``: the tasks of each protocol, their metrics, the engines ("fast", "lvis-api");
-* ``offline``: ``evaluate_detections_file``, a saved detections file without the model;
-* ``report``: per-class tables and plots;
-* ``lvis_compat``: lvis-api itself on a current numpy (the reference engine).
-
-Only ``lvis_evaluator`` imports Detectron2; importing this package imports nothing.
+"""The Detectron2 side of LVIS-protocol evaluation over the torch-free engine
+(:mod:`balms_det.lvis_eval`): ``lvis_evaluator`` (``BalmsLVISEvaluator``, the only module that
+imports Detectron2), ``tasks`` (each protocol's tasks and metrics, the engines), ``offline``
+(``evaluate_detections_file``), ``report`` (tables, plots), ``lvis_compat`` (the reference
+engine, lvis-api). Importing this package imports nothing.
 """

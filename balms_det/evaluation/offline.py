@@ -129,24 +129,20 @@ def evaluate_detections_file(
 
     Args:
         gt_json: LVIS or COCO-format annotation file.
-        detections: LVIS results JSON or Detectron2's ``instances_predictions.pth``.
-        output_dir: where the per-class table, metrics and plots go (nothing written if None).
+        detections: LVIS results JSON or Detectron2's ``instances_predictions.pth`` (its
+            0-based category ids mapped by ``category_mapping``, see load_lvis_detections).
+        output_dir: where the report goes (:func:`.report.write_report`; nothing without it).
         iou_types: "bbox" and / or "segm"; default: those the detections support (both for an
             empty file when the annotations have masks).
-        engine: "fast" (balms_det.lvis_eval) or "lvis-api" (the reference: standard and fixed
-            protocols); both evaluate mask tasks with mask areas (:mod:`.tasks`).
+        engine: "fast" or "lvis-api" (the reference: standard and fixed protocols).
         train_json: training annotation file whose counts give the groups (and the table's
-            counts) of categories; needed when ``gt_json`` has neither ``frequency`` nor
-            ``image_count`` fields.
-        compare_dirs: earlier result folders to compare with in ``comparison_<task>.png``.
-        protocols: any of "standard" (300 per image), "fixed" (AP-fixed), "pool" (AP-pool),
-            "boundary" (boundary AP); see :mod:`balms_det.evaluation.tasks`.
-        dets_per_category: the per-category budget of AP-fixed and AP-pool.
-        workers: threads of the engine (default: up to 2).
+            counts); needed when ``gt_json`` has neither ``frequency`` nor ``image_count``.
+        compare_dirs, compare_labels: earlier result folders to compare with.
+        protocols, max_dets, dets_per_category, workers: see :func:`.tasks.evaluate_tasks`.
 
     Returns:
         (results, per_class, outputs): task -> metrics (%), task -> {category id: AP}, and
-        :func:`balms_det.evaluation.report.write_report`'s dict (empty without output_dir).
+        :func:`.report.write_report`'s dict (empty without output_dir).
     """
     log = log or logger
     gt_json, detections = os.fspath(gt_json), os.fspath(detections)
@@ -155,8 +151,6 @@ def evaluate_detections_file(
     prepare_gt_dataset(
         gt, train_counts, gt_json, hint="pass --train-json (the training annotation file)"
     )
-    if not os.path.exists(detections):
-        raise FileNotFoundError(f"Detections file '{detections}' does not exist")
     results = detections  # a JSON file is read by the engine; a .pth is loaded into a list
     if is_pth(detections):
         results = load_lvis_detections(detections, gt, category_mapping)

@@ -1,26 +1,18 @@
-"""Per-class reports of an LVIS-protocol evaluation: tables (CSV, JSON) and plots (PNG).
+"""Per-class reports of an LVIS-protocol evaluation, written by the evaluator and
+``tools/evaluate_detections.py`` into their output folder: ``per_class_ap.csv`` / ``.json`` (a
+row per category: id, name, group, training image and instance counts, AP (%) of each task with
+per-class AP, null where undefined or not evaluated, and ``num_dets_<task>``, the detections
+each task evaluated: AP 0 with 0 there means the model predicted nothing of it),
+``lvis_metrics.json`` (each task's metrics), ``per_class_ap_<task>.png`` (AP against training
+image count, a panel per group) and, with other result folders, ``comparison_<task>.png``.
 
-Written by :class:`balms_det.evaluation.lvis_evaluator.BalmsLVISEvaluator` and by
-``tools/evaluate_detections.py`` into their output folder:
-
-* ``per_class_ap.csv`` / ``per_class_ap.json``: one row per category with its id, name, LVIS
-  group (r/c/f), training image and instance counts, AP (%) for box and mask (empty / null
-  where the category has no ground truth or the task was not evaluated) and the number of its
-  detections each task evaluated (``num_dets_<task>``: a category with ground truth, AP 0 and
-  0 there had nothing evaluated, lvis-api's AP 0 for a class the model never predicted); AP
-  and detections of AP-fixed and boundary AP in further columns when evaluated;
-* ``lvis_metrics.json``: the summary metrics of each task (AP, APr, ..., hmean, gmean, min);
-* ``per_class_ap_<task>.png``: per-class AP against training image count (log scale), coloured
-  by group, with the group means;
-* ``comparison_<task>.png``: when other result folders are given, per-group bars and per-class
-  AP of each folder against the first one.
-
-The group means of the per-class AP are exactly lvis-api's APr/APc/APf (and their overall mean
-its AP): every category with ground truth contributes the same number of precision entries.
+The group means of the per-class AP are exactly lvis-api's APr/APc/APf (and their mean its AP):
+every category with ground truth contributes the same number of precision entries.
 """
 
 import csv
 import io
+import logging
 import math
 import os
 from collections import OrderedDict
@@ -31,31 +23,15 @@ from ..longtail import GROUPS, worst_class_metrics
 from ..utils import atomic_write, atomic_write_json, markdown_table, read_json
 
 __all__ = [
-    "TABLE_FIELDS",
-    "EXTRA_TASKS",
-    "TASKS",
-    "per_class_table",
-    "write_per_class_table",
-    "read_per_class_table",
-    "write_metrics",
-    "plot_per_class_ap",
-    "plot_comparison",
-    "compare_table",
-    "format_compare_table",
-    "write_report",
-]
+    "TABLE_FIELDS", "EXTRA_TASKS", "TASKS", "per_class_table", "write_per_class_table",
+    "read_per_class_table", "write_metrics", "plot_per_class_ap", "plot_comparison",
+    "compare_table", "format_compare_table", "write_report",
+]  # fmt: skip
 
 TABLE_FIELDS = (
-    "category_id",
-    "name",
-    "group",
-    "train_image_count",
-    "train_instance_count",
-    "AP_bbox",
-    "AP_segm",
-    "num_dets_bbox",
-    "num_dets_segm",
-)
+    "category_id", "name", "group", "train_image_count", "train_instance_count", "AP_bbox",
+    "AP_segm", "num_dets_bbox", "num_dets_segm",
+)  # fmt: skip
 # tasks with per-class AP beyond bbox / segm: their columns follow when they were evaluated
 EXTRA_TASKS = ("bbox_fixed", "segm_fixed", "boundary")
 TASKS = ("bbox", "segm") + EXTRA_TASKS
@@ -81,21 +57,13 @@ def _finite_or_none(x, scale=1.0):
 
 
 def per_class_table(gt_dataset, per_class_ap_by_task, train_counts=None, num_dets_by_task=None):
-    """One row per category of ``gt_dataset`` (sorted by id).
-
-    Args:
-        gt_dataset (dict): the LVIS/COCO-format annotation dict; its categories carry the LVIS
-            ``frequency`` (see ``prepare_gt_dataset``) and, for LVIS, the training
-            ``image_count``/``instance_count``.
-        per_class_ap_by_task (dict): task -> {category id: AP in [0, 1] or NaN}.
-        train_counts (dict, optional): category id -> {"image_count", "instance_count"} of the
-            training set; when given it wins over the categories' own count fields.
-        num_dets_by_task (dict, optional): task -> {category id: detections evaluated}.
-
-    Returns:
-        list of dicts with the keys of :data:`TABLE_FIELDS` (then ``AP_<task>`` and
-        ``num_dets_<task>`` of the :data:`EXTRA_TASKS` evaluated); AP in %, None where undefined
-        (no ground truth in the evaluated set) or not evaluated; counts None where unknown.
+    """One row per category of ``gt_dataset`` (LVIS/COCO-format, its categories carrying an
+    LVIS ``frequency``; sorted by id): the keys of :data:`TABLE_FIELDS`, then ``AP_<task>`` and
+    ``num_dets_<task>`` of the :data:`EXTRA_TASKS` evaluated. AP in % from
+    ``per_class_ap_by_task`` (task -> {category id: AP in [0, 1] or NaN}), None where undefined
+    (no ground truth) or not evaluated; training counts from ``train_counts`` ({id:
+    {"image_count", "instance_count"}}) where given, else from the categories' own fields, None
+    where unknown; ``num_dets_by_task``: task -> {category id: detections evaluated}.
     """
     num_dets_by_task = num_dets_by_task or {}
     extra = [t for t in EXTRA_TASKS if t in per_class_ap_by_task]
@@ -105,15 +73,10 @@ def per_class_table(gt_dataset, per_class_ap_by_task, train_counts=None, num_det
         src = train_counts.get(cid, {}) if train_counts is not None else c
         if train_counts is not None and cid not in train_counts:
             src = {"image_count": 0, "instance_count": 0}  # absent from the training set
-        img = src.get("image_count")
-        inst = src.get("instance_count")
-        row = OrderedDict(
-            category_id=cid,
-            name=c.get("name", str(cid)),
-            group=c.get("frequency"),
-            train_image_count=None if img is None else int(img),
-            train_instance_count=None if inst is None else int(inst),
-        )
+        img, inst = src.get("image_count"), src.get("instance_count")
+        row = OrderedDict(category_id=cid, name=c.get("name", str(cid)), group=c.get("frequency"))
+        row["train_image_count"] = None if img is None else int(img)
+        row["train_instance_count"] = None if inst is None else int(inst)
         for task in ("bbox", "segm"):
             row[f"AP_{task}"] = _finite_or_none(per_class_ap_by_task.get(task, {}).get(cid), 100.0)
         for task in ("bbox", "segm"):
@@ -254,11 +217,10 @@ def plot_per_class_ap(rows, path, task="segm"):
         )
     axes[0].set_ylabel(f"{_TASK_TITLES.get(task, task)} (%)")
     skipped = len(rows) - len(data)
-    title = f"Per-class {_TASK_TITLES.get(task, task)} (dashed: group mean; dotted: AP = {means['all']:.1f})"
-    if skipped:
-        title += (
-            f"; {skipped} {'class' if skipped == 1 else 'classes'} without ground truth left out"
-        )
+    title = f"Per-class {_TASK_TITLES.get(task, task)} (dashed: group mean; dotted: AP = "
+    title += f"{means['all']:.1f})" + (
+        f"; {skipped} without ground truth left out" if skipped else ""
+    )
     fig.suptitle(title, fontsize=10)
     _save(fig, path)
     return path
@@ -266,21 +228,15 @@ def plot_per_class_ap(rows, path, task="segm"):
 
 def _labels_for(result_dirs, labels):
     if labels is not None:
-        labels = list(labels)
         if len(labels) != len(result_dirs):
             raise ValueError(f"{len(labels)} labels given for {len(result_dirs)} result folders")
-        return labels
-    out = []
-    for d in result_dirs:
-        d = os.path.normpath(os.path.abspath(d))
-        name = os.path.basename(d)
-        if (
-            sum(os.path.basename(os.path.normpath(os.path.abspath(x))) == name for x in result_dirs)
-            > 1
-        ):
-            name = os.path.join(os.path.basename(os.path.dirname(d)), name)
-        out.append(name)
-    return out
+        return list(labels)
+    paths = [os.path.normpath(os.path.abspath(d)) for d in result_dirs]
+    names = [os.path.basename(p) for p in paths]  # (the parent too where a name repeats)
+    return [
+        os.path.join(os.path.basename(os.path.dirname(p)), n) if names.count(n) > 1 else n
+        for p, n in zip(paths, names)
+    ]
 
 
 def compare_table(result_dirs, labels=None, task="segm"):
@@ -296,19 +252,10 @@ def compare_table(result_dirs, labels=None, task="segm"):
         key = f"AP_{task}"
         means = _group_means(rows, task)
         worst = worst_class_metrics([r[key] / 100.0 for r in rows if r.get(key) is not None])
-        out.append(
-            OrderedDict(
-                label=label,
-                AP=means["all"],
-                APr=means["r"],
-                APc=means["c"],
-                APf=means["f"],
-                hmean=worst["hmean"] * 100,
-                gmean=worst["gmean"] * 100,
-                min=worst["min"] * 100,
-                num_zero=worst["num_zero"],
-            )
-        )
+        row = OrderedDict(label=label, AP=means["all"], APr=means["r"], APc=means["c"])
+        row.update(APf=means["f"], **{k: worst[k] * 100 for k in ("hmean", "gmean", "min")})
+        out.append(row)
+        row["num_zero"] = worst["num_zero"]
     return out
 
 
@@ -405,24 +352,16 @@ def write_report(
     strict_compare=True,
     num_dets_by_task=None,
 ):
-    """Write every output of an evaluation into ``output_dir``.
-
-    Args:
-        output_dir (str): folder to write into (created).
-        gt_dataset, per_class_ap_by_task, train_counts, num_dets_by_task: as
-            :func:`per_class_table`.
-        results (dict): task -> metric -> value (%), written to ``lvis_metrics.json``.
-        compare_dirs: other result folders; when given, ``comparison_<task>.png`` compares them
-            (first, as the baseline) with this one (last).
-        compare_labels: labels of ``compare_dirs`` + [this folder] in the comparison.
-        strict_compare: raise when a compare folder is missing or unreadable; else log a
-            warning and skip the comparison (what the evaluator does during training). A task
-            that some compare folder lacks gets no comparison plot (a warning).
-
-    Returns:
-        dict of the paths written (``csv``, ``json``, ``metrics``, ``plot_<task>``,
-        ``comparison_<task>``) and the ``rows`` of the table.
+    """Write every output of an evaluation into ``output_dir`` (created): the per-class table
+    (:func:`per_class_table`'s arguments), ``lvis_metrics.json`` (``results``: task -> metric
+    -> %), a per-class plot per task and, with ``compare_dirs`` (other result folders, the first
+    the baseline), ``comparison_<task>.png`` of them and this folder (``compare_labels``: their
+    labels, this one's last). ``strict_compare``: raise for a missing or unreadable compare
+    folder, else warn and skip (during training); a task some compare folder lacks gets no
+    comparison (a warning). Returns the paths written (``csv``, ``json``, ``metrics``,
+    ``plot_<task>``, ``comparison_<task>``) and the table's ``rows``.
     """
+    logger = logger or logging.getLogger(__name__)
     rows = per_class_table(gt_dataset, per_class_ap_by_task, train_counts, num_dets_by_task)
     csv_path, json_path = write_per_class_table(rows, output_dir)
     out = {
@@ -438,12 +377,10 @@ def write_report(
         except (OSError, ValueError) as e:
             if strict_compare:
                 raise
-            if logger:
-                logger.warning("No comparison plot: %s", e)
+            logger.warning("No comparison plot: %s", e)
     for task in sorted(per_class_ap_by_task):
         if not _task_values(rows, task):
-            if logger:
-                logger.warning("No category has %s AP: no per-class plot", task)
+            logger.warning("No category has %s AP: no per-class plot", task)
             continue
         out[f"plot_{task}"] = plot_per_class_ap(
             rows, os.path.join(output_dir, f"per_class_ap_{task}.png"), task
@@ -452,8 +389,7 @@ def write_report(
             continue
         lacking = [d for d, t in zip(compare_dirs, compare_tables) if not _task_values(t, task)]
         if lacking:
-            if logger:
-                logger.warning("No %s comparison plot: %s have no %s AP", task, lacking, task)
+            logger.warning("No %s comparison plot: %s have no %s AP", task, lacking, task)
             continue
         out[f"comparison_{task}"] = plot_comparison(
             list(compare_dirs) + [output_dir],
@@ -461,6 +397,5 @@ def write_report(
             compare_labels,
             task,
         )
-    if logger:
-        logger.info("Per-class table and plots written to %s", output_dir)
+    logger.info("Per-class table and plots written to %s", output_dir)
     return out

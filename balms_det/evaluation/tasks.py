@@ -1,28 +1,15 @@
 """The tasks of an LVIS-protocol evaluation and their reported metrics, shared by the
-training-time evaluator (:class:`balms_det.evaluation.lvis_evaluator.BalmsLVISEvaluator`) and
-the offline driver (:func:`balms_det.evaluation.offline.evaluate_detections_file`); each task is
-run by the engine (:mod:`balms_det.lvis_eval`) or by lvis-api itself (the reference).
+training-time evaluator (:mod:`.lvis_evaluator`) and the offline driver (:mod:`.offline`); each
+task is run by the engine (:mod:`balms_det.lvis_eval`) or by lvis-api itself (the reference).
 
-Protocols (``protocols``) and the tasks they add, for each evaluated iou type:
-
-* "standard": lvis-api's LVIS protocol, at most 300 detections per image -> "bbox", "segm";
-* "fixed": AP-fixed (Dave et al. 2021): the top 10,000 detections per category over the
-  dataset, no per-image cap -> "bbox_fixed", "segm_fixed";
-* "pool": AP-pool (Dave et al. 2021): AP-fixed's detections, precision / recall pooled over the
-  categories of "all", r, c, f -> "bbox_pool", "segm_pool" (AP is the pool "all", APr / APc /
-  APf the group pools; no per-class AP, hence no worst-class metrics);
-* "boundary": boundary AP (Cheng et al. 2021) of the masks, standard protocol -> "boundary".
-
-Mask tasks (segm, boundary) are computed without the boxes (``ignore_boxes``), so that the areas
-of APs / APm / APl and ARs / ARm / ARl are mask areas, as Detectron2's LVISEvaluator and Dave et
-al.'s scripts evaluate masks, by both engines. (lvis-api on a results file that keeps its boxes
-uses box areas for segm: ``evaluate_lvis`` / ``run_lvis_api`` with ``ignore_boxes=False``.)
-
-Metric values are in %; a metric lvis-api leaves undefined (-1: e.g. APr when no rare category
-has ground truth, APl without large objects) is reported as NaN, as Detectron2's COCOEvaluator
-does. See docs/METHODS.md.
-
-This module imports neither torch nor Detectron2.
+Protocols and their tasks per iou type: "standard" (lvis-api, 300 detections per image) ->
+"bbox", "segm"; "fixed" (AP-fixed, Dave et al. 2021: the top 10,000 detections per category)
+-> "bbox_fixed", "segm_fixed"; "pool" (AP-pool: AP-fixed's detections, precision pooled over
+the categories of "all", r, c, f; no per-class AP) -> "bbox_pool", "segm_pool"; "boundary"
+(boundary AP of the masks, Cheng et al. 2021) -> "boundary". Mask tasks are computed without the
+boxes (``ignore_boxes``) by both engines: APs / APm / APl are of mask areas, as Detectron2 and
+Dave et al. evaluate masks. Metrics are in %, NaN where lvis-api leaves one undefined (-1).
+See docs/EVALUATION.md. This module imports neither torch nor Detectron2.
 """
 
 import copy
@@ -30,30 +17,22 @@ import logging
 import math
 from collections import Counter, OrderedDict, namedtuple
 
-import numpy as np
-
 from ..longtail import GROUPS, assign_frequency, worst_class_metrics
 from ..lvis_eval import (
     LVISGroundTruth,
+    category_ap,
     check_detections,
+    check_ground_truth,
     evaluate_protocols,
     read_json,
 )
 from ..utils import format_examples, markdown_table
 
 __all__ = [
-    "PROTOCOLS",
-    "ENGINES",
-    "SUMMARY_KEYS",
-    "WORST_KEYS",
-    "Task",
-    "plan_tasks",
-    "prepare_gt_dataset",
-    "task_metrics",
-    "evaluate_tasks",
-    "top_per_category",
+    "PROTOCOLS", "ENGINES", "SUMMARY_KEYS", "WORST_KEYS", "Task", "plan_tasks", "check_options",
+    "prepare_gt_dataset", "task_metrics", "evaluate_tasks", "top_per_category",
     "counts_from_categories",
-]
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -84,36 +63,37 @@ def _task_of_name(name):
     return Task(name, iou_type, protocol or "standard")
 
 
+def check_options(engine, protocols, dets_per_category):
+    """ValueError for an unknown engine or protocol, or no protocol, or a budget below 1."""
+    bad = [p for p in protocols if p not in PROTOCOLS]
+    if engine not in ENGINES:
+        raise ValueError(f"Unknown LVIS evaluation engine '{engine}'; choose one of {ENGINES}")
+    if bad or not protocols:
+        raise ValueError(f"Unknown evaluation protocols {bad}; choose among {list(PROTOCOLS)}")
+    if int(dets_per_category) < 1:
+        raise ValueError(f"the budget per category must be at least 1, not {dets_per_category}")
+
+
 def plan_tasks(iou_types, protocols=("standard",)):
     """The tasks of ``protocols`` (see the module doc) for the iou types ("bbox", "segm").
 
     Raises ValueError for an unknown protocol or iou type, and for "boundary" without "segm"
     (boundary AP evaluates masks)."""
-    iou_types = tuple(iou_types)
     bad = [t for t in iou_types if t not in ("bbox", "segm")]
     if bad:
         raise ValueError(f"Unknown iou types {bad}; choose among bbox, segm")
+    iou_types = tuple(t for t in ("bbox", "segm") if t in iou_types)
     protocols = tuple(protocols)
-    bad = [p for p in protocols if p not in PROTOCOLS]
-    if bad:
-        raise ValueError(f"Unknown evaluation protocols {bad}; choose among {list(PROTOCOLS)}")
-    if not protocols:
-        raise ValueError("No evaluation protocol given")
+    check_options("fast", protocols, 1)
     if "boundary" in protocols and "segm" not in iou_types:
         raise ValueError(
             "The boundary protocol evaluates masks: the detections have no segmentation, or "
             "segm is not among the iou types"
         )
-    tasks = []
-    for p in PROTOCOLS:
-        if p not in protocols:
-            continue
-        if p == "boundary":
-            tasks.append(Task("boundary", "boundary", "standard"))
-            continue
-        for t in ("bbox", "segm"):
-            if t in iou_types:
-                tasks.append(Task(t if p == "standard" else f"{t}_{p}", t, p))
+    tasks = [Task("boundary", "boundary", "standard")] if "boundary" in protocols else []
+    for p in ("pool", "fixed", "standard"):
+        if p in protocols:
+            tasks[:0] = [Task(t if p == "standard" else f"{t}_{p}", t, p) for t in iou_types]
     return tasks
 
 
@@ -136,20 +116,16 @@ def counts_from_categories(categories):
 
 
 def prepare_gt_dataset(dataset, train_counts=None, source=None, hint=""):
-    """Make an LVIS- or COCO-format annotation dict evaluable with the LVIS protocol (in place).
-
-    * Categories without an LVIS ``frequency`` get one from training image counts with the LVIS
-      thresholds (:mod:`balms_det.longtail`): from ``train_counts``
-      ({id: {"image_count", ...}}) when given, else from the categories' ``image_count``.
-    * Images without ``neg_category_ids`` (COCO format: exhaustive annotations) list every
-      category they hold no annotation of as negative; a missing
-      ``not_exhaustive_category_ids`` is empty. LVIS images are left alone.
-    * COCO crowd annotations (``iscrowd`` 1) are marked ``ignore`` (lvis-api does not read
-      ``iscrowd``).
-
-    Returns ``dataset``. Raises ValueError (naming ``source``, ending with ``hint``) when
-    groups are needed and no counts are available.
+    """Make an LVIS- or COCO-format annotation dict evaluable with the LVIS protocol, in place:
+    categories without an LVIS ``frequency`` get one from training image counts
+    (``train_counts`` {id: {"image_count", ...}}, else the categories' ``image_count``) and the
+    LVIS thresholds; images without ``neg_category_ids`` (COCO: exhaustive annotations) get
+    every category they do not hold, a missing ``not_exhaustive_category_ids`` is empty; crowd
+    annotations (``iscrowd``, which lvis-api does not read) are marked ``ignore``. Returns
+    ``dataset``; LVISInputError where it breaks a ground-truth rule (``check_ground_truth``),
+    ValueError (naming ``source``, ending with ``hint``) where groups lack counts.
     """
+    check_ground_truth(dataset, source, sizes=False)
     cats = dataset["categories"]
     where = f" of '{source}'" if source else ""
     if any("frequency" not in c for c in cats):
@@ -160,18 +136,14 @@ def prepare_gt_dataset(dataset, train_counts=None, source=None, hint=""):
                 f"counts to derive it from{': ' + hint if hint else ''}"
             )
         assign_frequency(cats, {cid: v["image_count"] for cid, v in counts.items()})
-    images = dataset["images"]
-    if any(
-        "neg_category_ids" not in im or "not_exhaustive_category_ids" not in im for im in images
-    ):
-        all_ids = sorted(c["id"] for c in cats)
-        present = {}
+    fields = ("neg_category_ids", "not_exhaustive_category_ids")
+    if not all(f in im for im in dataset["images"] for f in fields):
+        all_ids, present = sorted(c["id"] for c in cats), {}
         for a in dataset["annotations"]:
             present.setdefault(a["image_id"], set()).add(a["category_id"])
-        for im in images:
+        for im in dataset["images"]:
             if "neg_category_ids" not in im:
-                pos = present.get(im["id"], set())
-                im["neg_category_ids"] = [c for c in all_ids if c not in pos]
+                im["neg_category_ids"] = [c for c in all_ids if c not in present.get(im["id"], ())]
             im.setdefault("not_exhaustive_category_ids", [])
     for a in dataset["annotations"]:
         if a.get("iscrowd", 0) and "ignore" not in a:
@@ -218,13 +190,8 @@ def _lvis_api(gt_dataset, gt_index, results, task, max_dets, dets_per_category, 
     gt.dataset = copy.deepcopy(gt_dataset)
     gt._create_index()
     ev = run_lvis_api(gt, results, task.iou_type, max_dets=max_dets, ignore_boxes=task.masks)
-    precision = ev.eval["precision"]
-    per_class, num_dets = {}, {}
-    for k, cat_id in enumerate(ev.params.cat_ids):
-        p = precision[:, :, k, 0]
-        p = p[p > -1]
-        per_class[cat_id] = float(np.mean(p)) if p.size else float("nan")
-        num_dets[cat_id] = 0
+    per_class = category_ap(ev.eval["precision"], ev.params.cat_ids)
+    num_dets = dict.fromkeys(ev.params.cat_ids, 0)
     for (_, cat_id), dts in ev._dts.items():
         num_dets[cat_id] += len(dts)
     return dict(ev.get_results()), per_class, num_dets, short, None
@@ -265,56 +232,37 @@ def task_metrics(summary, per_class):
         res["AR"] = _pct(summary[ar[0]])
     if per_class is not None:
         worst = worst_class_metrics(per_class.values())
-        res.update(
-            hmean=worst["hmean"] * 100,
-            gmean=worst["gmean"] * 100,
-            min=worst["min"] * 100,
-            num_zero=float(worst["num_zero"]),
-        )
+        res.update({k: worst[k] * 100 for k in ("hmean", "gmean", "min")})
+        res["num_zero"] = float(worst["num_zero"])
     return res
 
 
 def _log_task(log, task, engine, res, per_class, num_dets, dets_per_category, short, empty):
-    keys = list(res)
-    log.info(
-        "Evaluation results for %s (%s engine):\n%s",
-        task.name,
-        engine,
-        markdown_table([[res[k] for k in keys]], keys, floatfmt=".3f"),
-    )
+    table = markdown_table([list(res.values())], list(res), floatfmt=".3f")
+    log.info(f"Evaluation results for {task.name} ({engine} engine):\n{table}")
     if per_class is not None:
         silent = [c for c, ap in per_class.items() if not math.isnan(ap) and num_dets[c] == 0]
         hollow = [c for c in silent if (empty or {}).get(c)]
         none = [c for c in silent if c not in hollow]
         if none:
+            where = " in the images that annotate them" if empty is not None else " evaluated"
             log.info(
-                "%s: %d categories with ground truth have no detection%s (AP 0, num_dets_%s 0 "
-                "in the per-class table): %s",
-                task.name,
-                len(none),
-                " in the images that annotate them" if empty is not None else " evaluated",
-                task.name,
-                format_examples(none),
+                f"{task.name}: {len(none)} categories with ground truth have no detection{where}"
+                f" (AP 0, num_dets_{task.name} 0 in the per-class table): {format_examples(none)}"
             )
         if hollow:
+            shown = format_examples(f"{c} ({empty[c]} detections)" for c in hollow)
             log.info(
-                "%s: %d categories with ground truth have detections, all with empty %s (area "
-                "0: lvis-api does not evaluate them; AP 0): %s",
-                task.name,
-                len(hollow),
-                "masks" if task.masks else "boxes",
-                format_examples(f"{c} ({empty[c]} detections)" for c in hollow),
+                f"{task.name}: {len(hollow)} categories with ground truth have detections, all "
+                f"with empty {'masks' if task.masks else 'boxes'} (area 0: lvis-api does not "
+                f"evaluate them; AP 0): {shown}"
             )
     if task.protocol != "standard" and short:
+        k = dets_per_category
         log.info(
-            "%s: %d of %d categories have fewer than %d detections in the results; AP-fixed "
-            "and AP-pool expect %d per category (raise TEST.DETECTIONS_PER_IMAGE and lower "
-            "MODEL.ROI_HEADS.SCORE_THRESH_TEST)",
-            task.name,
-            short,
-            len(num_dets),
-            dets_per_category,
-            dets_per_category,
+            f"{task.name}: {short} of {len(num_dets)} categories have fewer than {k} detections "
+            f"in the results; AP-fixed and AP-pool expect {k} per category (raise "
+            "TEST.DETECTIONS_PER_IMAGE and lower MODEL.ROI_HEADS.SCORE_THRESH_TEST)"
         )
 
 
@@ -331,27 +279,19 @@ def evaluate_tasks(
     workers=None,
     topk_results=None,
 ):
-    """Evaluate LVIS results (1-based dataset category ids) for every task.
+    """Evaluate LVIS results (1-based dataset category ids: a list, or a results file, streamed
+    by the fast engine) against the prepared annotation dict (:func:`prepare_gt_dataset`; not
+    modified) for every task (:class:`Task` or its name), with ``engine`` "fast" or "lvis-api"
+    (standard and fixed protocols only); ``max_dets``: the standard protocol's per-image cap;
+    ``dets_per_category``: AP-fixed's and AP-pool's budget; ``source`` / ``gt_source``: file
+    names for messages; ``topk_results``: what AP-fixed / AP-pool evaluate where it is not
+    ``results`` (the training-time evaluator's per-category top-k).
 
-    Args:
-        gt_dataset: the prepared annotation dict (:func:`prepare_gt_dataset`), not modified.
-        results: list of result dicts, or a results JSON file (streamed by the fast engine).
-        tasks: :class:`Task` objects or names ("bbox", "segm_fixed", "boundary", ...).
-        max_dets: the per-image cap of the standard protocol.
-        engine: "fast" or "lvis-api" (the reference: standard and fixed protocols only).
-        dets_per_category: the per-category budget of AP-fixed and AP-pool.
-        source / gt_source: file names for error messages.
-        topk_results: the detections AP-fixed / AP-pool evaluate when they are not
-            ``results`` (the training-time evaluator keeps them apart: its per-category top-k).
-
-    Returns:
-        (results, per_class, num_dets): task -> :func:`task_metrics` dict; task -> {category
-        id: AP in [0, 1] or NaN} (tasks with per-class AP); task -> {category id: detections
-        evaluated}.
+    Returns (results, per_class, num_dets): task -> :func:`task_metrics`; task -> {category id:
+    AP in [0, 1] or NaN} (tasks with per-class AP); task -> {category id: detections evaluated}.
     """
     log = log or logger
-    if engine not in ENGINES:
-        raise ValueError(f"Unknown LVIS evaluation engine '{engine}'; choose one of {ENGINES}")
+    check_options(engine, [t.protocol for t in _as_tasks(tasks)] or ["standard"], 1)
     gt_index = LVISGroundTruth(gt_dataset, source=gt_source)
     out, per_class_by_task, num_dets_by_task = OrderedDict(), {}, {}
     tasks = _as_tasks(tasks)

@@ -14,25 +14,13 @@ It imports neither torch nor Detectron2 nor the rest of balms_det. Its modules i
 from .evaluate import check_detections, evaluate_lvis, evaluate_protocols
 from .ground_truth import LVISGroundTruth
 from .jsonio import LVISInputError, read_json
-from .params import (
-    AREA_RNG,
-    AREA_RNG_LBL,
-    DETS_PER_CATEGORY,
-    GROUPS,
-    IOU_THRS,
-    IOU_TYPES,
-    MAX_DETS,
-    POOLS,
-    PROTOCOLS,
-    REC_THRS,
-)
+from .params import DETS_PER_CATEGORY, GROUPS, IOU_TYPES, MAX_DETS, PROTOCOLS
 from .reader import survey
-from .result import LVISEvalResult
+from .result import LVISEvalResult, category_ap
 from .rules import check_ground_truth
 
 __all__ = [
     "evaluate_lvis", "evaluate_protocols", "check_detections", "check_ground_truth", "survey",
-    "LVISGroundTruth", "LVISEvalResult", "LVISInputError", "read_json", "AREA_RNG",
-    "AREA_RNG_LBL", "DETS_PER_CATEGORY", "GROUPS", "IOU_THRS", "IOU_TYPES", "MAX_DETS", "POOLS",
-    "PROTOCOLS", "REC_THRS",
+    "LVISGroundTruth", "LVISEvalResult", "category_ap", "LVISInputError", "read_json", "DETS_PER_CATEGORY",
+    "GROUPS", "IOU_TYPES", "MAX_DETS", "PROTOCOLS",
 ]  # fmt: skip

@@ -27,7 +27,6 @@ cdef extern from "csrc/core.h" nogil:
     ctypedef struct Problem:
         int code
         int64_t a, b
-        double v
         uint64_t c
     enum:
         P_OK, P_RLE_CHAR, P_RLE_LONG_RUN, P_RLE_RANGE, P_RLE_TRUNCATED, P_RLE_SUM, P_LIST_SUM
@@ -145,22 +144,19 @@ cdef class Scanner:
 def masks(const uint8_t[::1] kind, const int64_t[:, ::1] seg, const uint8_t[::1] escaped,
           const unsigned char[::1] text, const double[::1] coords, const int64_t[::1] poly_off,
           const int64_t[::1] num, const int64_t[::1] h, const int64_t[::1] w, bint make=True):
-    """The masks (RLE counts) of segmentations under the input rules: item i of kind SEG_STRING
-    (its size seg[i, 2:4], its counts string text[seg[i, 4]:seg[i, 5]], JSON-escaped where
+    """The masks (RLE counts) of segmentations of h[i] x w[i] images under the input rules, item
+    i of kind SEG_STRING (size seg[i, 2:4], counts text[seg[i, 4]:seg[i, 5]], JSON-escaped where
     ``escaped[i]``), SEG_LIST (size, counts num[seg[i, 4]:][:seg[i, 5]]) or SEG_POLYGONS
-    (polygons seg[i, 4] .. + seg[i, 5] - 1, polygon k being coords[poly_off[k]:poly_off[k + 1]])
-    of an h[i] x w[i] image. Returns (counts uint32, offsets (n + 1,), problem codes (n,),
-    details (n, 3) int64, coordinate (n,)): item i's mask is counts[off[i]:off[i + 1]] where its
-    problem is 0. Without ``make``, only the rules are checked (no counts kept)."""
+    (polygons seg[i, 4] .. + seg[i, 5] - 1, polygon k at coords[poly_off[k]:poly_off[k + 1]]).
+    Returns (counts uint32, off (n + 1,), problem codes (n,), details (n, 3)): item i's mask is
+    counts[off[i]:off[i + 1]] where its code is 0 (``make``: else only the rules are checked)."""
     cdef int64_t n = kind.shape[0], i, m, k, s, e
     off = np.zeros(n + 1, np.int64)
     code = np.zeros(n, np.int32)
     detail = np.zeros((n, 3), np.int64)
-    value = np.zeros(n, np.float64)
     cdef int64_t[::1] off_v = off
     cdef int[::1] code_v = code
     cdef int64_t[:, ::1] det_v = detail
-    cdef double[::1] val_v = value
     cdef Vec out
     cdef Vec tmp
     cdef Problem p
@@ -178,7 +174,6 @@ def masks(const uint8_t[::1] kind, const int64_t[:, ::1] seg, const uint8_t[::1]
             p.code = P_OK
             p.a = p.b = 0
             p.c = 0
-            p.v = 0
             hw = <uint64_t>h[i] * <uint64_t>w[i]
             if h[i] < 1 or w[i] < 1 or hw > <uint64_t>MAX_IMAGE_PIXELS_:
                 p.code = P_IMAGE
@@ -219,14 +214,13 @@ def masks(const uint8_t[::1] kind, const int64_t[:, ::1] seg, const uint8_t[::1]
             det_v[i, 0] = p.a
             det_v[i, 1] = p.b
             det_v[i, 2] = <int64_t>p.c
-            val_v[i] = p.v
             off_v[i + 1] = out.n
     counts = _array(&out, np.uint32)
     vec_free(&out)
     vec_free(&tmp)
     if (code == P_NO_MEMORY).any():
         raise MemoryError("out of memory making masks")
-    return counts, off, code, detail, value
+    return counts, off, code, detail
 
 
 def mask_stats(const uint32_t[::1] counts, const int64_t[::1] off, const int64_t[::1] h,

@@ -17,8 +17,6 @@ import time
 from collections import OrderedDict
 from contextlib import contextmanager
 
-import numpy as np
-
 from ._threads import default_workers
 from .ground_truth import LVISGroundTruth
 from .params import DETS_PER_CATEGORY, IOU_TYPES, MAX_DETS, PROTOCOLS
@@ -61,11 +59,10 @@ def evaluate_lvis(
     """Evaluate LVIS detections like lvis-api 0.5.3 (``LVISEval(...).run()``), fast.
 
     Args:
-        gt: path to an LVIS annotation json, the dataset dict already loaded (not changed), an
-            ``lvis.LVIS`` object, or an :class:`LVISGroundTruth`.
-        results: list of result dicts {image_id, category_id, bbox [x, y, w, h], score,
-            segmentation (RLE with counts as a string, or polygons)} as Detectron2 makes them,
-            or the path to an LVIS results json (read a piece at a time). Not changed.
+        gt: an LVIS annotation file, its dict (not changed), an ``lvis.LVIS`` or an
+            :class:`LVISGroundTruth`.
+        results: result dicts {image_id, category_id, bbox [x, y, w, h], score, segmentation
+            (an RLE or polygons)} as Detectron2 makes them, or a results file (read in pieces).
         iou_type: "bbox", "segm" or "boundary".
         max_dets: detections kept per image (top scores over all categories), "standard" only.
         protocol: "standard", "fixed" (AP-fixed) or "pool" (AP-pool).
@@ -129,11 +126,7 @@ def evaluate_protocols(
                 precision, recall = score(d, gt, iou_type, cols["iou_val"], p, workers)
                 timings = OrderedDict(gt=t_gt, detections=t_read)
                 timings["select_match_accumulate"] = time.perf_counter() - t0
-                out[p] = LVISEvalResult(
-                    iou_type, p, max_dets if p == "standard" else -1, gt.cat_ids, gt.img_ids,
-                    precision, recall, gt.freq_groups, np.bincount(d.cat, minlength=gt.num_cats),
-                    d.num_kept, k if p != "standard" else None, timings, d.num_empty,
-                )  # fmt: skip
+                out[p] = LVISEvalResult(iou_type, p, gt, d, precision, recall, max_dets, k, timings)
         return {p: out[p] for p in protocols}
 
 

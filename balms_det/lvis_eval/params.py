@@ -2,14 +2,12 @@
 the frequency groups, the challenge protocols' budget (Dave et al. 2021) and boundary AP's
 width (Cheng et al. 2021)."""
 
-import math
-
 import numpy as np
 
 __all__ = [
     "IOU_THRS", "REC_THRS", "AREA_RNG", "AREA_RNG_LBL", "THR_EFF", "AREA_LO", "AREA_HI",
     "MAX_DETS", "GROUPS", "RARE_MAX_IMAGES", "COMMON_MAX_IMAGES", "frequency_group",
-    "PROTOCOLS", "IOU_TYPES", "POOLS", "DETS_PER_CATEGORY", "DILATION_RATIO", "dilation",
+    "PROTOCOLS", "IOU_TYPES", "DETS_PER_CATEGORY", "DILATION_RATIO", "dilation",
 ]  # fmt: skip
 
 # Exactly lvis.eval.Params.
@@ -41,13 +39,14 @@ def frequency_group(image_count):
 # precision pooled over the categories of "all", r, c and f.
 PROTOCOLS = ("standard", "fixed", "pool")
 IOU_TYPES = ("bbox", "segm", "boundary")
-POOLS = ("all",) + GROUPS
 DETS_PER_CATEGORY = 10000
 
 DILATION_RATIO = 0.02
 
 
 def dilation(h, w, ratio=DILATION_RATIO):
-    """Boundary AP's width d of an h x w image: round(ratio * diagonal) (half to even, as Python
-    and boundary-iou-api round), at least 1."""
-    return max(int(round(ratio * math.sqrt(h * h + w * w))), 1)
+    """Boundary AP's width d of h x w images (numbers or arrays): round(ratio * diagonal) (half
+    to even, as Python and boundary-iou-api round), at least 1."""
+    h, w = np.asarray(h, np.float64), np.asarray(w, np.float64)
+    d = np.maximum(np.round(ratio * np.sqrt(h * h + w * w)), 1).astype(np.int64)
+    return int(d) if d.ndim == 0 else d

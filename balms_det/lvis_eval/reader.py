@@ -19,7 +19,7 @@ import numpy as np
 from ._threads import run_threads
 from .jsonio import LVISInputError, format_examples, load_core
 from .params import THR_EFF, dilation
-from .rules import explain_results, mask_problem, segmentation_problem
+from .rules import detections_file, explain_results, ident, mask_problem, segmentation_problem
 
 __all__ = ["Reading", "read_detections", "survey", "results_text"]
 
@@ -47,10 +47,6 @@ class Reading:
         self.areas = "all" if ignore_boxes else areas
         self.need_segs = self.masks or self.areas == "all"
         self.source = source
-
-
-def _file(source):
-    return f"Detections file '{source}'" if source else "detections"
 
 
 def _plain(value):
@@ -111,7 +107,7 @@ class _Range:
     """The result of reading one byte range."""
 
     def __init__(self):
-        self.parts, self.count = [], 0
+        self.parts, self.count = [], 0  # (columns of its pieces, elements read)
         self.unknown = ([0, set()], [0, set()])  # (count, ids) of unknown images, categories
         self.any_box = self.any_seg = False
         self.proved = True  # it ends at an element boundary where it should
@@ -142,7 +138,7 @@ def _read_range(text, start, stop, how, first):
     closed = status == core.SCAN_DONE_
     if stop == text.size and not closed:
         why = "the array is not closed" if first or out.count else "it holds no array"
-        raise LVISInputError(f"{_file(text.source)} is not valid JSON: {why}")
+        raise LVISInputError(f"{detections_file(text.source)} is not valid JSON: {why}")
     if stop < text.size:  # the next range must start at the element after a ','
         out.proved = not closed and scanner.mode == core.MODES["ELEMENT"] and not buf.strip()
     return out
@@ -175,9 +171,9 @@ def _not_json(text, pos, why, opening, buf):
                 " (it looks like an annotation file: it has 'annotations'); pass LVIS results "
                 "or instances_predictions.pth"
             )
-        return LVISInputError(f"{_file(text.source)} must hold a list of results{hint}")
+        return LVISInputError(f"{detections_file(text.source)} must hold a list of results{hint}")
     near = f" (near byte {pos})" if text.data is None else ""
-    return LVISInputError(f"{_file(text.source)} is not valid JSON{near}: {why}")
+    return LVISInputError(f"{detections_file(text.source)} is not valid JSON{near}: {why}")
 
 
 def _explain(cols, buf, bad, out, how, source):
@@ -232,11 +228,6 @@ def _piece(cols, buf, out, how, source):
     out.count += n
 
 
-def _segmentation_value(cols, buf, j):
-    a, b = cols["seg"][j, :2]
-    return _loads(buf[a:b]) if a >= 0 else None
-
-
 def _masks(cols, buf, rel_idx, need, iidx, cidx, part, out, how, source):
     """The masks of the relevant detections ``need`` (positions among them): made under the
     rules (a missing one is its box as a polygon, as lvis-api's LVISResults makes it), then
@@ -264,13 +255,13 @@ def _masks(cols, buf, rel_idx, need, iidx, cidx, part, out, how, source):
         poly_off = np.r_[poly_off, len(coords) + 8 * np.arange(len(none))]
         coords = np.r_[coords, rect.ravel()]
     escaped = ((cols["flags"][j] & core.FLAGS["ESCAPED"]) != 0).astype(np.uint8)
-    counts, off, code, detail, value = core.masks(
+    counts, off, code, detail = core.masks(
         kind, np.ascontiguousarray(seg), escaped, buf, coords, np.r_[poly_off, len(coords)],
         cols["num"], np.ascontiguousarray(h), np.ascontiguousarray(w),
     )  # fmt: skip
     code[kind == K["OTHER"]] = -1
     if (code != 0).any():
-        _segmentation_errors(cols, buf, j, code, detail, value, h, w, out, source)
+        _segmentation_errors(cols, buf, j, code, detail, h, w, out, source)
     want = np.ones(len(need), bool) if how.areas == "all" else ~part["has_box"][j]
     want &= ~part["no_seg"][need]
     area, mbox = core.mask_stats(counts, off, h, w)
@@ -281,24 +272,21 @@ def _masks(cols, buf, rel_idx, need, iidx, cidx, part, out, how, source):
         _ious(counts, off, img, cidx[j], h, w, need, part, how)
 
 
-def _segmentation_errors(cols, buf, j, code, detail, value, h, w, out, source):
+def _segmentation_errors(cols, buf, j, code, detail, h, w, out, source):
     bad = []
     for k in np.flatnonzero(code != 0).tolist():
-        segm = _segmentation_value(cols, buf, j[k])
-        hh, ww = int(h[k]), int(w[k])
+        a, b = cols["seg"][j[k], :2]
+        segm, hh, ww = _loads(buf[a:b]) if a >= 0 else None, int(h[k]), int(w[k])
         if code[k] < 0:
             reason = segmentation_problem(segm, hh, ww)
         else:
-            reason = mask_problem(segm, hh, ww, code[k], detail[k], value[k])
+            reason = mask_problem(segm, hh, ww, code[k], detail[k])
         a, b = cols["span"][j[k]]
         bad.append((out.count + int(j[k]), _loads(buf[a:b]), reason))
-    shown = "; ".join(
-        f"#{i} (image_id {d.get('image_id')!r}, category_id {d.get('category_id')!r}): {r}"
-        for i, d, r in bad[:5]
-    )
+    shown = "; ".join(f"#{i} ({ident(d)}): {r}" for i, d, r in bad[:5])
     if len(bad) > 5:
         shown += f" ... ({len(bad)} in all)"
-    raise LVISInputError(f"{_file(source)}: malformed segmentation of detection {shown}")
+    raise LVISInputError(f"{detections_file(source)}: malformed segmentation of detection {shown}")
 
 
 def _ious(counts, off, img, cat, h, w, need, part, how):
@@ -324,8 +312,9 @@ def _ious(counts, off, img, cat, h, w, need, part, how):
         g = np.repeat(g_first - out_off, g_num) + np.arange(len(vals))
         pv = np.flatnonzero((vals >= _THR0) & ~gt.g_crowd[g])
         if len(pv):
-            d = np.array([dilation(int(a), int(b)) for a, b in zip(h, w)], np.int64)
-            core.boundary_ious(counts, off, h, w, d, gc, goff, det[pv], g[pv], pv, vals)
+            core.boundary_ious(
+                counts, off, h, w, dilation(h, w), gc, goff, det[pv], g[pv], pv, vals
+            )
     part["iou_off"][need] = np.where(g_num > 0, out_off, -1)
     part["iou_val"] = vals
 
@@ -384,7 +373,7 @@ def read_detections(results, how, workers=1):
                 f"{count} detections have {what} ids {format_examples(ids)} that are not in {where}"
             )
     if problems:
-        raise LVISInputError(f"{_file(text.source)}: " + "; ".join(problems))
+        raise LVISInputError(f"{detections_file(text.source)}: " + "; ".join(problems))
     return _merge([p for o in outs for p in o.parts])
 
 

@@ -31,6 +31,8 @@ from .jsonio import LVISInputError, load_core, where
 
 __all__ = [
     "check_ground_truth",
+    "detections_file",
+    "ident",
     "explain_results",
     "segmentation_problem",
     "mask_problem",
@@ -47,42 +49,32 @@ _core = load_core
 # ------------------------------------------------------------------------------------------
 # Values
 # ------------------------------------------------------------------------------------------
-def is_number(v):
-    """A finite number that a float64 holds (not a bool, not an int too large for a double)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        return False
+def _is_double(v):
+    """A number a float64 holds, NaN and infinities included (not a bool)."""
     try:
-        return math.isfinite(v)
+        return type(v) is not bool and isinstance(v, (int, float, np.number)) and bool(float(v) + 1)
     except OverflowError:
         return False
+
+
+def is_number(v):
+    """A finite number that a float64 holds (not a bool, not an int too large for a double)."""
+    return _is_double(v) and math.isfinite(v)
 
 
 def is_integral(v):
     """An integer, or a float of integral value, of the int64 range (not a bool)."""
-    if not is_number(v):
-        return False
-    return v == int(v) and -(2**63) <= int(v) < 2**63
-
-
-def _is_double(v):
-    """A number a float64 holds, NaN and infinities included (not a bool)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        return False
-    try:
-        float(v)
-    except OverflowError:
-        return False
-    return True
+    return is_number(v) and v == int(v) and -(2**63) <= int(v) < 2**63
 
 
 # ------------------------------------------------------------------------------------------
 # Detections
 # ------------------------------------------------------------------------------------------
-def _file(source):
+def detections_file(source):
     return f"Detections file '{source}'" if source else "detections"
 
 
-def _ident(d):
+def ident(d):
     """'image_id 5, category_id 3' of a result (what of it is readable)."""
     if not isinstance(d, dict):
         return type(d).__name__
@@ -92,11 +84,11 @@ def _ident(d):
 def _listed(items, source, problem):
     """LVISInputError naming the results ``items`` [(index, value)] (the first few) and their
     problem."""
-    shown = ", ".join(f"#{i} ({_ident(d)})" for i, d in items[:5])
+    shown = ", ".join(f"#{i} ({ident(d)})" for i, d in items[:5])
     if len(items) > 5:
         shown += f", ... ({len(items)} in all)"
     noun = "detection" if len(items) == 1 else f"{len(items)} detections"
-    return LVISInputError(f"{_file(source)}: {noun} {shown}: {problem}")
+    return LVISInputError(f"{detections_file(source)}: {noun} {shown}: {problem}")
 
 
 def _box_ok(b):
@@ -130,11 +122,11 @@ def explain_results(items, source, ignore_boxes):
     for i, d in items:
         if not isinstance(d, dict):
             raise LVISInputError(
-                f"{_file(source)}: result #{i} is a {type(d).__name__}, not a dict"
+                f"{detections_file(source)}: result #{i} is a {type(d).__name__}, not a dict"
             )
         missing = [k for k in ("image_id", "category_id", "score") if k not in d]
         if missing:
-            raise LVISInputError(f"{_file(source)}: result #{i} lacks {missing}")
+            raise LVISInputError(f"{detections_file(source)}: result #{i} lacks {missing}")
     for test, problem in RESULT_RULES:
         bad = [(i, d) for i, d in items if not test(d, ignore_boxes)]
         if bad:
@@ -183,9 +175,9 @@ def segmentation_problem(segm, h, w):
     return f"segmentation must be a list of polygons or an RLE dict, not {type(segm).__name__}"
 
 
-def mask_problem(segm, h, w, code, detail, value):
+def mask_problem(segm, h, w, code, detail):
     """Why the segmentation ``segm`` (of an h x w image) broke the rule the compiled core reports
-    by ``code``, ``detail`` (3 integers) and ``value`` (see csrc/core.h)."""
+    by ``code`` and ``detail`` (3 integers; see csrc/core.h)."""
     c = _core()
     P = c.PROBLEMS
     a, b, total = (int(x) for x in detail)
@@ -287,6 +279,25 @@ def _first_bad(values, test):
     return next((k for k, v in enumerate(values) if not test(v)), None)
 
 
+def _all_of(values, types, least=None):
+    """True when every value is of one of ``types`` (exactly: no bool for int) and, with
+    ``least``, at least it: the fast path of a rule (the first offender is looked for else)."""
+    if not set(map(type, values)) <= types:
+        return False
+    return least is None or not values or min(values) >= least
+
+
+def _each(records, field, test, need, fail, fast=lambda values: False):
+    """The ``field`` of every record, when ``test`` (``fast``: in bulk first) holds for each;
+    else fail(index, why) of the first that breaks it (raised)."""
+    values = [r.get(field) for r in records]
+    k = None if fast(values) else _first_bad(values, test)
+    if k is not None:
+        got = "it is absent" if field not in records[k] else f"not {values[k]!r}"
+        raise fail(k, f"'{field}' must be {need}, {got}")
+    return values
+
+
 def _records(dataset, key, source):
     records = dataset.get(key)
     if not isinstance(records, list):
@@ -300,62 +311,39 @@ def _records(dataset, key, source):
     return records
 
 
-def _all_of(values, types, least=None):
-    """True when every value is of one of ``types`` (exactly: no bool for int) and, with
-    ``least``, at least it: the fast path of a rule (the first offender is looked for else)."""
-    if not set(map(type, values)) <= types:
-        return False
-    return least is None or not values or min(values) >= least
-
-
-def _check_ids(records, key, field, source):
+def _ids(records, key, field, source):
     """The integer ids ``field`` of ``records``: named error for a missing or non-integer one."""
-    values = [r.get(field) for r in records]
-    if _all_of(values, {int}) and (not values or -(2**63) <= min(values) and max(values) < 2**63):
-        return values
-    k = _first_bad(values, is_integral)
-    if k is not None:
-        got = "it is absent" if field not in records[k] else f"not {values[k]!r}"
-        ident = f" (id {records[k].get('id')!r})" if field != "id" else ""
-        raise LVISInputError(
-            f"{_source(source)}: {key} #{k}{ident}: '{field}' must be an integer, {got}"
-        )
-    return values
+
+    def fail(k, why):
+        known = f" (id {records[k].get('id')!r})" if field != "id" else ""
+        return LVISInputError(f"{_source(source)}: {key} #{k}{known}: {why}")
+
+    def fast(v):
+        return _all_of(v, {int}) and (not v or -(2**63) <= min(v) and max(v) < 2**63)
+
+    return _each(records, field, is_integral, "an integer", fail, fast)
 
 
 def _image_fields(images, ids, source, sizes, file_names):
+    def fail(k, why):
+        return LVISInputError(f"image id {ids[k]}{where(source)}: {why}")
+
     for field in ("height", "width") if sizes else ():
-        values = [im.get(field) for im in images]
-        if _all_of(values, {int}, 1):
-            continue
-        k = _first_bad(values, lambda v: is_integral(v) and v >= 1)
-        if k is not None:
-            got = "it is absent" if field not in images[k] else f"not {values[k]!r}"
-            raise LVISInputError(
-                f"image id {ids[k]}{where(source)}: '{field}' must be a positive integer, {got}"
-            )
+        _each(
+            images, field, lambda v: is_integral(v) and v >= 1, "a positive integer", fail,
+            lambda v: _all_of(v, {int}, 1),
+        )  # fmt: skip
     big = _first_bad(
         images, lambda im: not sizes or im["height"] * im["width"] <= _core().MAX_IMAGE_PIXELS
     )
     if big is not None:
-        im = images[big]
-        raise LVISInputError(
-            f"image id {ids[big]}{where(source)}: {_image_problem(im['height'], im['width'])}"
-        )
+        raise fail(big, _image_problem(images[big]["height"], images[big]["width"]))
     for field in ("neg_category_ids", "not_exhaustive_category_ids"):
-        lists = [im.get(field, []) for im in images]
-        if _all_of(lists, {list}) and _all_of([c for ids in lists for c in ids], {int}):
-            continue
-        k = _first_bad(
-            images,
-            lambda im: field not in im
-            or (isinstance(im[field], list) and all(is_integral(c) for c in im[field])),
-        )
-        if k is not None:
-            raise LVISInputError(
-                f"image id {ids[k]}{where(source)}: '{field}' must be a list of category ids, "
-                f"not {images[k][field]!r}"
-            )
+        _each(
+            images, field, lambda v: v is None or isinstance(v, list) and all(map(is_integral, v)),
+            "a list of category ids", fail,
+            lambda v: _all_of(v, {list, type(None)}) and _all_of([c for i in v if i for c in i], {int}),
+        )  # fmt: skip
     if file_names:
         k = _first_bad(
             images,
@@ -365,14 +353,7 @@ def _image_fields(images, ids, source, sizes, file_names):
             and im["coco_url"],
         )
         if k is not None:
-            raise LVISInputError(
-                f"image id {ids[k]}{where(source)} has no 'file_name' (nor an LVIS 'coco_url'): "
-                "which image file is it?"
-            )
-
-
-def _bbox_ok(b):
-    return _box_ok(b) and all(map(is_number, b)) and b[2] >= 0 and b[3] >= 0
+            raise fail(k, "has no 'file_name' (nor an LVIS 'coco_url'): which image file is it?")
 
 
 def _annotation_error(ids, img_of, source):
@@ -387,20 +368,19 @@ def _annotation_error(ids, img_of, source):
 def annotation_boxes(anns, ids, img_of, source):
     """(n, 4) float64 boxes of the annotations ``anns`` (``ids``, images ``img_of``): every one
     a 'bbox' [x, y, w, h] of finite numbers, w, h >= 0, else a named LVISInputError."""
-    boxes = [a.get("bbox") for a in anns]
-    if _all_of(boxes, {list}) and all(len(b) == 4 for b in boxes):
+
+    def bulk(boxes):
+        if not (_all_of(boxes, {list}) and all(len(b) == 4 for b in boxes)):
+            return False
         flat = [v for b in boxes for v in b]
-        if _all_of(flat, {int, float}):
-            arr = np.array(flat, np.float64).reshape(-1, 4)
-            if np.isfinite(arr).all() and (arr[:, 2:] >= 0).all():
-                return arr
-    k = _first_bad(anns, lambda a: _bbox_ok(a.get("bbox")))
-    if k is not None:
-        got = "it is absent" if "bbox" not in anns[k] else f"not {anns[k]['bbox']!r}"
-        raise _annotation_error(ids, img_of, source)(
-            k, f"'bbox' must be [x, y, w, h] (4 finite numbers, w, h >= 0), {got}"
-        )
-    return np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
+        arr = np.array(flat, np.float64).reshape(-1, 4) if _all_of(flat, {int, float}) else None
+        return arr is not None and np.isfinite(arr).all() and (arr[:, 2:] >= 0).all()
+
+    boxes = _each(
+        anns, "bbox", lambda b: _box_ok(b) and all(map(is_number, b)) and min(b[2:]) >= 0,
+        "[x, y, w, h] (4 finite numbers, w, h >= 0)", _annotation_error(ids, img_of, source), bulk,
+    )  # fmt: skip
+    return np.array(boxes, np.float64).reshape(-1, 4)
 
 
 def annotation_masks(anns, ids, img_of, sizes, source, required=True, make=True):
@@ -420,11 +400,11 @@ def annotation_masks(anns, ids, img_of, sizes, source, required=True, make=True)
             if reason is not None:
                 raise fail(have[j], f"malformed segmentation: {reason}")
     _check_polygon_values(segs, have, fail, h, w)
-    counts, off, code, detail, value = _core().masks(*segmentation_arrays(segs, h, w), make=make)
+    counts, off, code, detail = _core().masks(*segmentation_arrays(segs, h, w), make=make)
     bad = np.flatnonzero((code != 0) & known)
     if len(bad):
         j = int(bad[0])
-        reason = mask_problem(segs[j], int(h[j]), int(w[j]), code[j], detail[j], value[j])
+        reason = mask_problem(segs[j], int(h[j]), int(w[j]), code[j], detail[j])
         raise fail(have[j], f"malformed segmentation: {reason}")
     return (counts, off) if make else None
 
@@ -451,8 +431,9 @@ def check_ground_truth(
     ground-truth dict ``gt`` (COCO / LVIS format, loaded) breaks a rule: lists of dict records;
     integer ids; category id lists of images where given; annotations with an integer image and
     category id. ``sizes``: images of positive integer height and width, at most
-    MAX_IMAGE_PIXELS pixels (what evaluation and training need; counting does not); ``areas``: every annotation has a numeric 'area' (evaluation); ``boxes``: a 'bbox' of 4
-    finite numbers, w and h >= 0; ``masks``: its segmentation keeps the segmentation rules
+    MAX_IMAGE_PIXELS pixels (what evaluation and training need; counting does not); ``areas``:
+    every annotation has a numeric 'area' (evaluation); ``boxes``: a 'bbox' of 4 finite numbers,
+    w and h >= 0; ``masks``: its segmentation keeps the segmentation rules
     (True: every annotation has one; "present": where it has one); ``file_names``: every image
     names its file ('file_name', or LVIS's 'coco_url'). Nothing is changed. Returns the
     annotations' ids and image ids."""
@@ -461,17 +442,15 @@ def check_ground_truth(
     images = _records(gt, "images", source)
     anns = _records(gt, "annotations", source)
     cats = _records(gt, "categories", source)
-    img_ids = _check_ids(images, "image", "id", source)
-    _check_ids(cats, "category", "id", source)
+    img_ids = _ids(images, "image", "id", source)
+    _ids(cats, "category", "id", source)
     _image_fields(images, img_ids, source, sizes, file_names)
-    ann_ids = _check_ids(anns, "annotation", "id", source)
-    img_of = _check_ids(anns, "annotation", "image_id", source)
-    _check_ids(anns, "annotation", "category_id", source)
-    if areas and not _all_of([a.get("area") for a in anns], {int, float}):
-        k = _first_bad(anns, lambda a: _is_double(a.get("area")))
-        if k is not None:
-            got = "it is absent" if "area" not in anns[k] else f"not {anns[k]['area']!r}"
-            raise _annotation_error(ann_ids, img_of, source)(k, f"'area' must be a number, {got}")
+    ann_ids = _ids(anns, "annotation", "id", source)
+    img_of = _ids(anns, "annotation", "image_id", source)
+    _ids(anns, "annotation", "category_id", source)
+    if areas:
+        fail = _annotation_error(ann_ids, img_of, source)
+        _each(anns, "area", _is_double, "a number", fail, lambda v: _all_of(v, {int, float}))
     if boxes:
         annotation_boxes(anns, ann_ids, img_of, source)
     if masks:

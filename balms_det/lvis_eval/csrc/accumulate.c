@@ -60,7 +60,8 @@ int accumulate(const uint8_t *tp, const uint8_t *fp, const int64_t *order, const
             if (ng[w] <= 0)
                 continue;
             int64_t a = w / T, t = w % T, stride = K * A; /* precision[t, r, k, a] */
-            double *out = prec + t * R * stride + k * A + a, *p = pr + start[w], dng = (double)ng[w];
+            double *out = prec + t * R * stride + k * A + a, *p = pr + start[w];
+            double dng = (double)ng[w];
             int64_t m = tps[w] < ng[w] ? tps[w] : ng[w], j = 0;
             recall[t * K * A + k * A + a] = nd ? (double)tps[w] / dng : 0.0;
             for (int64_t i = m - 1; i > 0; i--)

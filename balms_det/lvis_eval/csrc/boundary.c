@@ -105,20 +105,22 @@ static int mask_cols(const uint32_t *cnt, int64_t m, uint32_t h, uint32_t w, Col
     return 0;
 }
 
-/* out = [a] & [b] (sorted disjoint intervals), appended */
-static int iv_and(Cols *out, const Iv *a, int64_t na, const Iv *b, int64_t nb) {
-    int64_t i = 0, j = 0;
+/* [a] & [b] (sorted disjoint intervals) appended to out, or (out NULL) its pixels counted */
+static int64_t iv_and(Cols *out, const Iv *a, int64_t na, const Iv *b, int64_t nb) {
+    int64_t i = 0, j = 0, count = 0;
     while (i < na && j < nb) {
         uint32_t lo = a[i].y0 > b[j].y0 ? a[i].y0 : b[j].y0;
         uint32_t hi = a[i].y1 < b[j].y1 ? a[i].y1 : b[j].y1;
-        if (lo < hi && cols_push(out, lo, hi) < 0)
+        if (lo < hi && !out)
+            count += hi - lo;
+        else if (lo < hi && cols_push(out, lo, hi) < 0)
             return -1;
         if (a[i].y1 < b[j].y1)
             i++;
         else
             j++;
     }
-    return 0;
+    return count;
 }
 
 /* out(k) = A(k) & A(k + shift), k = 0 .. A.nc - shift - 1 */
@@ -245,30 +247,15 @@ static int boundary_cols(Work *wk, int64_t d, Cols *B) {
             E = NULL;
         /* E(k) is the erosion of M's column k + d, k = 0 .. ne - 1 */
     }
-    if (cols_reset(B, M->x0, M->nc) < 0)
+    if (cols_reset(B, M->x0, M->nc) < 0) /* B = M minus E (E inside M; no E: all boundary) */
         return -1;
-    if (!E) { /* all boundary */
-        if (M->n > B->cap) {
-            Iv *iv = realloc(B->iv, sizeof(Iv) * (size_t)M->n);
-            if (!iv)
-                return -1;
-            B->iv = iv;
-            B->cap = M->n;
-        }
-        if (M->n) /* (no intervals: iv may be NULL) */
-            memcpy(B->iv, M->iv, sizeof(Iv) * (size_t)M->n);
-        memcpy(B->col, M->col, sizeof(int64_t) * (size_t)(M->nc + 1));
-        B->n = M->n;
-        B->count = M->count;
-        return 0;
-    }
     for (int64_t k = 0; k < M->nc; k++) {
         int64_t e = 0, ee = 0;
-        if (k >= d && k - d < ne) {
+        if (E && k >= d && k - d < ne) {
             e = E->col[k - d];
             ee = E->col[k - d + 1];
         }
-        for (int64_t i = M->col[k]; i < M->col[k + 1]; i++) { /* M minus E (E inside M) */
+        for (int64_t i = M->col[k]; i < M->col[k + 1]; i++) {
             uint32_t cur = M->iv[i].y0, y1 = M->iv[i].y1;
             for (; e < ee && E->iv[e].y0 < y1; e++) {
                 if (E->iv[e].y0 > cur && cols_push(B, cur, E->iv[e].y0) < 0)
@@ -290,18 +277,9 @@ static uint64_t cols_intersection(const Cols *a, const Cols *b) {
     int64_t x1 = a->x0 + a->nc < b->x0 + b->nc ? a->x0 + a->nc : b->x0 + b->nc;
     uint64_t inter = 0;
     for (int64_t x = x0; x < x1; x++) {
-        int64_t i = a->col[x - a->x0], ie = a->col[x - a->x0 + 1];
-        int64_t j = b->col[x - b->x0], je = b->col[x - b->x0 + 1];
-        while (i < ie && j < je) {
-            uint32_t lo = a->iv[i].y0 > b->iv[j].y0 ? a->iv[i].y0 : b->iv[j].y0;
-            uint32_t hi = a->iv[i].y1 < b->iv[j].y1 ? a->iv[i].y1 : b->iv[j].y1;
-            if (lo < hi)
-                inter += hi - lo;
-            if (a->iv[i].y1 < b->iv[j].y1)
-                i++;
-            else
-                j++;
-        }
+        int64_t i = a->col[x - a->x0], j = b->col[x - b->x0];
+        inter += (uint64_t)iv_and(NULL, a->iv + i, a->col[x - a->x0 + 1] - i, b->iv + j,
+                                  b->col[x - b->x0 + 1] - j);
     }
     return inter;
 }

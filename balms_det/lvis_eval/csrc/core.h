@@ -24,7 +24,7 @@
 #define MAX_IMAGE_PIXELS 2147483647LL /* h * w: 32-bit run lengths, as pycocotools' */
 #define MAX_DEPTH 1000          /* nesting of a JSON value (orjson: 1024, Python: ~1000) */
 
-/* ---- growable arrays ----------------------------------------------------------------------- */
+/* ---- growable arrays ------------------------------------------------------------------------- */
 typedef struct {
     void *p;
     int64_t n, cap;
@@ -36,7 +36,7 @@ void vec_free(Vec *v);
 #define VEC_PUSH(v, type, x) \
     (vec_reserve(&(v), 1, sizeof(type)) < 0 ? -1 : (((type *)(v).p)[(v).n++] = (x), 0))
 
-/* ---- problems found by the input rules (codes; Python words them) -------------------------- */
+/* ---- problems found by the input rules (codes; Python words them) ---------------------------- */
 enum {
     P_OK = 0,
     /* compressed RLE strings: a = character or count index, b = value, c = sum */
@@ -57,7 +57,6 @@ enum {
 typedef struct {
     int code;
     int64_t a, b;
-    double v;   /* a coordinate, where the problem is one */
     uint64_t c; /* a sum */
 } Problem;
 
@@ -78,7 +77,7 @@ Extent rle_extent(const uint32_t *c, int64_t m);
 uint64_t rle_intersection(const uint32_t *a, int64_t na, Extent xa, const uint32_t *b,
                           int64_t nb, Extent xb);
 
-/* ---- polygons (polygon.c) ---------------------------------------------------------------------- */
+/* ---- polygons (polygon.c) -------------------------------------------------------------------- */
 /* Check the polygons of one segmentation (coordinates xy, polygon k: xy[off[k]..off[k + 1])) of
  * an h x w image under the rules; 0, or -1 with *p saying why. */
 int polygons_check(const double *xy, const int64_t *off, int64_t npoly, int64_t h, int64_t w,
@@ -101,7 +100,7 @@ int boundary_min(const uint32_t *dc, const int64_t *doff, const int64_t *h, cons
                  const int64_t *d, const uint32_t *gc, const int64_t *goff, int64_t G,
                  const int64_t *pd, const int64_t *pg, const int64_t *pv, int64_t P, double *vals);
 
-/* ---- the JSON scanner (scan.c) ---------------------------------------------------------------- */
+/* ---- the JSON scanner (scan.c) --------------------------------------------------------------- */
 enum { SEG_NONE = 0, SEG_STRING, SEG_LIST, SEG_POLYGONS, SEG_OTHER };
 enum { /* flags of an element */
        E_IMG = 1, E_CAT = 2, E_SCORE = 4, E_BOX = 8, /* a value of the accepted kind */
@@ -137,7 +136,7 @@ int scan_results(const char *text, int64_t len, int *mode, int final, Scan *out,
                  const char **why);
 void scan_free(Scan *s);
 
-/* ---- matching and accumulation (match.c, accumulate.c) ------------------------------------------ */
+/* ---- matching and accumulation (match.c, accumulate.c) --------------------------------------- */
 int match_cells(const int64_t *cell, int64_t C, const double *thr, int64_t T, const double *dbox,
                 const double *gbox, const int64_t *ioff, const double *ival, const uint8_t *gig,
                 const uint8_t *gnz, const uint8_t *dmask, int64_t A, int64_t n, uint8_t *tp,

@@ -19,7 +19,6 @@ int polygons_check(const double *xy, const int64_t *off, int64_t npoly, int64_t 
                 p->code = (i % 2) ? P_POLY_Y : P_POLY_X;
                 p->a = k;
                 p->b = i;
-                p->v = v;
                 return -1;
             }
         }

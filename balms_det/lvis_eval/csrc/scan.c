@@ -2,8 +2,7 @@
  * columns, without a Python object per detection. It checks the whole text is valid JSON (UTF-8
  * included) and reads the values the engine takes in the forms it takes them; an element whose
  * required values are of another form is flagged (E_BAD) and read again by the reader, which
- * says what is wrong with it. Time and memory are linear in the text: every byte is looked at
- * once, nothing is retried. */
+ * says what is wrong with it. Every byte is looked at once: time and memory linear in the text. */
 #include "core.h"
 
 #include <float.h>
@@ -30,167 +29,128 @@ typedef struct {
     const char *why;
 } Cur;
 
-static int bad(Cur *c, const char *why) {
+static int fail(Cur *c, cp at, const char *why) { /* not valid JSON at ``at`` */
+    c->p = at;
     c->why = why;
     return ST_BAD;
 }
 
-static inline int at_end(Cur *c) { return c->p >= c->end; }
 static inline int is_digit(unsigned char ch) { return ch >= '0' && ch <= '9'; }
-static inline int is_hex(unsigned char ch) {
-    return is_digit(ch) || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F');
-}
 
 static inline void skip_ws(Cur *c) {
     while (c->p < c->end && (*c->p == ' ' || *c->p == '\n' || *c->p == '\r' || *c->p == '\t'))
         c->p++;
 }
 
-/* One UTF-8 character at p (a byte >= 0x80): its length, or 0 when it is not valid UTF-8 (an
- * overlong form, a surrogate, beyond U+10FFFF, a stray byte); -1: the text ends inside it. */
+/* The length of the UTF-8 character at p (a byte >= 0x80), 0 when it is not valid UTF-8 (an
+ * overlong form, a surrogate, beyond U+10FFFF, a stray byte), -1 when the text ends inside it */
 static int utf8_length(cp p, cp end) {
     unsigned char b = p[0];
-    int n = b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : b >= 0xC2 ? 2 : 0;
-    if (!n || b > 0xF4)
-        return 0;
-    if (end - p < n)
+    int n = b > 0xF4 ? 0 : b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : b >= 0xC2 ? 2 : 0;
+    if (n && end - p < n)
         return -1;
     for (int k = 1; k < n; k++)
         if ((p[k] & 0xC0) != 0x80)
             return 0;
     if ((b == 0xE0 && p[1] < 0xA0) || (b == 0xED && p[1] >= 0xA0) || (b == 0xF0 && p[1] < 0x90) ||
         (b == 0xF4 && p[1] >= 0x90))
-        return 0; /* overlong, surrogate, beyond U+10FFFF */
+        return 0;
     return n;
 }
 
-/* A string at c->p (a '"'): [*s, *e) its raw contents, *esc whether they hold an escape. */
+/* A string at c->p (a '"'): [*s, *e) its raw contents, *esc whether they hold an escape */
 static int scan_string(Cur *c, cp *s, cp *e, int *esc) {
     cp p = c->p + 1, end = c->end;
-    int escaped = 0;
     *s = p;
+    *esc = 0;
     for (;;) {
 #ifdef HAVE_SSE2
         /* 16 bytes at a time to the next quote, backslash, control or non-ASCII byte */
         const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'),
                       space = _mm_set1_epi8(0x20);
-        while (p + 16 <= end) {
+        for (; p + 16 <= end; p += 16) {
             __m128i x = _mm_loadu_si128((const __m128i *)p);
-            __m128i hit = _mm_or_si128(
+            int mask = _mm_movemask_epi8(_mm_or_si128(
                 _mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)),
-                _mm_cmplt_epi8(x, space)); /* signed: >= 0x80 too */
-            int mask = _mm_movemask_epi8(hit);
+                _mm_cmplt_epi8(x, space))); /* signed: >= 0x80 too */
             if (mask) {
                 p += __builtin_ctz((unsigned)mask);
                 break;
             }
-            p += 16;
         }
 #endif
-        if (p >= end) {
+        if (p >= end || (*p == '\\' && (p + 1 >= end || (p[1] == 'u' && p + 6 > end)))) {
             c->p = p;
             return ST_END;
         }
-        unsigned char ch = *p;
-        if (ch == '"') {
+        if (*p == '"') {
             *e = p;
             c->p = p + 1;
-            *esc = escaped;
             return ST_OK;
         }
-        if (ch == '\\') {
-            escaped = 1;
-            if (p + 1 >= end || (p[1] == 'u' && p + 6 > end)) {
-                c->p = p;
-                return ST_END;
-            }
+        if (*p == '\\') {
+            *esc = 1;
             if (p[1] == 'u') {
                 for (int k = 2; k < 6; k++)
-                    if (!is_hex(p[k])) {
-                        c->p = p;
-                        return bad(c, "a \\u escape needs 4 hexadecimal digits");
-                    }
+                    if (!(is_digit(p[k]) || ((p[k] | 0x20) >= 'a' && (p[k] | 0x20) <= 'f')))
+                        return fail(c, p, "a \\u escape needs 4 hexadecimal digits");
                 p += 6;
-            } else if (strchr("\"\\/bfnrt", p[1]) && p[1]) {
+            } else if (p[1] && strchr("\"\\/bfnrt", p[1])) {
                 p += 2;
             } else {
-                c->p = p;
-                return bad(c, "an invalid escape in a string");
+                return fail(c, p, "an invalid escape in a string");
             }
-            continue;
-        }
-        if (ch < 0x20) {
-            c->p = p;
-            return bad(c, "a control character in a string");
-        }
-        if (ch >= 0x80) {
+        } else if (*p < 0x20) {
+            return fail(c, p, "a control character in a string");
+        } else if (*p >= 0x80) {
             int n = utf8_length(p, end);
-            if (n < 0) {
+            if (n <= 0) {
                 c->p = p;
-                return ST_END;
-            }
-            if (n == 0) {
-                c->p = p;
-                return bad(c, "not valid UTF-8");
+                return n < 0 ? ST_END : fail(c, p, "not valid UTF-8");
             }
             p += n;
-            continue;
+        } else {
+            p++;
         }
-        p++;
     }
 }
 
+static int literal(Cur *c, const char *word) {
+    for (; *word; word++, c->p++)
+        if (c->p >= c->end || *c->p != (unsigned char)*word)
+            return c->p >= c->end ? ST_END : fail(c, c->p, "not a value");
+    return ST_OK;
+}
+
 /* A number at c->p: [*s, c->p) after the call; *is_int: no fraction, no exponent. NaN,
- * Infinity and -Infinity (which Python's json reads) are numbers too (*special). */
-static int scan_number(Cur *c, cp *s, int *is_int, int *special) {
+ * Infinity and -Infinity (which Python's json reads) are numbers too. */
+static int scan_number(Cur *c, cp *s, int *is_int) {
     cp p = c->p, end = c->end;
     *s = p;
     *is_int = 1;
-    *special = 0;
     if (p < end && *p == '-')
         p++;
-    if (p >= end)
-        return ST_END;
-    if (*p == 'I' || *p == 'N') {
-        const char *word = *p == 'I' ? "Infinity" : "NaN";
-        size_t n = strlen(word);
-        if (*p == 'N' && p != *s)
-            return bad(c, "not a value");
-        for (size_t k = 0; k < n; k++, p++) {
-            if (p >= end)
-                return ST_END;
-            if (*p != (unsigned char)word[k])
-                return bad(c, "not a value");
-        }
+    if (p < end && (*p == 'I' || (*p == 'N' && p == *s))) {
         c->p = p;
         *is_int = 0;
-        *special = 1;
-        return ST_OK;
+        return literal(c, *p == 'I' ? "Infinity" : "NaN");
     }
-    if (*p == '0')
+    if (p < end && *p == '0')
         p++;
-    else if (*p >= '1' && *p <= '9')
+    else if (p < end && *p >= '1' && *p <= '9')
         while (p < end && is_digit(*p))
             p++;
     else
-        return bad(c, "not a value");
-    if (p < end && *p == '.') {
+        return p >= end ? ST_END : fail(c, p, "not a value");
+    for (int part = 0; part < 2; part++) { /* the fraction, then the exponent */
+        if (p >= end || *p != (part ? 'e' : '.') - (part && *p == 'E' ? 'e' - 'E' : 0))
+            continue;
         *is_int = 0;
-        if (++p >= end)
-            return ST_END;
-        if (!is_digit(*p))
-            return bad(c, "a digit must follow the decimal point");
-        while (p < end && is_digit(*p))
+        if (++p < end && part && (*p == '+' || *p == '-'))
             p++;
-    }
-    if (p < end && (*p == 'e' || *p == 'E')) {
-        *is_int = 0;
-        if (++p < end && (*p == '+' || *p == '-'))
-            p++;
-        if (p >= end)
-            return ST_END;
-        if (!is_digit(*p))
-            return bad(c, "an exponent needs digits");
+        if (p < end && !is_digit(*p))
+            return fail(c, p, part ? "an exponent needs digits"
+                                   : "a digit must follow the decimal point");
         while (p < end && is_digit(*p))
             p++;
     }
@@ -200,109 +160,70 @@ static int scan_number(Cur *c, cp *s, int *is_int, int *special) {
     return ST_OK;
 }
 
-static int literal(Cur *c, const char *word) {
-    for (const char *w = word; *w; w++, c->p++) {
-        if (at_end(c))
-            return ST_END;
-        if (*c->p != (unsigned char)*w)
-            return bad(c, "not a value");
-    }
-    return ST_OK;
-}
-
 static int skip_value(Cur *c);
 
-/* At a member: its key (a string) and the ':' after it. */
+/* At a member: its key (a string) and the ':' after it */
 static int member_key(Cur *c, cp *s, cp *e, int *esc) {
     int st;
-    if (at_end(c))
-        return ST_END;
-    if (*c->p != '"')
-        return bad(c, "an object's key must be a string");
-    if ((st = scan_string(c, s, e, esc)) != ST_OK)
-        return st;
+    if (c->p < c->end && *c->p != '"')
+        return fail(c, c->p, "an object's key must be a string");
+    if (c->p >= c->end || (st = scan_string(c, s, e, esc)) != ST_OK)
+        return c->p >= c->end ? ST_END : st;
     skip_ws(c);
-    if (at_end(c))
-        return ST_END;
-    if (*c->p != ':')
-        return bad(c, "':' must follow an object's key");
+    if (c->p >= c->end || *c->p != ':')
+        return c->p >= c->end ? ST_END : fail(c, c->p, "':' must follow an object's key");
     c->p++;
     skip_ws(c);
-    return ST_OK;
+    return c->p >= c->end ? ST_END : ST_OK;
 }
 
-/* After a value in an object or array: 1 past a ',' (another follows), 0 past ``close``. */
+/* After a value of an object or array: 1 past a ',' (another follows), 0 past ``close`` */
 static int member_end(Cur *c, unsigned char close) {
     skip_ws(c);
-    if (at_end(c))
+    if (c->p >= c->end)
         return ST_END;
-    if (*c->p == ',') {
-        c->p++;
-        skip_ws(c);
-        return 1;
-    }
-    if (*c->p == close) {
-        c->p++;
-        return 0;
-    }
-    return bad(c, close == '}' ? "',' or '}' must follow a member" : "',' or ']' must follow an element");
+    if (*c->p != ',' && *c->p != close)
+        return fail(c, c->p, close == '}' ? "',' or '}' must follow a member"
+                                          : "',' or ']' must follow an element");
+    if (*c->p++ == close)
+        return c->depth--, 0;
+    skip_ws(c);
+    return c->p >= c->end ? ST_END : 1;
 }
 
-/* Past the '{' or '[' at c->p: 1 if the container is empty (and past its end), else 0. */
+/* Past the '{' or '[' at c->p: 1 if the container is empty (and past its end), else 0 */
 static int open_container(Cur *c, unsigned char close) {
     if (++c->depth > MAX_DEPTH)
-        return bad(c, "nested too deeply");
+        return fail(c, c->p, "nested too deeply");
     c->p++;
     skip_ws(c);
-    if (at_end(c))
+    if (c->p >= c->end)
         return ST_END;
-    if (*c->p == close) {
-        c->p++;
-        c->depth--;
-        return 1;
-    }
-    return 0;
-}
-
-static int skip_container(Cur *c, unsigned char close) {
-    int st = open_container(c, close);
-    if (st != 0)
-        return st < 0 ? st : ST_OK;
-    for (;;) {
-        cp s, e;
-        int esc;
-        if (close == '}' && (st = member_key(c, &s, &e, &esc)) != ST_OK)
-            return st;
-        if ((st = skip_value(c)) != ST_OK)
-            return st;
-        if ((st = member_end(c, close)) <= 0) {
-            c->depth--;
-            return st;
-        }
-    }
+    if (*c->p != close)
+        return 0;
+    c->p++;
+    c->depth--;
+    return 1;
 }
 
 static int skip_value(Cur *c) {
     cp s, e;
-    int a, b;
-    if (at_end(c))
-        return ST_END;
-    switch (*c->p) {
-    case '{':
-        return skip_container(c, '}');
-    case '[':
-        return skip_container(c, ']');
-    case '"':
-        return scan_string(c, &s, &e, &a);
-    case 't':
-        return literal(c, "true");
-    case 'f':
-        return literal(c, "false");
-    case 'n':
-        return literal(c, "null");
-    default:
-        return scan_number(c, &s, &a, &b);
-    }
+    int st, esc;
+    unsigned char close = *c->p == '{' ? '}' : ']';
+    if (*c->p == '"')
+        return scan_string(c, &s, &e, &esc);
+    if (*c->p == 't' || *c->p == 'f' || *c->p == 'n')
+        return literal(c, *c->p == 't' ? "true" : *c->p == 'f' ? "false" : "null");
+    if (*c->p != '{' && *c->p != '[')
+        return scan_number(c, &s, &esc);
+    if ((st = open_container(c, close)) != 0)
+        return st < 0 ? st : ST_OK;
+    do {
+        if ((close == '}' && (st = member_key(c, &s, &e, &esc)) != ST_OK) ||
+            (st = skip_value(c)) != ST_OK)
+            return st;
+    } while ((st = member_end(c, close)) == 1);
+    return st;
 }
 
 /* ---- numbers ------------------------------------------------------------------------------- */
@@ -317,45 +238,30 @@ static const double P10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
                                1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
 /* The double nearest to the number [s, e), as Python's float() gives it (an integer as
- * float(int(token)), an integer too large for a double: -1, it is not a number of 64 bits).
- * Fast exact paths, else the C library's correctly rounded strtod in the C locale. */
+ * float(int(token)); one too large for a double: -1, it is not a number of 64 bits). Fast exact
+ * paths, else the C library's correctly rounded strtod in the C locale. */
 static int to_double(cp s, cp e, int is_int, double *out) {
-    cp p = s;
-    int neg = 0, sig = 0, exp10 = 0, exp_neg = 0, exp_val = 0;
+    cp p = s + (*s == '-');
+    int neg = *s == '-', sig = 0, exp10 = 0, exp_val = 0, frac = 0;
     uint64_t m = 0;
-    if (*p == '-') {
-        neg = 1;
-        p++;
-    }
     if (*p == 'I' || *p == 'N') {
         *out = *p == 'N' ? NAN : neg ? -INFINITY : INFINITY;
         return 0;
     }
-    for (; p < e && is_digit(*p); p++) {
-        if (m == 0 && *p == '0')
+    for (; p < e && (is_digit(*p) || (*p == '.' && !frac)); p++) {
+        if (*p == '.' || (exp10 -= frac, m == 0 && *p == '0')) {
+            frac |= *p == '.';
             continue;
+        }
         if (++sig > 19)
             goto slow;
         m = m * 10 + (uint64_t)(*p - '0');
     }
-    if (p < e && *p == '.')
-        for (p++; p < e && is_digit(*p); p++) {
-            exp10--;
-            if (m == 0 && *p == '0')
-                continue;
-            if (++sig > 19)
+    if (p < e) { /* the exponent */
+        int exp_neg = *++p == '-';
+        for (p += *p == '+' || *p == '-'; p < e; p++)
+            if ((exp_val = exp_val * 10 + (*p - '0')) > 100000)
                 goto slow;
-            m = m * 10 + (uint64_t)(*p - '0');
-        }
-    if (p < e && (*p == 'e' || *p == 'E')) {
-        p++;
-        if (*p == '+' || *p == '-')
-            exp_neg = *p++ == '-';
-        for (; p < e && is_digit(*p); p++) {
-            if (exp_val > 100000)
-                goto slow;
-            exp_val = exp_val * 10 + (*p - '0');
-        }
         exp10 += exp_neg ? -exp_val : exp_val;
     }
     if (m == 0) {
@@ -393,32 +299,25 @@ slow: {
         return -1;
     memcpy(buf, s, n);
     buf[n] = 0;
-    double v = strtod_l(buf, NULL, c_locale);
+    *out = strtod_l(buf, NULL, c_locale);
     if (buf != small)
         free(buf);
-    if (is_int && isinf(v))
-        return -1; /* float(int(token)) raises OverflowError */
-    *out = v;
-    return 0;
+    return is_int && isinf(*out) ? -1 : 0; /* float(int(token)) raises OverflowError */
 }
 }
 
-/* ---- one element ----------------------------------------------------------------------------- */
 enum { NUM_FINITE, NUM_ID, NUM_COUNT }; /* what number() takes */
 
 /* A value at c->p, read when it is a number of the kind asked for (*ok = 1): NUM_FINITE a finite
  * double (*v); NUM_ID an integer of int64, or a float of integral value in its range (*iv);
- * NUM_COUNT an integer token of int64. Any other value is skipped (*ok = 0). */
+ * NUM_COUNT a non-negative integer token of int64. Any other value is skipped (*ok = 0). */
 static int number(Cur *c, int kind, double *v, int64_t *iv, int *ok) {
     cp s;
-    int is_int, special, st;
+    int is_int, st;
     *ok = 0;
-    if (at_end(c))
-        return ST_END;
-    unsigned char ch = *c->p;
-    if (!(ch == '-' || is_digit(ch) || ch == 'N' || ch == 'I'))
+    if (!(*c->p == '-' || is_digit(*c->p) || *c->p == 'N' || *c->p == 'I'))
         return skip_value(c);
-    if ((st = scan_number(c, &s, &is_int, &special)) != ST_OK)
+    if ((st = scan_number(c, &s, &is_int)) != ST_OK)
         return st;
     if (kind != NUM_FINITE && is_int) { /* an integer token: exactly, within int64 */
         uint64_t m = 0;
@@ -427,57 +326,44 @@ static int number(Cur *c, int kind, double *v, int64_t *iv, int *ok) {
                 return ST_OK;
             m = m * 10 + (uint64_t)(*p - '0');
         }
-        if (m > (*s == '-' ? (uint64_t)1 << 63 : ((uint64_t)1 << 63) - 1))
-            return ST_OK;
         *iv = *s == '-' ? (int64_t)(0 - m) : (int64_t)m;
-        *ok = 1;
+        *ok = m <= ((uint64_t)1 << 63) - (*s != '-') && !(kind == NUM_COUNT && *s == '-' && m);
         return ST_OK;
     }
     if (kind == NUM_COUNT || to_double(s, c->p, is_int, v) < 0)
         return ST_OK;
-    if (kind == NUM_ID) {
-        if (!(isfinite(*v) && *v == floor(*v) && *v >= -9223372036854775808.0 &&
-              *v < 9223372036854775808.0))
-            return ST_OK;
-        *iv = (int64_t)*v;
-    }
-    *ok = kind == NUM_ID || isfinite(*v);
+    if (kind == NUM_ID && isfinite(*v) && *v == floor(*v) && *v >= -9223372036854775808.0 &&
+        *v < 9223372036854775808.0)
+        *iv = (int64_t)*v, *ok = 1;
+    *ok |= kind == NUM_FINITE && isfinite(*v);
     return ST_OK;
 }
 
-/* An array of numbers of kind ``kind`` at c->p, pushed to ``to`` (doubles, or int64 for ids and
- * counts) or written to dv; *n: how many; *ok = 0 where it is not an array, an element is not
- * such a number, or there are more than ``most`` (-1: any). The whole value is read. */
+/* An array of numbers of kind ``kind`` at c->p, pushed to ``to`` (doubles, or int64 counts) or
+ * written to dv (at most ``most``); *n: how many; *ok = 0 where it is not an array, an element is
+ * not such a number, or there are more than ``most``. The whole value is read. */
 static int number_array(Cur *c, int kind, double *dv, Vec *to, int64_t most, int64_t *n, int *ok) {
     int st, good;
-    *ok = 1;
+    *ok = *c->p == '[';
     *n = 0;
-    if (at_end(c))
-        return ST_END;
-    if (*c->p != '[') {
-        *ok = 0;
+    if (!*ok)
         return skip_value(c);
-    }
-    if ((st = open_container(c, ']')) != 0)
-        return st < 0 ? st : ST_OK;
-    for (;;) {
+    if ((st = open_container(c, ']')) < 0)
+        return st;
+    for (st = !st; st == 1; st = member_end(c, ']')) {
         double v = 0;
         int64_t iv = 0;
         if ((st = number(c, kind, &v, &iv, &good)) != ST_OK)
             return st;
-        if (!good || (most >= 0 && *n >= most) || (kind == NUM_COUNT && iv < 0))
+        if (!good || (dv && *n >= most))
             *ok = 0;
         else if (dv)
-            dv[*n] = kind == NUM_FINITE ? v : (double)iv;
+            dv[*n] = v;
         else if (kind == NUM_FINITE ? VEC_PUSH(*to, double, v) : VEC_PUSH(*to, int64_t, iv))
-            return bad(c, "out of memory");
+            return fail(c, c->p, "out of memory");
         (*n)++;
-        if ((st = member_end(c, ']')) <= 0) {
-            if (st == 0)
-                c->depth--;
-            return st;
-        }
     }
+    return st;
 }
 
 static int key_is(cp s, cp e, const char *name) {
@@ -488,101 +374,33 @@ static int key_is(cp s, cp e, const char *name) {
 /* A key with escapes undone into buf (a known key is short: a longer one is left as it is) */
 static void unescape_key(cp *s, cp *e, unsigned char *buf, size_t cap) {
     size_t n = 0;
-    for (cp p = *s; p < *e; p++) {
+    for (cp p = *s; p < *e && n < cap; p++) {
         unsigned int ch = *p;
-        if (ch == '\\') {
-            if (p[1] == 'u') {
-                ch = 0;
-                for (int k = 2; k < 6; k++)
-                    ch = ch * 16 + (unsigned)(is_digit(p[k]) ? p[k] - '0' : (p[k] | 0x20) - 'a' + 10);
-                p += 5;
-                if (ch >= 0x80)
-                    return; /* not a known key */
-            } else {
-                const char *from = "\"\\/bfnrt", *to = "\"\\/\b\f\n\r\t";
-                ch = (unsigned char)to[strchr(from, p[1]) - from];
-                p++;
-            }
+        if (ch == '\\' && *++p == 'u') {
+            ch = (unsigned)strtol((char[5]){(char)p[1], (char)p[2], (char)p[3], (char)p[4], 0},
+                                  NULL, 16);
+            p += 4;
+        } else if (ch == '\\') {
+            ch = (unsigned char)"\"\\/\b\f\n\r\t"[strchr("\"\\/bfnrt", *p) - "\"\\/bfnrt"];
         }
-        if (n == cap)
-            return;
+        if (ch >= 0x80)
+            return; /* not a known key */
         buf[n++] = (unsigned char)ch;
     }
     *s = buf;
     *e = buf + n;
 }
 
-typedef struct {
-    int64_t coords, poly_off, num; /* the vectors' lengths when the element began */
-} Marks;
-
-/* {"size": [h, w], "counts": "..." or [non-negative integers]} at c->p (other keys skipped):
- * its kind (SEG_STRING, SEG_LIST, else SEG_OTHER) and seg[2..5] */
-static int rle_value(Cur *c, Scan *o, const Marks *mk, cp base, int64_t *seg, uint8_t *kind,
-                     uint8_t *flags) {
-    int st, ok = 1, have = 0;
-    if ((st = open_container(c, '}')) != 0) {
-        *kind = SEG_OTHER;
-        return st < 0 ? st : ST_OK;
-    }
-    for (;;) {
-        cp s, e;
-        int esc, good;
-        int64_t n;
-        if ((st = member_key(c, &s, &e, &esc)) != ST_OK)
-            return st;
-        ok &= !esc; /* (the reader says what such a key is) */
-        if (key_is(s, e, "size")) {
-            double hw[2];
-            if ((st = number_array(c, NUM_FINITE, hw, NULL, 2, &n, &good)) != ST_OK)
-                return st;
-            good &= n == 2 && hw[0] == floor(hw[0]) && hw[1] == floor(hw[1]) &&
-                    fabs(hw[0]) < 9e18 && fabs(hw[1]) < 9e18;
-            seg[2] = good ? (int64_t)hw[0] : -1;
-            seg[3] = good ? (int64_t)hw[1] : -1;
-            have = good ? have | 1 : have & ~1;
-        } else if (key_is(s, e, "counts")) {
-            o->num.n = mk->num;
-            have &= 1;
-            if (!at_end(c) && *c->p == '"') {
-                cp cs, ce;
-                if ((st = scan_string(c, &cs, &ce, &esc)) != ST_OK)
-                    return st;
-                seg[4] = cs - base;
-                seg[5] = ce - base;
-                *flags = (uint8_t)((*flags & ~E_ESCAPED) | (esc ? E_ESCAPED : 0));
-                have |= 2;
-            } else {
-                if ((st = number_array(c, NUM_COUNT, NULL, &o->num, -1, &n, &good)) != ST_OK)
-                    return st;
-                seg[4] = mk->num;
-                seg[5] = n;
-                have |= good ? 4 : 0;
-            }
-        } else if ((st = skip_value(c)) != ST_OK) {
-            return st;
-        }
-        if ((st = member_end(c, '}')) < 0)
-            return st;
-        if (st == 0) {
-            c->depth--;
-            break;
-        }
-    }
-    *kind = !ok || (have & 1) == 0 ? SEG_OTHER : (have & 2) ? SEG_STRING : (have & 4) ? SEG_LIST
-                                                                                     : SEG_OTHER;
-    return ST_OK;
-}
-
-/* The segmentation at c->p: its kind, where its value lies (seg[0..1]) and its data (seg[2..5]:
- * h, w and the counts string's bytes; h, w, first count in ``num`` and their number; first
- * polygon and the number of polygons). */
-static int segmentation(Cur *c, Scan *o, const Marks *mk, cp base, int64_t *seg, uint8_t *kind,
+/* The segmentation at c->p (vectors' lengths at the element's start: mk): its kind (SEG_*),
+ * where its value lies (seg[0..1]) and its data (seg[2..5]: h, w and the counts string's bytes;
+ * h, w, first count in ``num`` and their number; -, -, first polygon, number of polygons). */
+static int segmentation(Cur *c, Scan *o, const int64_t *mk, cp base, int64_t *seg, uint8_t *kind,
                         uint8_t *flags) {
-    int st = ST_OK, ok = 1;
-    o->coords.n = mk->coords; /* a segmentation given twice: the last one counts */
-    o->poly_off.n = mk->poly_off;
-    o->num.n = mk->num;
+    int st = 1, ok, good, have = 0;
+    int64_t n, count = 0;
+    o->coords.n = mk[0]; /* a segmentation given twice: the last one counts */
+    o->poly_off.n = mk[1];
+    o->num.n = mk[2];
     seg[0] = c->p - base;
     seg[2] = seg[3] = seg[4] = seg[5] = -1;
     *kind = SEG_OTHER;
@@ -590,129 +408,137 @@ static int segmentation(Cur *c, Scan *o, const Marks *mk, cp base, int64_t *seg,
         *kind = SEG_NONE;
         st = literal(c, "null");
     } else if (*c->p == '[') { /* polygons: lists of numbers, each an even count of 6 or more */
-        int64_t npoly = 0, n;
-        int good;
-        if ((st = open_container(c, ']')) != 0) {
-            st = st < 0 ? st : ST_OK;
-            ok = 0; /* no polygon */
-        } else {
-            for (;;) {
-                if (VEC_PUSH(o->poly_off, int64_t, o->coords.n) < 0)
-                    return bad(c, "out of memory");
-                if ((st = number_array(c, NUM_FINITE, NULL, &o->coords, -1, &n, &good)) != ST_OK)
+        if ((st = open_container(c, ']')) < 0)
+            return st;
+        ok = st == 0; /* (none: not polygons) */
+        for (st = !st; st == 1; st = member_end(c, ']')) {
+            if (VEC_PUSH(o->poly_off, int64_t, o->coords.n) < 0)
+                return fail(c, c->p, "out of memory");
+            if ((st = number_array(c, NUM_FINITE, NULL, &o->coords, -1, &n, &good)) != ST_OK)
+                return st;
+            ok &= good && n >= 6 && n % 2 == 0;
+            count++;
+        }
+        if (st < 0)
+            return st;
+        if (ok)
+            *kind = SEG_POLYGONS, seg[4] = mk[1], seg[5] = count;
+    } else if (*c->p == '{') { /* {"size": [h, w], "counts": "..." or [...]} (others skipped) */
+        ok = 1;
+        if ((st = open_container(c, '}')) < 0)
+            return st;
+        for (st = !st; st == 1; st = member_end(c, '}')) {
+            cp s, e;
+            int esc;
+            double hw[2];
+            if ((st = member_key(c, &s, &e, &esc)) != ST_OK)
+                return st;
+            ok &= !esc; /* (the reader says what such a key is) */
+            if (key_is(s, e, "size")) {
+                if ((st = number_array(c, NUM_FINITE, hw, NULL, 2, &n, &good)) != ST_OK)
                     return st;
-                ok &= good && n >= 6 && n % 2 == 0;
-                npoly++;
-                if ((st = member_end(c, ']')) < 0)
+                good &= n == 2 && hw[0] == floor(hw[0]) && hw[1] == floor(hw[1]) &&
+                        fabs(hw[0]) < 9e18 && fabs(hw[1]) < 9e18;
+                seg[2] = good ? (int64_t)hw[0] : -1;
+                seg[3] = good ? (int64_t)hw[1] : -1;
+                have = good ? have | 1 : have & ~1;
+            } else if (key_is(s, e, "counts") && *c->p == '"') {
+                cp cs, ce;
+                if ((st = scan_string(c, &cs, &ce, &esc)) != ST_OK)
                     return st;
-                if (st == 0) {
-                    c->depth--;
-                    break;
-                }
+                seg[4] = cs - base;
+                seg[5] = ce - base;
+                *flags = (uint8_t)((*flags & ~E_ESCAPED) | (esc ? E_ESCAPED : 0));
+                have = (have & 1) | 2;
+            } else if (key_is(s, e, "counts")) {
+                o->num.n = mk[2];
+                if ((st = number_array(c, NUM_COUNT, NULL, &o->num, -1, &n, &good)) != ST_OK)
+                    return st;
+                seg[4] = mk[2];
+                seg[5] = n;
+                have = (have & 1) | (good ? 4 : 0);
+            } else if ((st = skip_value(c)) != ST_OK) {
+                return st;
             }
         }
-        if (ok) {
-            *kind = SEG_POLYGONS;
-            seg[4] = mk->poly_off;
-            seg[5] = npoly;
-        }
-    } else if (*c->p == '{') {
-        st = rle_value(c, o, mk, base, seg, kind, flags);
+        if (st < 0)
+            return st;
+        if (ok && (have & 1) && (have & 6))
+            *kind = (have & 2) ? SEG_STRING : SEG_LIST;
     } else {
         st = skip_value(c);
     }
     if (*kind != SEG_LIST)
-        o->num.n = mk->num;
-    if (*kind != SEG_POLYGONS) {
-        o->coords.n = mk->coords;
-        o->poly_off.n = mk->poly_off;
-    }
+        o->num.n = mk[2];
+    if (*kind != SEG_POLYGONS)
+        o->coords.n = mk[0], o->poly_off.n = mk[1];
     seg[1] = c->p - base;
     return st;
 }
 
 enum { K_IMG = 1, K_CAT = 2, K_SCORE = 4, K_BOX = 8, K_SEG = 16 };
 
-/* One element of the array at c->p into the columns (flags: E_*; kind: SEG_*) */
+/* One element of the array at c->p into the columns */
 static int one_result(Cur *c, Scan *o, cp base) {
-    int st, ok;
+    int st = 1, ok, have = 0, good = 0; /* keys seen; of them, values of the accepted kind */
     int64_t img = 0, cat = 0, n, seg[6] = {-1, -1, -1, -1, -1, -1};
-    double score = 0, box[4] = {NAN, NAN, NAN, NAN};
+    int64_t mk[3] = {o->coords.n, o->poly_off.n, o->num.n}, span[2] = {c->p - base, 0};
+    double score = 0, unused, box[4];
     uint8_t flags = 0, kind = SEG_NONE;
-    int have = 0, good = 0; /* keys seen; values of the accepted kind (K_*) */
-    Marks mk = {o->coords.n, o->poly_off.n, o->num.n};
-    cp start = c->p;
-    if (*c->p != '{') {
-        if ((st = skip_value(c)) != ST_OK)
+    if (*c->p != '{')
+        st = skip_value(c) == ST_OK ? 0 : c->why ? ST_BAD : ST_END;
+    else if ((st = open_container(c, '}')) >= 0)
+        st = !st;
+    for (; st == 1; st = member_end(c, '}')) {
+        cp s, e;
+        int esc;
+        unsigned char buf[16];
+        if ((st = member_key(c, &s, &e, &esc)) != ST_OK)
             return st;
-        flags = E_BAD;
-    } else if ((st = open_container(c, '}')) != 0) {
-        if (st < 0)
+        if (esc)
+            unescape_key(&s, &e, buf, sizeof(buf));
+        int key = key_is(s, e, "image_id")       ? K_IMG
+                  : key_is(s, e, "category_id")  ? K_CAT
+                  : key_is(s, e, "score")        ? K_SCORE
+                  : key_is(s, e, "bbox")         ? K_BOX
+                  : key_is(s, e, "segmentation") ? K_SEG
+                                                 : 0;
+        have |= key;
+        ok = 1;
+        if (key == K_IMG || key == K_CAT)
+            st = number(c, NUM_ID, &unused, key == K_IMG ? &img : &cat, &ok);
+        else if (key == K_SCORE)
+            st = number(c, NUM_FINITE, &score, NULL, &ok);
+        else if (key == K_BOX && *c->p == 'n') /* null: no box */
+            st = literal(c, "null"), have &= ~K_BOX, ok = 0;
+        else if (key == K_BOX)
+            st = number_array(c, NUM_FINITE, box, NULL, 4, &n, &ok), ok &= n == 4;
+        else if (key == K_SEG)
+            st = segmentation(c, o, mk, base, seg, &kind, &flags);
+        else
+            st = skip_value(c);
+        if (st != ST_OK)
             return st;
-        flags = E_BAD; /* {} */
-    } else {
-        for (;;) {
-            cp s, e;
-            int esc;
-            unsigned char buf[16];
-            if ((st = member_key(c, &s, &e, &esc)) != ST_OK)
-                return st;
-            if (esc)
-                unescape_key(&s, &e, buf, sizeof(buf));
-            int key = key_is(s, e, "image_id")       ? K_IMG
-                      : key_is(s, e, "category_id")  ? K_CAT
-                      : key_is(s, e, "score")        ? K_SCORE
-                      : key_is(s, e, "bbox")         ? K_BOX
-                      : key_is(s, e, "segmentation") ? K_SEG
-                                                     : 0;
-            have |= key;
-            if (key == K_IMG || key == K_CAT) {
-                double unused;
-                st = number(c, NUM_ID, &unused, key == K_IMG ? &img : &cat, &ok);
-            } else if (key == K_SCORE) {
-                st = number(c, NUM_FINITE, &score, NULL, &ok);
-            } else if (key == K_BOX) {
-                if (*c->p == 'n') { /* null: no box */
-                    have &= ~K_BOX;
-                    ok = 0;
-                    st = literal(c, "null");
-                } else {
-                    st = number_array(c, NUM_FINITE, box, NULL, 4, &n, &ok);
-                    ok &= n == 4;
-                }
-            } else if (key == K_SEG) {
-                st = segmentation(c, o, &mk, base, seg, &kind, &flags);
-                ok = 1;
-            } else {
-                st = skip_value(c);
-            }
-            if (st != ST_OK)
-                return st;
-            good = ok ? good | key : good & ~key;
-            if ((st = member_end(c, '}')) < 0)
-                return st;
-            if (st == 0) {
-                c->depth--;
-                break;
-            }
-        }
-        int need = K_IMG | K_CAT | K_SCORE;
-        if ((good & need) != need || ((have & K_BOX) && !(good & K_BOX)))
-            flags |= E_BAD;
-        flags |= (good & K_IMG ? E_IMG : 0) | (good & K_CAT ? E_CAT : 0) |
-                 (good & K_SCORE ? E_SCORE : 0) | (good & K_BOX ? E_BOX : 0) |
-                 (have & K_BOX ? E_HAS_BOX : 0) | (have & K_SEG ? E_SEGKEY : 0);
-        o->any_box |= (have & K_BOX) != 0;
-        o->any_seg |= (have & K_SEG) != 0;
+        good = ok ? good | key : good & ~key;
     }
+    if (st < 0)
+        return st;
+    const int need = K_IMG | K_CAT | K_SCORE;
+    if ((good & need) != need || ((have & K_BOX) && !(good & K_BOX)))
+        flags |= E_BAD; /* (not an object, or {}, too) */
+    flags |= (good & K_IMG ? E_IMG : 0) | (good & K_CAT ? E_CAT : 0) |
+             (good & K_SCORE ? E_SCORE : 0) | (good & K_BOX ? E_BOX : 0) |
+             (have & K_BOX ? E_HAS_BOX : 0) | (have & K_SEG ? E_SEGKEY : 0);
+    o->any_box |= (have & K_BOX) != 0;
+    o->any_seg |= (have & K_SEG) != 0;
     if (!(good & K_BOX))
         box[0] = box[1] = box[2] = box[3] = NAN;
-    int64_t span[2] = {start - base, c->p - base};
+    span[1] = c->p - base;
     if (VEC_PUSH(o->img, int64_t, img) || VEC_PUSH(o->cat, int64_t, cat) ||
         VEC_PUSH(o->score, double, score) || VEC_PUSH(o->flags, uint8_t, flags) ||
         VEC_PUSH(o->kind, uint8_t, kind) || vec_reserve(&o->box, 4, sizeof(double)) ||
         vec_reserve(&o->span, 2, sizeof(int64_t)) || vec_reserve(&o->seg, 6, sizeof(int64_t)))
-        return bad(c, "out of memory");
+        return fail(c, c->p, "out of memory");
     memcpy(VEC_AT(o->box, double) + o->box.n, box, sizeof(box));
     memcpy(VEC_AT(o->span, int64_t) + o->span.n, span, sizeof(span));
     memcpy(VEC_AT(o->seg, int64_t) + o->seg.n, seg, sizeof(seg));
@@ -725,68 +551,52 @@ static int one_result(Cur *c, Scan *o, cp base) {
 /* ---- the array ------------------------------------------------------------------------------- */
 int scan_results(const char *text, int64_t len, int *mode, int final, Scan *out, int64_t *pos,
                  const char **why) {
-    cp base = (cp)text;
-    Cur c = {base, base + len, 0, NULL};
+    Cur c = {(cp)text, (cp)text + len, 0, NULL};
     int st = ST_OK;
-    for (;;) {
-        skip_ws(&c);
+    for (skip_ws(&c); c.p < c.end && st == ST_OK; skip_ws(&c)) {
         cp here = c.p;
-        if (at_end(&c))
-            break;
-        if (*mode == MODE_OPEN) {
-            if (*c.p != '[') {
-                st = bad(&c, "the file must hold an array (of results)");
-                break;
-            }
-            c.p++;
-            *mode = MODE_FIRST;
-        } else if (*mode == MODE_FIRST && *c.p == ']') {
-            c.p++;
-            *mode = MODE_CLOSED;
-        } else if (*mode == MODE_ELEMENT && *c.p == ']') {
-            st = bad(&c, "an element is missing after ','");
-            break;
-        } else if (*mode == MODE_FIRST || *mode == MODE_ELEMENT) {
+        if (*mode == MODE_OPEN && *c.p == '[')
+            *mode = MODE_FIRST, c.p++;
+        else if (*mode == MODE_OPEN)
+            st = fail(&c, c.p, "the file must hold an array (of results)");
+        else if ((*mode == MODE_FIRST || *mode == MODE_AFTER) && *c.p == ']')
+            *mode = MODE_CLOSED, c.p++;
+        else if (*mode == MODE_AFTER && *c.p == ',')
+            *mode = MODE_ELEMENT, c.p++;
+        else if (*mode == MODE_ELEMENT && *c.p == ']')
+            st = fail(&c, c.p, "an element is missing after ','");
+        else if (*mode == MODE_FIRST || *mode == MODE_ELEMENT) {
             c.depth = 0;
-            st = one_result(&c, out, base);
+            st = one_result(&c, out, (cp)text);
             if (st == ST_END && !final) { /* from the element's start, with more text */
                 c.p = here;
                 st = ST_OK;
                 break;
             }
-            if (st != ST_OK)
-                break;
             *mode = MODE_AFTER;
-        } else if (*mode == MODE_AFTER && (*c.p == ',' || *c.p == ']')) {
-            *mode = *c.p == ',' ? MODE_ELEMENT : MODE_CLOSED;
-            c.p++;
-        } else {
-            st = bad(&c, *mode == MODE_AFTER ? "',' or ']' must follow an element"
-                                             : "text after the end of the array");
-            break;
-        }
+        } else
+            st = fail(&c, c.p, *mode == MODE_AFTER ? "',' or ']' must follow an element"
+                                                   : "text after the end of the array");
     }
-    *pos = c.p - base;
     if (st == ST_END)
-        st = bad(&c, "the file ends inside a value");
+        st = fail(&c, c.p, "the file ends inside a value");
+    *pos = c.p - (cp)text;
     *why = c.why;
-    return st == ST_OK ? (*mode == MODE_CLOSED ? SCAN_DONE : SCAN_MORE) : SCAN_BAD;
+    return st == ST_BAD ? SCAN_BAD : *mode == MODE_CLOSED ? SCAN_DONE : SCAN_MORE;
 }
 
 void scan_free(Scan *s) {
-    Vec *v[] = {&s->img, &s->cat, &s->score, &s->box, &s->flags, &s->kind, &s->span, &s->seg,
-                &s->coords, &s->poly_off, &s->num};
+    Vec *v[] = {&s->img,  &s->cat, &s->score,  &s->box,      &s->flags, &s->kind,
+                &s->span, &s->seg, &s->coords, &s->poly_off, &s->num};
     for (size_t k = 0; k < sizeof(v) / sizeof(v[0]); k++)
         vec_free(v[k]);
 }
 
 int vec_reserve(Vec *v, int64_t n, size_t elem) {
-    if (v->n + n <= v->cap)
-        return 0;
-    int64_t cap = v->cap ? 2 * v->cap : 256;
+    int64_t cap = v->cap ? v->cap : 256;
     while (cap < v->n + n)
         cap *= 2;
-    void *p = realloc(v->p, (size_t)cap * elem);
+    void *p = cap == v->cap ? v->p : realloc(v->p, (size_t)cap * elem);
     if (!p)
         return -1;
     v->p = p;
