@@ -179,6 +179,16 @@ def test_mask_tasks_use_mask_areas_in_both_engines(tmp_path):
     assert boxes["APs"] != evaluate_lvis(gt, dets, "segm", ignore_boxes=True).results["APs"]
 
 
+def test_tool_help_states_the_area_convention():
+    spec = importlib.util.spec_from_file_location(
+        "evaluate_detections", os.path.join(REPO, "tools", "evaluate_detections.py")
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    text = " ".join(tool.build_parser().format_help().split())
+    assert "by MASK area, with either engine" in text and "ignore_boxes=False" in text
+
+
 def test_lvis_api_engine_reports_bad_input_the_same_way(tmp_path, data):
     ds, res = data
     res = copy.deepcopy(res)

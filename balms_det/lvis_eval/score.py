@@ -7,7 +7,7 @@ import numpy as np
 from ._threads import run_threads
 from .jsonio import load_core
 from .params import AREA_HI, AREA_LO, AREA_RNG, GROUPS, IOU_THRS, REC_THRS, THR_EFF
-from .select import cells
+from .select import by_score_within, cells
 
 __all__ = ["score"]
 
@@ -54,8 +54,8 @@ def _part(d, gt, iou_type, iou_val, cats, out, pooled):
         out[0][idx], out[1][idx] = tp, fp
         return
     # per category: -score, image id, input order (lvis-api's mergesorts); sub is ordered by
-    # image, category, -score, input order, and lexsort is stable
-    order = np.lexsort((-sub.score, sub.cat))
+    # image, category, -score, input order
+    order = by_score_within(sub.cat, sub.score)
     bounds = np.searchsorted(sub.cat[order], np.arange(gt.num_cats + 1))
     _accumulate(tp, fp, order, bounds, np.where(mask[:, None], gt.num_gt, 0), *out)
 

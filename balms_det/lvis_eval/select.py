@@ -13,14 +13,25 @@ import numpy as np
 
 from .jsonio import LVISInputError, where
 
-__all__ = ["Detections", "evaluated", "cells"]
+__all__ = ["Detections", "evaluated", "cells", "by_score_within"]
+
+
+def by_score_within(group, score):
+    """The order sorting by (group, -score, index): ``np.lexsort((-score, group))``, faster, as
+    one sort of group * n + the rank of -score (ties by index) where that fits in int64."""
+    n = len(score)
+    if n == 0 or int(group.max()) >= (2**62) // n or int(group.min()) < 0:
+        return np.lexsort((-score, group))
+    rank = np.empty(n, np.int64)
+    rank[np.argsort(-score, kind="stable")] = np.arange(n)
+    return np.argsort(group.astype(np.int64) * n + rank)
 
 
 def _top_per(group, score, k):
     """(keep, order, starts, counts): the top-``k`` scores of each group (ties in input order);
     ``order`` sorts by (group, -score, input order)."""
     n = len(score)
-    order = np.lexsort((-score, group))
+    order = by_score_within(group, score)
     g = group[order]
     starts = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1] if n else np.zeros(0, np.int64)
     counts = np.diff(np.r_[starts, n])
@@ -119,8 +130,7 @@ def evaluated(cols, gt, protocol, max_dets, dets_per_category, source):
     d.box = box[sel]
     d.iou_off = cols["iou_off"][rp[sel]]
     d.nel = np.zeros(len(sel), bool)
-    # by cell, then score, then input order (d.pos is increasing and lexsort is stable)
-    d = d.subset(np.lexsort((-d.score, d.key)))
+    d = d.subset(by_score_within(d.key, d.score))  # (d.pos is increasing: ties in input order)
     d.nel = gt.not_exhaustive(d.key)
     d.num_kept = np.bincount(cols["cat"][keep], minlength=gt.num_cats)
     d.num_empty = np.bincount(cols["cat"][idx[~ok]], minlength=gt.num_cats)
