@@ -13,22 +13,11 @@ from lvis import LVIS, LVISEval, LVISResults
 from test_fast_lvis import _write, assert_same
 
 from balms_det.evaluation.lvis_compat import lvis_numpy_compat, run_lvis_api
+from balms_det.evaluation.tasks import top_per_category  # Dave et al.'s filter (the reference's)
 from balms_det.lvis_eval import evaluate_lvis
 
 TOL = 1e-9
 POOLS = ("all", "r", "c", "f")
-
-
-def dave_topk(results, k):
-    """The authors' filter: each category's detections sorted by score (stable), the first k,
-    category after category in order of first appearance."""
-    by_cat = {}
-    for r in results:
-        by_cat.setdefault(r["category_id"], []).append(r)
-    out = []
-    for anns in by_cat.values():
-        out.extend(sorted(anns, key=lambda r: r["score"], reverse=True)[:k])
-    return out
 
 
 def pooled_reference(gt_path, results, iou_type, k):
@@ -36,7 +25,7 @@ def pooled_reference(gt_path, results, iou_type, k):
     per-image results of the pool's categories (image-major, as the authors concatenate them),
     sorted by score (stable), then lvis-api's precision / recall computation."""
     gt = LVIS(gt_path)
-    dt = LVISResults(gt, dave_topk(copy.deepcopy(results), k), max_dets=-1)
+    dt = LVISResults(gt, top_per_category(copy.deepcopy(results), k), max_dets=-1)
     ev = LVISEval(gt, dt, iou_type)
     ev.params.max_dets = -1
     with lvis_numpy_compat():
@@ -115,7 +104,7 @@ def test_ap_fixed_equals_lvis_api_with_top_k(tmp_path, seed, adversarial, k):
     counts = np.bincount([r["category_id"] for r in res])
     assert k == 10000 or counts.max() > k  # the top-k keeps fewer than some category has
     for iou_type in ("bbox", "segm"):
-        ref = run_lvis_api(gt_path, dave_topk(copy.deepcopy(res), k), iou_type, max_dets=-1)
+        ref = run_lvis_api(gt_path, top_per_category(copy.deepcopy(res), k), iou_type, max_dets=-1)
         ours = evaluate_lvis(ds, res, iou_type, protocol="fixed", dets_per_category=k)
         assert "AR@-1" in ours.results
         assert_same(ours, ref)
@@ -125,7 +114,7 @@ def test_ap_fixed_equals_lvis_api_with_top_k(tmp_path, seed, adversarial, k):
     # masks without the boxes (mask areas), as the authors' script evaluates them (lvis-api
     # then reads compressed RLEs only)
     nobox = [_rle_only(ds, {key: v for key, v in r.items() if key != "bbox"}) for r in res]
-    ref = run_lvis_api(gt_path, dave_topk(copy.deepcopy(nobox), k), "segm", max_dets=-1)
+    ref = run_lvis_api(gt_path, top_per_category(copy.deepcopy(nobox), k), "segm", max_dets=-1)
     ours = evaluate_lvis(
         ds, nobox, "segm", protocol="fixed", dets_per_category=k, ignore_boxes=True
     )
@@ -191,13 +180,13 @@ def test_fixed_ties_at_the_budget_keep_input_order(tmp_path):
     cat_ids = sorted(c["id"] for c in ds["categories"])
     counts = np.array([sum(r["category_id"] == c for r in res) for c in cat_ids])
     for k in (1, 4):
-        ref = run_lvis_api(gt_path, dave_topk(copy.deepcopy(res), k), "bbox", max_dets=-1)
+        ref = run_lvis_api(gt_path, top_per_category(copy.deepcopy(res), k), "bbox", max_dets=-1)
         ours = evaluate_lvis(ds, res, "bbox", protocol="fixed", dets_per_category=k)
         assert_same(ours, ref)
         assert ours.num_dets.max() <= k
         np.testing.assert_array_equal(ours.num_kept, np.minimum(counts, k))
     rev = res[::-1]
-    ref = run_lvis_api(gt_path, dave_topk(copy.deepcopy(rev), 4), "bbox", max_dets=-1)
+    ref = run_lvis_api(gt_path, top_per_category(copy.deepcopy(rev), 4), "bbox", max_dets=-1)
     assert_same(evaluate_lvis(ds, rev, "bbox", protocol="fixed", dets_per_category=4), ref)
 
 

@@ -203,13 +203,10 @@ class BalmsLVISEvaluator(LVISEvaluator):
             fixed_dets_per_category=ev.FIXED_DETS_PER_CATEGORY,
         )
 
-    @property
-    def _keeps_topk(self):
-        return any(p in ("fixed", "pool") for p in self._protocols)
-
     def reset(self):
         super().reset()
-        self._topk = CategoryTopK(self._dets_per_category) if self._keeps_topk else None
+        keeps = any(p in ("fixed", "pool") for p in self._protocols)  # AP-fixed / AP-pool
+        self._topk = CategoryTopK(self._dets_per_category) if keeps else None
 
     def process(self, inputs, outputs):
         n0 = len(self._predictions)

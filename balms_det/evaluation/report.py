@@ -70,9 +70,8 @@ def per_class_table(gt_dataset, per_class_ap_by_task, train_counts=None, num_det
     rows = []
     for c in sorted(gt_dataset["categories"], key=lambda c: c["id"]):
         cid = c["id"]
-        src = train_counts.get(cid, {}) if train_counts is not None else c
-        if train_counts is not None and cid not in train_counts:
-            src = {"image_count": 0, "instance_count": 0}  # absent from the training set
+        absent = {"image_count": 0, "instance_count": 0}  # (from the training set)
+        src = c if train_counts is None else train_counts.get(cid, absent)
         img, inst = src.get("image_count"), src.get("instance_count")
         row = OrderedDict(category_id=cid, name=c.get("name", str(cid)), group=c.get("frequency"))
         row["train_image_count"] = None if img is None else int(img)
@@ -88,15 +87,11 @@ def per_class_table(gt_dataset, per_class_ap_by_task, train_counts=None, num_det
     return rows
 
 
-def _fields(rows):
-    return list(rows[0].keys()) if rows else list(TABLE_FIELDS)
-
-
 def write_per_class_table(rows, output_dir):
     """Write ``per_class_ap.csv`` and ``per_class_ap.json`` into ``output_dir``; returns paths."""
     csv_path = os.path.join(output_dir, TABLE_CSV)
     json_path = os.path.join(output_dir, TABLE_JSON)
-    fields = _fields(rows)
+    fields = list(rows[0].keys()) if rows else list(TABLE_FIELDS)
     buf = io.StringIO(newline="")
     w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
