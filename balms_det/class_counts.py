@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .longtail import GROUPS, frequency_groups
+from .lvis_eval import check_ground_truth
 from .utils import read_json
 
 __all__ = [
@@ -79,9 +80,7 @@ def counts_from_annotation_file(json_file):
         number of images in the file.
     """
     data = read_json(json_file, "Annotation file")
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise ValueError(f"Annotation file '{json_file}' has no '{key}' key")
+    check_ground_truth(data, json_file, sizes=False)  # (the evaluator's rules: named errors)
     cat_ids = {c["id"] for c in data["categories"]}
     images = defaultdict(set)
     instances = defaultdict(int)

@@ -156,7 +156,7 @@ def add_balms_config(cfg):
 
     # Evaluation (BalmsLVISEvaluator.from_config).
     _C.BALMS.EVAL = CN()
-    # Engine computing the LVIS metrics: "fast" (balms_det.evaluation.fast_lvis, identical
+    # Engine computing the LVIS metrics: "fast" (balms_det.lvis_eval, identical
     # numbers) or "lvis-api" (the reference lvis 0.5.3, run with a numpy compatibility shim;
     # standard and fixed protocols only).
     _C.BALMS.EVAL.ENGINE = "fast"

@@ -19,20 +19,8 @@ __all__ = [
     "amp_dtype",
 ]
 
-# Offending values named in an error message before "... (N in all)".
-EXAMPLES_SHOWN = 10
-
-
-def read_json(path, what, error=ValueError):
-    """Load a JSON file; a missing file raises FileNotFoundError and malformed content
-    ``error``, both naming ``what`` and the path."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{what} '{path}' does not exist")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise error(f"{what} '{path}' is not valid JSON: {e}") from e
+# (one definition, in the evaluation engine, which imports nothing of balms_det)
+from .lvis_eval.jsonio import EXAMPLES_SHOWN, format_examples, read_json  # noqa: E402
 
 
 def atomic_write(path, write, mode="w"):
@@ -67,17 +55,6 @@ def markdown_table(rows, headers, floatfmt=".2f"):
     from tabulate import tabulate
 
     return tabulate(list(rows), headers=list(headers), tablefmt="pipe", floatfmt=floatfmt)
-
-
-def format_examples(values, limit=EXAMPLES_SHOWN, sort=True):
-    """``[v1, v2, ... (N in all)]``: at most ``limit`` distinct values for an error message."""
-    values = list(dict.fromkeys(values))
-    if sort:
-        values = sorted(values, key=lambda v: (str(type(v)), v))
-    shown = ", ".join(repr(v) for v in values[:limit])
-    if len(values) > limit:
-        shown += f", ... ({len(values)} in all)"
-    return "[" + shown + "]"
 
 
 AMP_DTYPES = {"float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}

@@ -9,6 +9,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import load_coco_json
 from detectron2.data.datasets.lvis import load_lvis_json
 
+from .annotation_checks import check_annotation_file
 from .synthetic import SyntheticLTConfig, class_names, generate_synthetic_lt
 
 __all__ = [
@@ -149,6 +150,10 @@ def _load_file_dataset(name, json_file, image_root):
     """Detectron2 dicts of a COCO- or LVIS-format file: Detectron2's COCO loader, or its LVIS
     loader for LVIS-format images that carry ``coco_url`` instead of ``file_name``."""
     what = f"Dataset '{name}' (BALMS.DATASETS.REGISTER): annotation file '{json_file}'"
+    try:  # the evaluator's input rules, before Detectron2 reads an annotation
+        data = check_annotation_file(json_file)
+    except ValueError as e:
+        raise type(e)(f"Dataset '{name}' (BALMS.DATASETS.REGISTER): {e}") from None
     try:
         try:
             return load_coco_json(json_file, image_root, name)
@@ -156,8 +161,7 @@ def _load_file_dataset(name, json_file, image_root):
             if e.args != ("file_name",):
                 raise
         dicts = load_lvis_json(json_file, image_root)  # category ids 1..K, file from coco_url
-        with open(json_file) as f:
-            cats = sorted(json.load(f)["categories"], key=lambda c: c["id"])
+        cats = sorted(data["categories"], key=lambda c: c["id"])
         if [c["id"] for c in cats] != list(range(1, len(cats) + 1)):
             raise ValueError(
                 f"{what}: images have no file_name (LVIS style), which needs category ids "
@@ -193,7 +197,9 @@ def register_file_dataset(name, json_file, image_root):
             f"BALMS.DATASETS.REGISTER entry '{name}': a dataset of that name is already "
             f"registered (annotation file {meta.get('json_file', None)!r}); choose another name"
         )
-    DatasetCatalog.register(name, lambda: _load_file_dataset(name, json_file, image_root))
+    load = lambda: _load_file_dataset(name, json_file, image_root)  # noqa: E731
+    load.balms_checked = True  # (checked as a file)
+    DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="lvis")
 
 

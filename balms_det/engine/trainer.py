@@ -24,6 +24,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_balms_config
+from ..data.annotation_checks import check_dicts_when_loaded
 from ..data.datasets import check_dataset_files, register_datasets_from_cfg
 from ..distributed import group_for
 from ..evaluation.lvis_evaluator import BalmsLVISEvaluator
@@ -153,11 +154,13 @@ class BalmsTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         check_dataset_files(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
+        check_dicts_when_loaded(cfg.DATASETS.TRAIN)  # the evaluator's input rules
         return super().build_train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         check_dataset_files([dataset_name], "DATASETS.TEST")
+        check_dicts_when_loaded([dataset_name])
         return super().build_test_loader(cfg, dataset_name)
 
     @classmethod
