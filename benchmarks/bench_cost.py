@@ -96,13 +96,12 @@ class Variant:
         """Fill a cached Meta Reweigher's feature cache with every image of its meta set: the
         steady state of a stage 2 longer than one pass over the meta set (a cold cache runs the
         detector on every new meta image, which is the uncached step)."""
-        from balms_det.data.meta_sampler import meta_dataset_dicts, meta_mapper
+        from balms_det.data.meta_sampler import meta_mapper
 
-        cfg = self.trainer.cfg
-        dicts = meta_dataset_dicts(cfg)
-        mapper = meta_mapper(cfg)
-        for i in range(0, len(dicts), 8):
-            self.hook.meta_features([mapper(d) for d in dicts[i : i + 8]])
+        meta = self.hook.meta_set  # the training set, shared with the train loader
+        mapper = meta_mapper(self.trainer.cfg)
+        for i in range(0, len(meta), 8):
+            self.hook.meta_features([mapper(meta[j]) for j in range(i, min(i + 8, len(meta)))])
         return len(self.hook.cache)
 
     def feed(self, batch_ref):
