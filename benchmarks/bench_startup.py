@@ -3,14 +3,17 @@
 
 On an LVIS-v1-like annotation file without images (``make_lvis_like.py``: LVIS v1's long tail,
 size, and fields; registered with Detectron2's LVIS loader and its builtin LVIS v1 metadata),
-each path is built in a fresh process and timed (wall time of the build, after imports) with
-its peak resident memory (``ru_maxrss``, imports included) and the memory still resident after
-the build:
+each path is built in a fresh process and timed (wall time and CPU time, user + system, of the
+build, after imports) with its peak resident memory (``ru_maxrss``, imports included) and the
+memory still resident after the build. On a shared machine the CPU time is the steadier
+measure (other processes stretch the wall time, not the CPU time):
 
 * ``d2_loader``: Detectron2's ``build_detection_train_loader(cfg)`` alone (the LVIS recipe's
   ``RepeatFactorTrainingSampler``, threshold 0.001): the reference of the ratios;
 * ``d2_trainer``: Detectron2's ``DefaultTrainer(cfg)`` with its stock box head (model,
   optimizer, loader, hooks): the same work a ``BalmsTrainer`` does, without balms-det;
+* ``d2_model``: Detectron2's ``build_model(cfg)`` alone (stock head): the part of every trainer
+  build that does not depend on the data;
 * ``softmax`` (configs/lvis/stage1_softmax_r50.yaml), ``balanced_sigmoid``
   (configs/lvis_balms_r50.yaml, the LVIS recipe), ``prior_sampler`` (the same with
   ``MODEL.ROI_BOX_HEAD.BALMS.PRIOR sampler``) and ``stage2_meta``
@@ -47,6 +50,8 @@ BASE = os.path.join(CONFIGS, "Base-LVIS-R50.yaml")
 PATHS = {
     "d2_loader": ("d2_loader", BASE, []),
     "d2_trainer": ("d2_trainer", BASE, ["MODEL.ROI_HEADS.NAME", "StandardROIHeads"]),
+    # the model alone (Detectron2's build_model, stock head): what d2_loader leaves out
+    "d2_model": ("d2_model", BASE, ["MODEL.ROI_HEADS.NAME", "StandardROIHeads"]),
     "softmax": ("balms", os.path.join(CONFIGS, "lvis", "stage1_softmax_r50.yaml"), []),
     "balanced_sigmoid": ("balms", os.path.join(CONFIGS, "lvis_balms_r50.yaml"), []),
     "prior_sampler": (
@@ -56,7 +61,7 @@ PATHS = {
     ),
     "stage2_meta": ("balms", os.path.join(CONFIGS, "lvis", "stage2_balms_meta_r50.yaml"), []),
 }
-GOAL = {"stage2_meta": 1.2}  # every other path: 1.1
+GOAL = {"stage2_meta": 1.2}  # every other path: 1.1 (CPU time and peak memory)
 
 
 def dataset_name(images):
@@ -95,6 +100,7 @@ def child(args):
     cfg = setup_cfg(config, opts + common)
     gc.collect()
     start = _rss()
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     if kind == "d2_loader":
         from detectron2.data import build_detection_train_loader
@@ -104,6 +110,10 @@ def child(args):
         from detectron2.engine import DefaultTrainer
 
         keep = DefaultTrainer(cfg)
+    elif kind == "d2_model":
+        from detectron2.modeling import build_model
+
+        keep = build_model(cfg)
     else:
         from balms_det.engine.meta_reweigher import MetaReweigher
         from balms_det.engine.trainer import BalmsTrainer
@@ -113,11 +123,14 @@ def child(args):
             if isinstance(h, MetaReweigher):
                 h._build_loader()  # the meta loader, as its before_train builds it
     seconds = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     gc.collect()
     out = dict(
         path=args.child,
         images=args.child_images,
         seconds=seconds,
+        cpu_seconds=cpu,
         peak_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         rss_start=start,
         rss_after=_rss(),
@@ -149,7 +162,10 @@ def summarize(runs, images):
         if r["images"] == images:
             by.setdefault(r["label"], []).append(r)
     med = {
-        k: {m: statistics.median(x[m] for x in v) for m in ("seconds", "peak_rss", "rss_after")}
+        k: {
+            m: statistics.median(x[m] for x in v)
+            for m in ("seconds", "cpu_seconds", "peak_rss", "rss_after")
+        }
         for k, v in by.items()
     }
     rows = []
@@ -159,35 +175,45 @@ def summarize(runs, images):
         for ref in ("d2_loader", "d2_trainer"):
             if ref in med:
                 row[f"time_vs_{ref}"] = m["seconds"] / med[ref]["seconds"]
+                row[f"cpu_vs_{ref}"] = m["cpu_seconds"] / med[ref]["cpu_seconds"]
                 row[f"peak_vs_{ref}"] = m["peak_rss"] / med[ref]["peak_rss"]
         goal = GOAL.get(path, 1.1)
         if not path.startswith("d2_") and "time_vs_d2_loader" in row:
+            # the goal: CPU time and peak memory against Detectron2's loader build alone, and
+            # against its trainer (which pays the same model build)
             row["goal"] = goal
-            row["within_goal"] = bool(
-                row["time_vs_d2_loader"] <= goal and row["peak_vs_d2_loader"] <= goal
-            )
+            for ref in ("d2_loader", "d2_trainer"):
+                if f"cpu_vs_{ref}" in row:
+                    row[f"within_goal_vs_{ref}"] = bool(
+                        row[f"cpu_vs_{ref}"] <= goal and row[f"peak_vs_{ref}"] <= goal
+                    )
         rows.append(row)
     return rows
 
 
 def markdown(rows):
     gib = 2**30
+
+    def ratio(r, key):
+        return f"{r[key]:.2f}x" if key in r else "-"
+
+    def goal(r, ref):
+        key = f"within_goal_vs_{ref}"
+        return ("yes" if r[key] else "NO") if key in r else ""
+
     lines = [
-        "| images | path | build (s) | vs D2 loader | vs D2 trainer | peak RSS (GiB) | "
-        "vs D2 loader | vs D2 trainer | resident after (GiB) | goal |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| images | path | build wall (s) | CPU (s) | CPU vs D2 loader | CPU vs D2 trainer | "
+        "peak RSS (GiB) | vs D2 loader | vs D2 trainer | resident after (GiB) | "
+        "goal vs loader | goal vs trainer |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        goal = ""
-        if "goal" in r:
-            goal = f"<= {r['goal']:.1f}x: {'yes' if r['within_goal'] else 'NO'}"
         lines.append(
-            f"| {r['images']} | {r['label']} | {r['seconds']:.1f} | "
-            f"{r.get('time_vs_d2_loader', float('nan')):.2f}x | "
-            f"{r.get('time_vs_d2_trainer', float('nan')):.2f}x | "
-            f"{r['peak_rss'] / gib:.2f} | {r.get('peak_vs_d2_loader', float('nan')):.2f}x | "
-            f"{r.get('peak_vs_d2_trainer', float('nan')):.2f}x | {r['rss_after'] / gib:.2f} | "
-            f"{goal} |"
+            f"| {r['images']} | {r['label']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | "
+            f"{ratio(r, 'cpu_vs_d2_loader')} | {ratio(r, 'cpu_vs_d2_trainer')} | "
+            f"{r['peak_rss'] / gib:.2f} | {ratio(r, 'peak_vs_d2_loader')} | "
+            f"{ratio(r, 'peak_vs_d2_trainer')} | {r['rss_after'] / gib:.2f} | "
+            f"{goal(r, 'd2_loader')} | {goal(r, 'd2_trainer')} |"
         )
     return "\n".join(lines)
 
@@ -232,7 +258,8 @@ def main():
                 runs.append(res)
                 print(
                     f"[bench_startup] {n} images, round {r}, {res['label']}: "
-                    f"{res['seconds']:.1f} s, peak {res['peak_rss'] / 2**30:.2f} GiB",
+                    f"{res['seconds']:.1f} s ({res['cpu_seconds']:.1f} s CPU), "
+                    f"peak {res['peak_rss'] / 2**30:.2f} GiB",
                     flush=True,
                 )
     rows = [row for n in args.images for row in summarize(runs, n)]
