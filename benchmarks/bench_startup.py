@@ -29,6 +29,10 @@ same rounds, as ``<path> (before)``.
 
     flock /tmp/balms-heavy.lock .venv/bin/python benchmarks/bench_startup.py \\
         --images 10000 100170 --rounds 2 --out output/bench_startup
+
+``--breakdown`` times, in one process on one read, each pass Detectron2 and balms-det make over
+the training set (CPU time, median of 3): the steady answer to "what does balms-det add to a
+read" on a machine too noisy for 10% differences between processes.
 """
 
 import argparse
@@ -140,6 +144,67 @@ def child(args):
 
 
 # ------------------------------------------------------------------------------------------
+# What balms-det adds to a read, piece by piece (one process, one read)
+# ------------------------------------------------------------------------------------------
+def breakdown(args, images, repeats=3):
+    """CPU seconds (median of ``repeats``) of each pass over one read of the training set:
+    Detectron2's (the read, its repeat-factor pass, its serialization) and balms-det's (the
+    class index, and every statistic taken from it), with the memory the index holds."""
+    from detectron2.data import get_detection_dataset_dicts
+    from detectron2.data.common import DatasetFromList
+    from detectron2.data.datasets import register_lvis_instances
+    from detectron2.data.datasets.lvis import get_lvis_instances_meta
+    from detectron2.data.samplers import RepeatFactorTrainingSampler
+
+    from balms_det.class_index import ImageClassIndex
+
+    name = dataset_name(images)
+    json_file, image_root = data_paths(args.data, images)
+    register_lvis_instances(name, get_lvis_instances_meta("lvis_v1_train"), json_file, image_root)
+
+    def cpu():
+        return time.process_time()
+
+    t = cpu()
+    dicts = get_detection_dataset_dicts([name])
+    read = cpu() - t
+    K = 1203
+
+    def timed(fn):
+        out = []
+        for _ in range(repeats):
+            t = cpu()
+            value = fn()
+            out.append(cpu() - t)
+        return statistics.median(out), value
+
+    rfs = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency
+    d2_rfs, _ = timed(lambda: rfs(dicts, 0.001))
+    index_s, index = timed(lambda: ImageClassIndex.from_dicts(dicts))
+    arrays = [index.inst_image, index.inst_class, index.pair_image, index.pair_class]
+    index_bytes = sum(a.nbytes for a in arrays)
+    r_s, r = timed(lambda: index.repeat_factors(0.001))
+    counts_s, _ = timed(lambda: (index.image_counts(K), index.instance_counts(K)))
+    sampled_s, _ = timed(lambda: (index.image_counts(K, r), index.instance_counts(K, r)))
+    meta_s, _ = timed(lambda: (index.class_balanced_factors(), index.classes_present(K)))
+    ser_s, _ = timed(lambda: DatasetFromList(dicts, copy=False))
+    rows = [
+        ("Detectron2: read (get_detection_dataset_dicts)", read),
+        ("Detectron2: repeat factors (its Python pass)", d2_rfs),
+        ("Detectron2: serialization (DatasetFromList)", ser_s),
+        ("balms-det: class index (one pass)", index_s),
+        ("balms-det: repeat factors from the index", r_s),
+        ("balms-det: image and instance counts", counts_s),
+        ("balms-det: counts under the repeat factors (sampler prior)", sampled_s),
+        ("balms-det: meta factors and classes present", meta_s),
+    ]
+    lines = ["| pass | CPU (s) | vs the read |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.3f} | {v / read:.4f}x |" for k, v in rows]
+    lines.append(f"| balms-det: memory of the class index | {index_bytes / 2**20:.1f} MiB | |")
+    return "\n".join(lines), dict(images=images, rows=rows, index_bytes=index_bytes)
+
+
+# ------------------------------------------------------------------------------------------
 # The rounds
 # ------------------------------------------------------------------------------------------
 def run_child(args, path, images, code=None):
@@ -227,6 +292,12 @@ def main():
     ap.add_argument("--before", default="", help="folder holding an older balms_det package")
     ap.add_argument("--data", default=os.path.join(REPO, "datasets", "lvis_like"))
     ap.add_argument("--out", default=os.path.join(REPO, "output", "bench_startup"))
+    ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="time each pass over one read in this process instead (Detectron2's and "
+        "balms-det's); writes breakdown.md",
+    )
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     ap.add_argument("--child-images", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -244,6 +315,11 @@ def main():
             print(f"[bench_startup] generating {json_file}", flush=True)
             generated[n] = make_lvis_like(json_file, n)
             print(f"[bench_startup] {generated[n]}", flush=True)
+    if args.breakdown:
+        parts = [breakdown(args, n) for n in args.images]
+        md = "\n\n".join(f"{p[1]['images']} images:\n\n{p[0]}" for p in parts)
+        write_outputs(args.out, "breakdown", md, {"parts": [p[1] for p in parts]})
+        return
     jobs = [(p, None) for p in args.paths]
     if args.before:
         jobs += [(p, os.path.abspath(args.before)) for p in args.paths if PATHS[p][0] == "balms"]
