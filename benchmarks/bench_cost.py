@@ -31,8 +31,9 @@ M meta images) sweep the hook's settings; trailing ``KEY VALUE`` pairs override 
 The LVIS recipe (R50-FPN, 1,203 classes, balanced sigmoid, the balanced meta loss, 1 meta image
 per 2 training images), on 320-px batches of 2::
 
-    .venv/bin/python benchmarks/bench_cost.py --config-file configs/lvis/stage2_balms_meta_r50.yaml \
-        --num-classes 1203 --loss balanced_sigmoid --steps 24 --variants stage2_classifier_only \
+    .venv/bin/python benchmarks/bench_cost.py \
+        --config-file configs/lvis/stage2_balms_meta_r50.yaml --num-classes 1203 \
+        --loss balanced_sigmoid --steps 24 --variants stage2_classifier_only \
         stage2_meta_p1_m1 stage2_meta_p4_m1 stage2_meta_p8_m1 --out output/bench_cost_lvis \
         SOLVER.IMS_PER_BATCH 2 INPUT.MIN_SIZE_TRAIN "(320,)" INPUT.MAX_SIZE_TRAIN 320 \
         DATALOADER.NUM_WORKERS 0 MODEL.WEIGHTS "" MODEL.DEVICE cpu

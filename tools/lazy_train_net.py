@@ -32,6 +32,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from balms_det.data.training_set import shared_training_sets
+from balms_det.distributed import hide_cuda_for_cpu_processes
 from balms_det.engine.lazy import balms_hooks, freeze_trainable
 from balms_det.engine.trainer import build_ddp_model, newest_loadable_checkpoint
 
@@ -155,6 +156,9 @@ def main(args):
 def invoke_main() -> None:
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    device = cfg.train.get("device", "cuda")
+    hide_cuda_for_cpu_processes(device, args.num_gpus * args.num_machines)  # gloo, not NCCL
     launch(
         main,
         args.num_gpus,
