@@ -2,7 +2,7 @@
 # Both create .venv with the tested stack on first use (scripts/ensure_venv.sh).
 PY := .venv/bin/python
 
-.PHONY: venv run test bench format clean-data sanitize golden gpu-check gpu-check-dry-run
+.PHONY: venv run test bench bench-startup format clean-data sanitize golden gpu-check gpu-check-dry-run
 
 venv:
 	@bash scripts/ensure_venv.sh
@@ -40,6 +40,12 @@ bench: venv
 		decoupled_los_d0.9 decoupled_los_d0.9_fg balanced_softmax seesaw eqlv2 sigmoid_rfs \
 		balms_published
 	$(PY) benchmarks/bench_cost.py --steps 30 --out output/bench_cost
+
+# Start-up cost at LVIS size (docs/RESULTS.md): generates LVIS-v1-size annotation files (10k and
+# 100k images, no images) under datasets/lvis_like/ (650 MB) and builds each path in a fresh
+# process; needs about 7 GB of memory and an hour on 2 cores.
+bench-startup: venv
+	$(PY) benchmarks/bench_startup.py --images 10000 100170 --rounds 2 --out output/bench_startup
 
 # The evaluation engine's compiled core (balms_det/lvis_eval/csrc and its Cython binding) built
 # with AddressSanitizer and UndefinedBehaviorSanitizer (gcc) into a temporary copy of the package,

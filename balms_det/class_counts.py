@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .class_index import ImageClassIndex
 from .longtail import GROUPS, frequency_groups
 from .lvis_eval import check_ground_truth
 from .utils import read_json
@@ -72,18 +73,14 @@ class ClassCounts:
         return len(self.image_count)
 
 
-def counts_from_annotation_file(json_file):
-    """Per-category counts of an LVIS/COCO-format annotation file.
-
-    Returns:
-        list of dicts ``{"id", "name", "image_count", "instance_count"}`` sorted by id, and the
-        number of images in the file.
-    """
+def _annotation_file_counts(json_file):
+    """(per-category info, images in the file, images with a non-crowd annotation)."""
     data = read_json(json_file, "Annotation file")
     check_ground_truth(data, json_file, sizes=False)  # (the evaluator's rules: named errors)
     cat_ids = {c["id"] for c in data["categories"]}
     images = defaultdict(set)
     instances = defaultdict(int)
+    annotated = set()
     for a in data["annotations"]:
         if a["category_id"] not in cat_ids:
             raise ValueError(
@@ -94,6 +91,7 @@ def counts_from_annotation_file(json_file):
             continue
         images[a["category_id"]].add(a["image_id"])
         instances[a["category_id"]] += 1
+        annotated.add(a["image_id"])
     info = [
         dict(
             id=c["id"],
@@ -103,15 +101,35 @@ def counts_from_annotation_file(json_file):
         )
         for c in sorted(data["categories"], key=lambda c: c["id"])
     ]
-    return info, len(data["images"])
+    return info, len(data["images"]), len(annotated)
+
+
+def counts_from_annotation_file(json_file):
+    """Per-category counts of an LVIS/COCO-format annotation file.
+
+    Returns:
+        list of dicts ``{"id", "name", "image_count", "instance_count"}`` sorted by id, and the
+        number of images in the file.
+    """
+    info, num_images, _ = _annotation_file_counts(json_file)
+    return info, num_images
 
 
 def write_cat_info(json_file, out_file):
-    """Write the cat-info JSON of an annotation file; returns the list written."""
-    info, num_images = counts_from_annotation_file(json_file)
+    """Write the cat-info JSON of an annotation file; returns the list written.
+
+    ``num_images`` is the number of training images: the images with at least one non-crowd
+    annotation, which Detectron2's train loader keeps (``DATALOADER.FILTER_EMPTY_ANNOTATIONS``,
+    its default) and which the balanced sigmoid loss divides by; ``num_images_in_file`` counts
+    every image of the file."""
+    info, in_file, annotated = _annotation_file_counts(json_file)
     os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
     with open(out_file, "w") as f:
-        json.dump({"num_images": num_images, "categories": info}, f, indent=1)
+        json.dump(
+            {"num_images": annotated, "num_images_in_file": in_file, "categories": info},
+            f,
+            indent=1,
+        )
     return info
 
 
@@ -192,8 +210,19 @@ def instance_classes(record):
 
 
 def counts_from_dataset_dicts(dataset_dicts, num_classes):
-    """ClassCounts of Detectron2-format dicts (contiguous category ids)."""
-    return sampled_class_counts(dataset_dicts, np.ones(len(dataset_dicts)), num_classes)
+    """ClassCounts of Detectron2-format dicts (contiguous category ids), or of a
+    :class:`~balms_det.class_index.ImageClassIndex` of them."""
+    return sampled_class_counts(dataset_dicts, None, num_classes)
+
+
+def _index_of(dataset_dicts):
+    """(ImageClassIndex, file_name(position)) of dicts or of an index."""
+    if isinstance(dataset_dicts, ImageClassIndex):
+        return dataset_dicts, None
+    index = getattr(dataset_dicts, "class_index", None)  # a TrainingSet
+    if index is not None:
+        return index, dataset_dicts.file_name
+    return ImageClassIndex.from_dicts(dataset_dicts), lambda i: dataset_dicts[i].get("file_name")
 
 
 def sampled_class_counts(dataset_dicts, repeat_factors, num_classes):
@@ -201,8 +230,9 @@ def sampled_class_counts(dataset_dicts, repeat_factors, num_classes):
     (in expectation), e.g. Detectron2's ``RepeatFactorTrainingSampler``.
 
     Args:
-        dataset_dicts: N Detectron2-format dicts (contiguous category ids).
-        repeat_factors: (N,) non-negative numbers (list, numpy array or tensor).
+        dataset_dicts: N Detectron2-format dicts (contiguous category ids), a ``TrainingSet``
+            or an :class:`~balms_det.class_index.ImageClassIndex` of them.
+        repeat_factors: (N,) non-negative numbers (list, numpy array or tensor); None: all 1.
         num_classes: K.
 
     Returns:
@@ -211,29 +241,25 @@ def sampled_class_counts(dataset_dicts, repeat_factors, num_classes):
         instances excluded, as in :func:`counts_from_dataset_dicts`), ``num_images`` = sum r_i.
         All repeat factors 1 give :func:`counts_from_dataset_dicts`.
     """
-    r = np.asarray(
-        repeat_factors.tolist() if hasattr(repeat_factors, "tolist") else repeat_factors,
-        dtype=np.float64,
-    ).reshape(-1)
-    if len(r) != len(dataset_dicts):
-        raise ValueError(
-            f"{len(r)} repeat factors for {len(dataset_dicts)} images: one per image is needed"
-        )
-    if len(r) and not (np.isfinite(r).all() and (r >= 0).all()):
-        raise ValueError("repeat factors must be finite and non-negative")
-    image_count = np.zeros(num_classes)
-    instance_count = np.zeros(num_classes)
-    for d, ri in zip(dataset_dicts, r):
-        classes = instance_classes(d)
-        for k in classes:
-            if not 0 <= k < num_classes:
-                raise ValueError(
-                    f"Image '{d.get('file_name')}' has category id {k}, outside the model's "
-                    f"{num_classes} classes"
-                )
-        np.add.at(instance_count, classes, ri)
-        np.add.at(image_count, sorted(set(classes)), ri)
-    return ClassCounts(image_count, instance_count, float(r.sum()))
+    index, file_name = _index_of(dataset_dicts)
+    r = None
+    if repeat_factors is not None:
+        r = np.asarray(
+            repeat_factors.tolist() if hasattr(repeat_factors, "tolist") else repeat_factors,
+            dtype=np.float64,
+        ).reshape(-1)
+        if len(r) != len(index):
+            raise ValueError(
+                f"{len(r)} repeat factors for {len(index)} images: one per image is needed"
+            )
+        if len(r) and not (np.isfinite(r).all() and (r >= 0).all()):
+            raise ValueError("repeat factors must be finite and non-negative")
+    index.check_classes(num_classes, file_name)
+    return ClassCounts(
+        index.image_counts(num_classes, r),
+        index.instance_counts(num_classes, r),
+        float(r.sum()) if r is not None else len(index),
+    )
 
 
 def _counts_from_metadata(meta, K):
@@ -264,10 +290,18 @@ class CountSource:
     repeat_threshold: float = 0.0  # DATALOADER.REPEAT_THRESHOLD
     repeat_sqrt: bool = True  # DATALOADER.REPEAT_SQRT
     filter_empty: bool = True  # DATALOADER.FILTER_EMPTY_ANNOTATIONS
+    # how Detectron2's train loader reads DATASETS.TRAIN besides FILTER_EMPTY_ANNOTATIONS
+    # (MODEL.KEYPOINT_ON / MIN_KEYPOINTS_PER_IMAGE, MODEL.LOAD_PROPOSALS /
+    # DATASETS.PROPOSAL_FILES_TRAIN), so that the counts come from the loader's own read
+    min_keypoints: int = 0
+    proposal_files: tuple = ()
 
     @classmethod
     def from_cfg(cls, cfg):
+        from .data.training_set import training_set_args
+
         b, dl = cfg.MODEL.ROI_BOX_HEAD.BALMS, cfg.DATALOADER
+        read = training_set_args(cfg)
         return cls(
             dataset_names=tuple(cfg.DATASETS.TRAIN),
             num_classes=int(cfg.MODEL.ROI_HEADS.NUM_CLASSES),
@@ -277,7 +311,26 @@ class CountSource:
             sampler=dl.SAMPLER_TRAIN,
             repeat_threshold=float(dl.REPEAT_THRESHOLD),
             repeat_sqrt=bool(dl.get("REPEAT_SQRT", True)),
-            filter_empty=bool(dl.FILTER_EMPTY_ANNOTATIONS),
+            filter_empty=read["filter_empty"],
+            min_keypoints=read["min_keypoints"],
+            proposal_files=tuple(read["proposal_files"] or ()),
+        )
+
+    def training_set(self, read=True):
+        """The training set as Detectron2's train loader reads it (the one shared by the
+        counts, the loader and the meta set inside ``shared_training_sets``;
+        balms_det/data/training_set.py); with ``read`` False, only one already read in that
+        scope, else None."""
+        from .data.training_set import loaded_training_set, training_set
+
+        args = dict(names=self.dataset_names, **self._read_args())
+        return training_set(**args) if read else loaded_training_set(**args)
+
+    def _read_args(self):
+        return dict(
+            filter_empty=self.filter_empty,
+            min_keypoints=self.min_keypoints,
+            proposal_files=self.proposal_files or None,
         )
 
     def check(self):
@@ -331,6 +384,7 @@ class CountSource:
             need_instances=need_instances,
             need_num_images=need_num_images,
             read=read,
+            read_args=self._read_args(),
         )
 
     def _name_classes(self, counts, names, metas):
@@ -343,15 +397,13 @@ class CountSource:
                 )
             counts.names = list(metas[0].thing_classes)
 
-    def sampler_counts(self):
+    def sampler_counts(self, read=True):
         """(sampled, dataset) ClassCounts under ``RepeatFactorTrainingSampler``: the training
-        set as Detectron2's train loader reads it (``get_detection_dataset_dicts`` with
-        ``FILTER_EMPTY_ANNOTATIONS``), the repeat factors Detectron2 computes for it
-        (``repeat_factors_from_category_frequency`` with ``REPEAT_THRESHOLD`` /
-        ``REPEAT_SQRT``), and :func:`sampled_class_counts`. Computed once per process and
-        setting (cached in the first dataset's metadata)."""
-        from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
-        from detectron2.data.samplers import RepeatFactorTrainingSampler
+        set as Detectron2's train loader reads it (:meth:`training_set`), the repeat factors
+        Detectron2 computes for it (``repeat_factors_from_category_frequency`` with
+        ``REPEAT_THRESHOLD`` / ``REPEAT_SQRT``, to the bit) and :func:`sampled_class_counts`.
+        ``(None, None)`` when ``read`` is False and the set was not read yet."""
+        from detectron2.data import MetadataCatalog
 
         from .data.datasets import check_registered
 
@@ -362,22 +414,13 @@ class CountSource:
                 "to compute the repeat factors of RepeatFactorTrainingSampler"
             )
         check_registered(names, "DATASETS.TRAIN")
+        train = self.training_set(read)
+        if train is None:
+            return None, None
+        factors = train.repeat_factors(self.repeat_threshold, self.repeat_sqrt)
+        sampled = sampled_class_counts(train, factors, self.num_classes)
+        dataset = counts_from_dataset_dicts(train, self.num_classes)
         metas = [MetadataCatalog.get(n) for n in names]
-        if metas[0].get("balms_sampler_counts", None) is None:
-            metas[0].set(balms_sampler_counts={})
-        cache = metas[0].balms_sampler_counts
-        key = (tuple(names), self.repeat_threshold, self.repeat_sqrt, self.filter_empty)
-        if key not in cache:
-            dicts = get_detection_dataset_dicts(names, filter_empty=self.filter_empty)
-            factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
-                dicts, self.repeat_threshold, sqrt=self.repeat_sqrt
-            )
-            K = self.num_classes
-            cache[key] = (
-                sampled_class_counts(dicts, factors, K),
-                counts_from_dataset_dicts(dicts, K),
-            )
-        sampled, dataset = cache[key]
         for c in (sampled, dataset):
             self._name_classes(c, names, metas)
         return sampled, dataset
@@ -394,9 +437,9 @@ class CountSource:
         """
         self.check()
         if self.follows_sampler:
-            if not read:
+            prior, dataset = self.sampler_counts(read)
+            if prior is None:
                 return None
-            prior, dataset = self.sampler_counts()
             source = (
                 f"RepeatFactorTrainingSampler (REPEAT_THRESHOLD {self.repeat_threshold:g}, "
                 f"sqrt {self.repeat_sqrt}) over DatasetCatalog {', '.join(self.dataset_names)}"
@@ -429,6 +472,45 @@ def class_counts_from_cfg(cfg, need_instances=False, need_num_images=False, read
     return CountSource.from_cfg(cfg).dataset_counts(need_instances, need_num_images, read)
 
 
+def _counts_of_datasets(names, metas, K, need_instances, need_num_images, read, read_args):
+    """The counts of :func:`dataset_class_counts` without CAT_INFO: ``(ClassCounts, source)``,
+    or ``(None, None)`` when they need a read and ``read`` is False."""
+    from .data.training_set import loaded_training_set, training_set, training_set_key
+
+    args = dict(read_args or {})
+    args["names"] = tuple(names)
+    # counts computed from the data earlier in this process, per way of reading the data
+    if metas[0].get("balms_class_counts", None) is None:
+        metas[0].set(balms_class_counts={})
+    cache, cache_key = metas[0].balms_class_counts, training_set_key(**args)
+    what = "DatasetCatalog " + ", ".join(names)
+    if cache_key in cache:
+        return cache[cache_key], what + " (computed earlier, cached)"
+
+    def train_set():  # the loader's read (shared in scope), or None without reading
+        return training_set(**args) if read else loaded_training_set(**args)
+
+    from_meta = [_counts_from_metadata(m, K) for m in metas]
+    if not need_instances and all(c is not None for c in from_meta):
+        img = np.sum(from_meta, axis=0)
+        source = "class_image_count metadata of " + ", ".join(names)
+        num_images = [m.get("num_images", None) for m in metas]
+        n = sum(num_images) if all(num_images) else 0
+        if need_num_images and not n:
+            data = train_set()
+            if data is None:
+                return None, None
+            n = len(data)
+            source += f" ({n} training images: the length of the training set)"
+        return ClassCounts(img, img, n), source
+    data = train_set()
+    if data is None:
+        return None, None
+    counts = counts_from_dataset_dicts(data, K)
+    cache[cache_key] = counts
+    return counts, what + " (computed once, cached)"
+
+
 def dataset_class_counts(
     dataset_names,
     num_classes=None,
@@ -439,9 +521,17 @@ def dataset_class_counts(
     read=True,
     key="DATASETS.TRAIN",
     num_classes_key="MODEL.ROI_HEADS.NUM_CLASSES",
+    read_args=None,
 ):
     """ClassCounts of registered datasets (summed) and a sentence saying where they came from;
     the sources of :func:`class_counts_from_cfg`, without a config.
+
+    In order: ``cat_info``; counts computed earlier in this process (cached in the first
+    dataset's metadata); Detectron2's ``class_image_count`` metadata (image counts, when no
+    instance counts are needed; the number of training images from ``num_images`` metadata,
+    else the length of the training set, whose read the train loader shares); else the
+    training set itself (:func:`balms_det.data.training_set.training_set`: read once, shared
+    with the train loader and the meta set inside ``shared_training_sets``).
 
     Args:
         dataset_names (str or list[str]): registered dataset names.
@@ -450,12 +540,15 @@ def dataset_class_counts(
         cat_info (str): a cat-info JSON to read instead of the datasets.
         need_instances, need_num_images, read: see :func:`class_counts_from_cfg`.
         key, num_classes_key: how errors name the dataset names and K.
+        read_args (dict): how the training set is read (``filter_empty``, ``min_keypoints``,
+            ``proposal_files`` of :func:`~balms_det.data.training_set.training_set`); default
+            Detectron2's (images without a non-crowd annotation dropped).
 
     Raises:
         ValueError: a name is not registered (naming it and ``key``), or K is unknown or
             disagrees with the dataset's classes.
     """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data import MetadataCatalog
 
     from .data.datasets import check_registered
 
@@ -487,30 +580,11 @@ def dataset_class_counts(
         counts = load_cat_info(cat_info, K, mapping)
         source = f"CAT_INFO file '{cat_info}'"
     else:
-        cached = [m.get("balms_class_counts", None) for m in metas]
-        from_meta = [_counts_from_metadata(m, K) for m in metas]
-        num_images = [m.get("num_images", None) for m in metas]
-        if all(c is not None for c in cached):
-            counts = _sum_counts(cached)
-            source = "DatasetCatalog " + ", ".join(names) + " (computed earlier, cached)"
-        elif (
-            not need_instances
-            and all(c is not None for c in from_meta)
-            and (not need_num_images or all(n for n in num_images))
-        ):
-            img = np.sum(from_meta, axis=0)
-            counts = ClassCounts(img, img, sum(n or 0 for n in num_images))
-            source = "class_image_count metadata of " + ", ".join(names)
-        elif not read:
+        counts, source = _counts_of_datasets(
+            names, metas, K, need_instances, need_num_images, read, read_args
+        )
+        if counts is None:
             return None, None
-        else:
-            parts = []
-            for name, meta in zip(names, metas):
-                c = counts_from_dataset_dicts(DatasetCatalog.get(name), K)
-                meta.set(balms_class_counts=c)
-                parts.append(c)
-            counts = _sum_counts(parts)
-            source = "DatasetCatalog " + ", ".join(names) + " (computed once, cached)"
     if thing_classes is not None:
         counts.names = list(thing_classes)
     return counts, source
@@ -529,10 +603,12 @@ def lazy_class_counts(dataset_names, count_type="image_count", *, num_classes=No
         )
 
     Image counts come from the ``class_image_count`` metadata when every dataset has it
-    (Detectron2's LVIS v1 metadata: no file is read), else they are computed once from
-    ``DatasetCatalog`` and cached in the metadata (so the ``class_image_counts`` and
-    ``num_train_images`` calls of the same config reuse them); instance counts always come
-    from the data (or ``cat_info``).
+    (Detectron2's LVIS v1 metadata: no file is read), else they are computed once from the
+    training set as Detectron2's ``get_detection_dataset_dicts`` reads it (images without a
+    non-crowd annotation dropped) and cached in the metadata (so the ``class_image_counts``
+    and ``num_train_images`` calls of the same config reuse them); instance counts always come
+    from the data (or ``cat_info``). Inside ``shared_training_sets`` (``tools/lazy_train_net.py``)
+    that read is the one of a ``dataloader.train.dataset = L(training_set)(...)``.
 
     Args:
         dataset_names (str or list[str]): registered training dataset(s); counts are summed.
@@ -564,9 +640,10 @@ def lazy_class_counts(dataset_names, count_type="image_count", *, num_classes=No
 
 def lazy_num_train_images(dataset_names, *, num_classes=None, cat_info=""):
     """The number of training images of registered datasets (summed), for a LazyConfig
-    (``num_train_images=`` of a balanced-sigmoid predictor); from ``num_images`` metadata or
-    ``cat_info`` when present, else counted from ``DatasetCatalog`` once (cached with the
-    class counts). Arguments and errors as :func:`lazy_class_counts`."""
+    (``num_train_images=`` of a balanced-sigmoid predictor): the images with a non-crowd
+    annotation, those Detectron2's train loader keeps; from ``num_images`` metadata or
+    ``cat_info`` when present, else the length of the training set (read once, shared as in
+    :func:`lazy_class_counts`). Arguments and errors as :func:`lazy_class_counts`."""
     counts, _ = dataset_class_counts(
         dataset_names,
         num_classes,
@@ -576,15 +653,6 @@ def lazy_num_train_images(dataset_names, *, num_classes=None, cat_info=""):
         num_classes_key="lazy_num_train_images(num_classes=...)",
     )
     return int(counts.num_images)
-
-
-def _sum_counts(parts):
-    return ClassCounts(
-        np.sum([p.image_count for p in parts], axis=0),
-        np.sum([p.instance_count for p in parts], axis=0),
-        sum(p.num_images for p in parts),
-        parts[0].names,
-    )
 
 
 def describe_counts(counts, count_type, source, image_count=None, note=""):

@@ -31,6 +31,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from balms_det.data.training_set import shared_training_sets
 from balms_det.distributed import hide_cuda_for_cpu_processes
 from balms_det.engine.lazy import balms_hooks, freeze_trainable
 from balms_det.engine.trainer import build_ddp_model, newest_loadable_checkpoint
@@ -53,7 +54,14 @@ def do_test(cfg, model):
 def build_trainer(cfg):
     """The model, optimizer, data loader, trainer and hooks of ``cfg``; returns
     ``(trainer, checkpointer)``. The balms hooks come first (the Meta Reweigher's meta step
-    runs before the timer stops and before the checkpointer saves its state)."""
+    runs before the timer stops and before the checkpointer saves its state). Built inside
+    ``shared_training_sets``: every ``L(training_set)(...)`` of the config (the loader's
+    dataset, the sampler's repeat factors, the counts, the meta set) is one read."""
+    with shared_training_sets():
+        return _build_trainer(cfg)
+
+
+def _build_trainer(cfg):
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
     freeze_trainable(cfg, model)  # before the optimizer: it skips frozen parameters

@@ -174,11 +174,10 @@ def _setup_worker(cfg_file, subsets_file, log_dir):
     for name in ("fvcore", "detectron2", "balms_det"):
         setup_logger(log_dir, distributed_rank=rank, name=name)
     cfg = setup_cfg(cfg_file)
-    if subsets_file:
-        from ..data.balanced_subsets import load_subsets, register_balanced_subsets
+    if subsets_file:  # each subset from its own file: a fine-tune reads only its subset
+        from ..data.balanced_subsets import register_subsets_file
 
-        data, subsets = load_subsets(subsets_file)
-        register_balanced_subsets(data["source"], subsets)
+        register_subsets_file(subsets_file)
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
     return cfg
 
@@ -334,6 +333,7 @@ def _draw_subsets(cfg, mode, params, path, output_dir):
         sample_balanced_subsets,
         save_subsets,
         subset_statistics,
+        write_subset_files,
     )
 
     btm, source, K = cfg.BALMS.BTM, params["source"], params["num_classes"]
@@ -344,6 +344,7 @@ def _draw_subsets(cfg, mode, params, path, output_dir):
     _warn_short_classes(cfg, source, class_images, subsets)
     stats = [subset_statistics(dicts, s, K, class_images) for s in subsets]
     groups = frequency_groups([len(c) for c in class_images])
+    write_subset_files(path, source, subsets, dicts)  # before subsets.json names them
     save_subsets(path, source, K, subsets, stats, params)
     _write_subsets_md(os.path.join(output_dir, "subsets.md"), cfg, source, mode, stats, groups)
     logger.info(
@@ -358,9 +359,10 @@ def _draw_subsets(cfg, mode, params, path, output_dir):
 
 def prepare_subsets(cfg, output_dir, mode="fill", main=True):
     """Draw (or reload) the ``BALMS.BTM.NUM_SUBSETS`` subsets of ``cfg.DATASETS.TRAIN``, write
-    ``subsets.json`` and ``subsets.md`` (achieved counts) and register them. On a machine other
-    than the main one (``main=False``) nothing is drawn or written: only the names are returned
-    (the launched workers read ``subsets.json``).
+    ``subsets.json``, ``subsets.md`` (achieved counts) and each subset's dicts
+    (``subsets/subset_<i>.pkl``: the fine-tunes read only these) and register them. On a
+    machine other than the main one (``main=False``) nothing is drawn or written: only the
+    names are returned (the launched workers read ``subsets.json``).
 
     Returns (path of subsets.json, registered names, statistics).
     """
@@ -368,6 +370,8 @@ def prepare_subsets(cfg, output_dir, mode="fill", main=True):
         load_subsets,
         register_balanced_subsets,
         subset_dataset_name,
+        subset_file,
+        write_subset_files,
     )
 
     btm = cfg.BALMS.BTM
@@ -394,7 +398,11 @@ def prepare_subsets(cfg, output_dir, mode="fill", main=True):
             subsets, stats = saved[:n], data.get("statistics", [])[:n]
     if subsets is None:
         subsets, stats = _draw_subsets(cfg, mode, params, path, output_dir)
-    reg = register_balanced_subsets(source, subsets)
+    files = [subset_file(path, s.index) for s in subsets]
+    missing = [s for s, f in zip(subsets, files) if not os.path.exists(f)]
+    if missing:  # drawn by an older version, or deleted: one read of the source writes them
+        write_subset_files(path, source, missing)
+    reg = register_balanced_subsets(source, subsets, files)
     return path, reg, stats
 
 

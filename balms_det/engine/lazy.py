@@ -17,10 +17,12 @@ same two functions (:func:`freeze_trainable` after the model is built and before
 Defaults of the Meta Reweigher's arguments taken from the rest of the config (each may be
 given in ``train.balms.meta`` instead): ``model`` and ``optimizer`` are the trainer's (never
 given); ``meta_dataset`` is ``dataloader.train.dataset`` instantiated (the training set, drawn
-class-balanced); ``meta_mapper`` is ``dataloader.train.mapper`` without instance masks;
-``num_workers`` is ``dataloader.train.num_workers``; ``seed`` is ``train.seed`` (when >= 0);
-``amp`` is ``train.amp.enabled``; ``class_names`` are the ``thing_classes`` of the first
-training dataset. The yacs keys of the same settings are ``BALMS.TRAINABLE_PARAMS`` and
+class-balanced; with ``L(training_set)(...)`` and ``tools/lazy_train_net.py``, the loader's own
+``TrainingSet``: no second read, no second copy); ``meta_mapper`` is
+``dataloader.train.mapper`` without instance masks; ``num_workers`` is
+``dataloader.train.num_workers``; ``seed`` is ``train.seed`` (when >= 0); ``amp`` is
+``train.amp.enabled``; ``class_names`` are the ``thing_classes`` of the first training
+dataset. The yacs keys of the same settings are ``BALMS.TRAINABLE_PARAMS`` and
 ``BALMS.META``.
 """
 

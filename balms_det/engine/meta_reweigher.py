@@ -79,9 +79,10 @@ from ..data.meta_sampler import (
     check_meta_batch_size,
     classes_in_dataset,
     meta_batch_loader,
-    meta_dataset_dicts,
     meta_mapper,
+    meta_set,
 )
+from ..data.training_set import TrainingSet, training_set
 from ..distributed import all_reduce_sum
 from ..longtail import GROUPS, frequency_groups
 from ..modeling.roi_heads import (
@@ -502,14 +503,17 @@ def _class_names(cfg, K):
     return [str(i) for i in range(K)]
 
 
-def _meta_dataset_dicts(meta_dataset):
-    """(dataset dicts, name for messages) of a ``meta_dataset`` argument: registered dataset
-    name(s), loaded with Detectron2 (empty images dropped), or dataset dicts."""
+def _meta_set(meta_dataset):
+    """(TrainingSet, name for messages) of a ``meta_dataset`` argument: a ``TrainingSet`` (the
+    train loader's, used as it is), registered dataset name(s) (read with empty images dropped;
+    the shared read inside ``shared_training_sets``), or dataset dicts (serialized once)."""
+    if isinstance(meta_dataset, TrainingSet):
+        return meta_dataset, meta_dataset.describe()
     if isinstance(meta_dataset, str):
         meta_dataset = [meta_dataset]
     items = list(meta_dataset)
     if items and all(isinstance(n, str) for n in items):
-        from detectron2.data import DatasetCatalog, get_detection_dataset_dicts
+        from detectron2.data import DatasetCatalog
 
         for n in items:
             if n not in DatasetCatalog.list():
@@ -518,8 +522,8 @@ def _meta_dataset_dicts(meta_dataset):
                     "with detectron2.data.DatasetCatalog before building the hook); registered: "
                     + ", ".join(sorted(DatasetCatalog.list())[:30])
                 )
-        return get_detection_dataset_dicts(items, filter_empty=True), ", ".join(items)
-    return items, None
+        return training_set(items, filter_empty=True), ", ".join(items)
+    return (TrainingSet(items) if items else items), None
 
 
 class MetaReweigher(HookBase):
@@ -567,9 +571,11 @@ class MetaReweigher(HookBase):
         Args (the yacs key of each in parentheses):
             model: the detector, a GeneralizedRCNN whose ``roi_heads.box_predictor`` is a
                 ``BalmsFastRCNNOutputLayers`` (possibly DDP-wrapped).
-            meta_dataset: the meta set, drawn class-balanced: Detectron2 dataset dicts, or
-                registered dataset name(s) (loaded with empty images dropped)
-                (``BALMS.META.DATASET``, default ``DATASETS.TRAIN``).
+            meta_dataset: the meta set, drawn class-balanced: a ``TrainingSet`` (e.g. the train
+                loader's dataset: its storage is shared, nothing is copied), Detectron2
+                dataset dicts, or registered dataset name(s) (loaded with empty images
+                dropped) (``BALMS.META.DATASET``, default ``DATASETS.TRAIN``: the train
+                loader's ``TrainingSet``).
             meta_mapper (callable): dataset dict -> model input for meta images, e.g. the
                 training ``DatasetMapper`` without instance masks (only boxes and classes are
                 used).
@@ -647,14 +653,15 @@ class MetaReweigher(HookBase):
     def from_config(cls, cfg, model, optimizer=None, dataset_dicts=None):
         """Arguments of a yacs config's ``BALMS.META`` (and ``SEED``, ``SOLVER.AMP.ENABLED``,
         ``DATALOADER.NUM_WORKERS``); ``dataset_dicts`` replaces the meta set of
-        ``BALMS.META.DATASET`` / ``DATASETS.TRAIN``."""
+        ``BALMS.META.DATASET`` / ``DATASETS.TRAIN`` (:func:`~balms_det.data.meta_sampler.meta_set`:
+        the train loader's own ``TrainingSet`` while ``BalmsTrainer`` is built)."""
         mc = cfg.BALMS.META
         _check_settings(mc.WEIGHT_FN, mc.META_LOSS, mc.PERIOD, mc.LR, mc.LOG_PERIOD)
         _checked_predictor(_unwrap(model), mc.META_LOSS)  # before any read of the meta set
         return dict(
             model=model,
             optimizer=optimizer,
-            meta_dataset=meta_dataset_dicts(cfg) if dataset_dicts is None else dataset_dicts,
+            meta_dataset=meta_set(cfg) if dataset_dicts is None else dataset_dicts,
             meta_mapper=meta_mapper(cfg),
             meta_batch_size=mc.IMS_PER_BATCH,
             period=mc.PERIOD,
@@ -674,11 +681,11 @@ class MetaReweigher(HookBase):
 
     def _set_meta_set(self, meta_dataset, class_names, meta_set_name):
         K = self.num_classes
-        dataset_dicts, loaded_name = _meta_dataset_dicts(meta_dataset)
+        meta, loaded_name = _meta_set(meta_dataset)
         what = meta_set_name or loaded_name or "meta_dataset"
-        if len(dataset_dicts) == 0:
+        if len(meta) == 0:
             raise ValueError(f"the meta set of the Meta Reweigher ({what}) has no image")
-        present = classes_in_dataset(dataset_dicts, K)
+        present = classes_in_dataset(meta, K)
         names = list(class_names) if class_names is not None else []
         if len(names) != K:
             names = [str(i) for i in range(K)]
@@ -697,7 +704,7 @@ class MetaReweigher(HookBase):
             )
         self.missing_classes = missing
         self.class_mask = present.to(device=self.psi.device, dtype=self.psi.dtype)
-        self._dataset_dicts = dataset_dicts
+        self.meta_set = meta  # a TrainingSet; the meta loader draws from its storage
 
     # -- weights ---------------------------------------------------------------------------
     def class_weights(self):
@@ -767,7 +774,7 @@ class MetaReweigher(HookBase):
         if self._meta_iter is not None:
             return
         loader = meta_batch_loader(
-            self._dataset_dicts,
+            self.meta_set,
             mapper=self.meta_mapper,
             total_batch_size=self.meta_batch_size,
             seed=self.seed,
@@ -775,7 +782,6 @@ class MetaReweigher(HookBase):
             num_workers=self.num_workers,
         )
         self._meta_iter = iter(loader)
-        self._dataset_dicts = None  # the loader holds them (serialised)
 
     def after_step(self):
         p = self.predictor

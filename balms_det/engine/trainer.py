@@ -10,7 +10,8 @@ import weakref
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog
+from detectron2.data import MetadataCatalog, build_detection_train_loader
+from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
@@ -26,6 +27,7 @@ from detectron2.utils.logger import setup_logger
 from ..config import add_balms_config
 from ..data.annotation_checks import check_dicts_when_loaded
 from ..data.datasets import check_dataset_files, register_datasets_from_cfg
+from ..data.training_set import shared_training_sets, training_set_from_cfg
 from ..distributed import group_for
 from ..evaluation.lvis_evaluator import BalmsLVISEvaluator
 from ..modeling.roi_heads import resolve_class_counts
@@ -101,24 +103,28 @@ class BalmsTrainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
-        resolve_class_counts(model)  # the training data's counts, before the data loader
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        model = build_ddp_model(model, broadcast_buffers=False)
-        if cfg.SOLVER.AMP.ENABLED:  # Detectron2's AMPTrainer, at BALMS.AMP_DTYPE
-            precision = amp_dtype(cfg.BALMS.AMP_DTYPE)
-            self._trainer = AMPTrainer(model, data_loader, optimizer, precision=precision)
-        else:
-            self._trainer = SimpleTrainer(model, data_loader, optimizer)
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        # One read of the training set (balms_det/data/training_set.py): inside this block the
+        # class counts, the train loader and the Meta Reweigher's meta set share one
+        # TrainingSet of DATASETS.TRAIN, loaded by whichever asks first.
+        with shared_training_sets():
+            model = self.build_model(cfg)
+            resolve_class_counts(model)  # the training data's counts, before the data loader
+            optimizer = self.build_optimizer(cfg, model)
+            data_loader = self.build_train_loader(cfg)
+            model = build_ddp_model(model, broadcast_buffers=False)
+            if cfg.SOLVER.AMP.ENABLED:  # Detectron2's AMPTrainer, at BALMS.AMP_DTYPE
+                precision = amp_dtype(cfg.BALMS.AMP_DTYPE)
+                self._trainer = AMPTrainer(model, data_loader, optimizer, precision=precision)
+            else:
+                self._trainer = SimpleTrainer(model, data_loader, optimizer)
+            self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+            self.checkpointer = DetectionCheckpointer(
+                model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+            )
+            self.start_iter = 0
+            self.max_iter = cfg.SOLVER.MAX_ITER
+            self.cfg = cfg
+            self.register_hooks(self.build_hooks())
 
     def resume_or_load(self, resume=True):
         """Detectron2's ``resume_or_load``, except that ``--resume`` falls back to the newest
@@ -153,9 +159,21 @@ class BalmsTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
+        """Detectron2's train loader, on the training set read once
+        (:func:`~balms_det.data.training_set.training_set_from_cfg`, shared with the counts
+        and the meta set while the trainer is built). ``RepeatFactorTrainingSampler`` gets the
+        set's repeat factors (Detectron2's, from its class index, no second pass); any other
+        sampler is Detectron2's choice for ``DATALOADER.SAMPLER_TRAIN``."""
         check_dataset_files(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
-        check_dicts_when_loaded(cfg.DATASETS.TRAIN)  # the evaluator's input rules
-        return super().build_train_loader(cfg)
+        train = training_set_from_cfg(cfg)
+        sampler = None
+        if cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler":
+            factors = train.repeat_factors(
+                cfg.DATALOADER.REPEAT_THRESHOLD, cfg.DATALOADER.get("REPEAT_SQRT", True)
+            )
+            logger.info("Using training sampler RepeatFactorTrainingSampler")
+            sampler = RepeatFactorTrainingSampler(factors, seed=cfg.SEED)
+        return build_detection_train_loader(cfg, dataset=train, sampler=sampler)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

@@ -16,6 +16,7 @@ from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from balms_det.class_counts import lazy_class_counts
+from balms_det.data.training_set import training_set
 from balms_det.evaluation.lvis_evaluator import BalmsLVISEvaluator
 from balms_det.modeling.roi_heads import BalmsFastRCNNOutputLayers
 
@@ -25,7 +26,8 @@ optimizer = model_zoo.get_config("common/optim.py").SGD
 train = model_zoo.get_config("common/train.py").train
 
 # -- data: the tiny synthetic set (registered by balms_det.data.datasets on import) --------------
-dataloader.train.dataset.names = "synth_lt_tiny_train"
+# read once (balms_det/data/training_set.py): the loader, the counts and the meta set share it
+dataloader.train.dataset = L(training_set)(names="synth_lt_tiny_train", filter_empty=True)
 dataloader.train.mapper.augmentations = [
     L(T.ResizeShortestEdge)(short_edge_length=(96,), max_size=96, sample_style="choice"),
     L(T.RandomFlip)(horizontal=True),
