@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .class_index import ImageClassIndex
+from .class_index import ImageClassIndex, instance_classes
 from .longtail import GROUPS, frequency_groups
 from .lvis_eval import check_ground_truth
 from .utils import read_json
@@ -201,12 +201,6 @@ def load_cat_info(path, num_classes, dataset_id_to_contiguous_id=None):
             num_images,
         )
     return ClassCounts(image_count, instance_count, num_images, names)
-
-
-def instance_classes(record):
-    """Category ids of the non-crowd instances of a Detectron2 dataset dict (one per
-    instance, in order); ``set(...)`` of it is the classes present in the image."""
-    return [int(a["category_id"]) for a in record.get("annotations", ()) if not a.get("iscrowd", 0)]
 
 
 def counts_from_dataset_dicts(dataset_dicts, num_classes):

@@ -18,7 +18,13 @@ Detectron2: this module is imported by :mod:`balms_det.class_counts`.
 
 import numpy as np
 
-__all__ = ["ImageClassIndex"]
+__all__ = ["ImageClassIndex", "instance_classes"]
+
+
+def instance_classes(record):
+    """Category ids of the non-crowd instances of a Detectron2 dataset dict (one per
+    instance, in order); ``set(...)`` of it is the classes present in the image."""
+    return [int(a["category_id"]) for a in record.get("annotations", ()) if not a.get("iscrowd", 0)]
 
 
 def _image_class_pairs(images, classes):

@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..class_counts import instance_classes
+from ..class_index import instance_classes
 from ..class_index import ImageClassIndex
 from ..longtail import GROUPS
 from ..utils import atomic_write, atomic_write_json, markdown_table
