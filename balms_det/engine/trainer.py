@@ -8,7 +8,6 @@ import os
 import weakref
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import (
@@ -28,8 +27,10 @@ from ..data.datasets import check_dataset_files, register_datasets_from_cfg
 from ..evaluation.lvis_evaluator import BalmsLVISEvaluator
 from ..modeling.roi_heads import resolve_class_counts
 from ..utils import markdown_table
+from .checkpoint import BalmsCheckpointer
 from .decoupled import FrozenNormHook, freeze_except
 from .meta_reweigher import MetaReweigher
+from .preflight import check_dataset_images, check_frozen_start, preflight_cfg, resolve_num_classes
 
 __all__ = [
     "BalmsTrainer",
@@ -38,6 +39,7 @@ __all__ = [
     "setup_cfg",
     "format_results",
     "print_summary",
+    "print_long_tail_table",
 ]
 
 logger = logging.getLogger("balms_det")
@@ -92,7 +94,9 @@ class BalmsTrainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        preflight_cfg(cfg)  # the data checks, before anything is built (engine/preflight.py)
         model = self.build_model(cfg)
+        check_frozen_start(model, cfg.MODEL.WEIGHTS, cfg.BALMS.ALLOW_FROZEN_RANDOM_INIT)
         resolve_class_counts(model)  # the training data's counts, before the data loader
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
@@ -101,9 +105,7 @@ class BalmsTrainer(DefaultTrainer):
             model, data_loader, optimizer
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
+        self.checkpointer = BalmsCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -148,6 +150,7 @@ class BalmsTrainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         check_dataset_files([dataset_name], "DATASETS.TEST")
+        check_dataset_images(dataset_name, "DATASETS.TEST")
         return super().build_test_loader(cfg, dataset_name)
 
     @classmethod
@@ -166,18 +169,22 @@ class BalmsTrainer(DefaultTrainer):
 
 def setup_cfg(config_file="", opts=(), args=None):
     """Config with balms-det keys, merged from a file and overrides; registers the datasets of
-    ``BALMS.DATASETS.REGISTER`` and the synthetic one with the config's parameters. Calls Detectron2's ``default_setup`` when ``args``.
-    """
+    ``BALMS.DATASETS.REGISTER`` and the synthetic one with the config's parameters, and takes
+    ``MODEL.ROI_HEADS.NUM_CLASSES`` 0 from the training set's categories. Calls Detectron2's
+    ``default_setup`` when ``args``."""
     cfg = get_cfg()
     add_balms_config(cfg)
     if config_file:
         cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
     register_datasets_from_cfg(cfg)
+    note = resolve_num_classes(cfg)  # NUM_CLASSES 0: the training set's categories
     cfg.freeze()
     if args is not None:
         default_setup(cfg, args)  # Detectron2's and fvcore's loggers, config dump, seeds
         setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="balms_det")
+    if note:
+        logger.info(note)
     return cfg
 
 
@@ -209,9 +216,16 @@ def format_results(results, dataset_name=""):
     return markdown_table([[r.get(k) for k in keys] for r in rows], keys)
 
 
-def print_summary(cfg, results):
-    """Print the long-tail table and where the outputs went (main process only)."""
+def print_long_tail_table(results, test_names, output_dir):
+    """Print the long-tail table of ``results`` (of the datasets ``test_names``) and where the
+    outputs went (main process only)."""
     if comm.is_main_process():
-        name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) == 1 else ""
+        names = [test_names] if isinstance(test_names, str) else list(test_names)
+        name = names[0] if len(names) == 1 else ""
         print("\nLong-tail results (%):\n" + format_results(results, name), flush=True)
-        print(f"Outputs (checkpoints, metrics, predictions): {cfg.OUTPUT_DIR}")
+        print(f"Outputs (checkpoints, metrics, predictions): {output_dir}")
+
+
+def print_summary(cfg, results):
+    """:func:`print_long_tail_table` of a yacs config's DATASETS.TEST and OUTPUT_DIR."""
+    print_long_tail_table(results, cfg.DATASETS.TEST, cfg.OUTPUT_DIR)
