@@ -45,7 +45,7 @@ bench: venv
 # UndefinedBehaviorSanitizer (gcc) into a temporary copy of the package, and the compiled-reader
 # and hostile-input tests run against it (libasan preloaded into the Python host process, leak
 # detection off: Python's own allocations are not freed at exit). Not part of `make test`; the
-# in-place core is left as it is, the temporary folder removed. See README ("Evaluation").
+# in-place core is left as it is, the temporary folder removed. See docs/EVALUATION.md.
 SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 sanitize: venv
 	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \

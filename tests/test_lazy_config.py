@@ -128,8 +128,8 @@ def test_r50_lvis_lazy_config_builds_with_builtin_counts():
 
 
 def test_vitdet_lvis_predictor_change():
-    """The README's ViTDet recipe on Detectron2's ViTDet model config: its LVIS predictor
-    settings are rejected by a balms loss until use_sigmoid_ce / use_fed_loss are off."""
+    """The ViTDet recipe of docs/LAZYCONFIG.md on Detectron2's ViTDet model config: its LVIS
+    predictor settings are rejected by a balms loss until use_sigmoid_ce / use_fed_loss are off."""
     from detectron2 import model_zoo
     from detectron2.config import instantiate
     from detectron2.data.detection_utils import get_fed_loss_cls_weights
