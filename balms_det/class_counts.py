@@ -637,25 +637,14 @@ def lazy_class_counts(
         raise ValueError(
             f"lazy_class_counts(count_type=...) must be one of {COUNT_TYPES}, got '{count_type}'"
         )
-    sampled = _lazy_sampler_counts(
+    counts = _lazy_counts(
         "lazy_class_counts",
         dataset_names,
         num_classes,
-        prior,
-        repeat_threshold,
-        repeat_sqrt,
-        filter_empty,
         cat_info,
-    )
-    if sampled is not None:
-        return [float(c) for c in sampled.get(count_type)]
-    counts, _ = dataset_class_counts(
-        dataset_names,
-        num_classes,
-        cat_info=cat_info,
+        dict(prior=prior, repeat_threshold=repeat_threshold, repeat_sqrt=repeat_sqrt),
+        filter_empty,
         need_instances=count_type == "instance_count",
-        key="lazy_class_counts(dataset_names=...)",
-        num_classes_key="lazy_class_counts(num_classes=...)",
     )
     return [float(c) for c in counts.get(count_type)]
 
@@ -675,27 +664,16 @@ def lazy_num_train_images(
     ``cat_info`` when present, else counted from ``DatasetCatalog`` once (cached with the
     class counts); with ``prior="sampler"`` the expected images of a
     ``RepeatFactorTrainingSampler`` epoch. Arguments and errors as :func:`lazy_class_counts`."""
-    sampled = _lazy_sampler_counts(
+    counts = _lazy_counts(
         "lazy_num_train_images",
         dataset_names,
         num_classes,
-        prior,
-        repeat_threshold,
-        repeat_sqrt,
-        filter_empty,
         cat_info,
-    )
-    if sampled is not None:
-        return float(sampled.num_images)
-    counts, _ = dataset_class_counts(
-        dataset_names,
-        num_classes,
-        cat_info=cat_info,
+        dict(prior=prior, repeat_threshold=repeat_threshold, repeat_sqrt=repeat_sqrt),
+        filter_empty,
         need_num_images=True,
-        key="lazy_num_train_images(dataset_names=...)",
-        num_classes_key="lazy_num_train_images(num_classes=...)",
     )
-    return int(counts.num_images)
+    return int(counts.num_images) if prior == "dataset" else float(counts.num_images)
 
 
 def lazy_num_classes(dataset_names):
@@ -723,14 +701,23 @@ def lazy_num_classes(dataset_names):
     return K
 
 
-def _lazy_sampler_counts(
-    what, dataset_names, num_classes, prior, repeat_threshold, repeat_sqrt, filter_empty, cat_info
-):
-    """The sampler prior's ClassCounts for the lazy helpers; None with ``prior="dataset"``."""
+def _lazy_counts(what, dataset_names, num_classes, cat_info, sampler, filter_empty, **need):
+    """ClassCounts for the lazy helpers ``what``: the dataset's (:func:`dataset_class_counts`
+    with ``need``), or with ``sampler["prior"] == "sampler"`` the repeat-factor sampler's
+    (``CountSource.sampler_counts`` with ``sampler``'s threshold and sqrt)."""
+    prior = sampler["prior"]
     if prior not in PRIORS:
         raise ValueError(f"{what}(prior=...) must be one of {PRIORS}, got '{prior}'")
     if prior == "dataset":
-        return None
+        counts, _ = dataset_class_counts(
+            dataset_names,
+            num_classes,
+            cat_info=cat_info,
+            key=f"{what}(dataset_names=...)",
+            num_classes_key=f"{what}(num_classes=...)",
+            **need,
+        )
+        return counts
     if cat_info:
         raise ValueError(
             f"{what}(prior='sampler') computes the counts from the training set's repeat "
@@ -742,8 +729,8 @@ def _lazy_sampler_counts(
         num_classes=int(num_classes) if num_classes is not None else lazy_num_classes(names),
         prior="sampler",
         sampler="RepeatFactorTrainingSampler",
-        repeat_threshold=float(repeat_threshold),
-        repeat_sqrt=bool(repeat_sqrt),
+        repeat_threshold=float(sampler["repeat_threshold"]),
+        repeat_sqrt=bool(sampler["repeat_sqrt"]),
         filter_empty=bool(filter_empty),
     )
     return source.sampler_counts()[0]

@@ -2,12 +2,11 @@
 the class count and the counts (dataset and sampler prior) derived from the categories, the
 LazyConfig twin of the own-data template, and the long-tail table of tools/lazy_train_net.py."""
 
-import importlib.util
 import os
 
 import pytest
 import torch
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, load_tool
 from own_data_set import write_own_set
 
 LAZY_TEMPLATE = os.path.join(CONFIGS, "own_data", "lazy_cpu_r18.py")
@@ -82,22 +81,10 @@ def test_unregistered_name_says_how_to_register_in_either_route():
     assert "register_file_dataset" in msg
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_lazy_template_trains_on_own_files_and_prints_the_table(own, tmp_path, capsys, one_thread):
     from detectron2.engine import default_argument_parser
 
-    spec = importlib.util.spec_from_file_location(
-        "lazy_train_net", os.path.join(REPO, "tools", "lazy_train_net.py")
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("lazy_train_net")
     argv = [
         "--config-file",
         LAZY_TEMPLATE,

@@ -3,7 +3,6 @@ files from the command line, train with the own-data CPU template (sized down), 
 after a checkpoint and resume it, evaluate, serve with the class names of the checkpoint alone,
 run tools/demo.py."""
 
-import importlib.util
 import json
 import math
 import os
@@ -15,19 +14,12 @@ import time
 import cv2
 import pytest
 import torch
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, flat_cfg, load_tool
 from own_data_set import TINY, register_entries, write_own_set
 
 TEMPLATE = os.path.join(CONFIGS, "own_data", "cpu_r18.yaml")
 TRAIN, VAL = "userpath_train", "userpath_val"
 MAX_ITER = 6  # checkpoints after iterations 2, 4 and 6 (model_0000001, _0000003, final)
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
 
 
 def _argv(own, out, *extra, flags=()):
@@ -59,7 +51,7 @@ def _run_tool(argv):
     single-threaded subprocess)."""
     from detectron2.engine import default_argument_parser
 
-    tool = _tool("train_net")
+    tool = load_tool("train_net")
     args = default_argument_parser().parse_args(argv)
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -127,7 +119,7 @@ def test_train_evaluate_serve_and_demo(own, uninterrupted, tmp_path, capsys):
 
     # tools/demo.py: a folder of images in, visualised images out, config + checkpoint only
     demo_out = tmp_path / "demo"
-    written = _tool("demo").main(
+    written = load_tool("demo").main(
         [
             "--config-file",
             TEMPLATE,
@@ -181,3 +173,69 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(own, uninterrupted, tmp
     assert resumed.keys() == reference.keys()
     differ = [k for k in reference if not torch.equal(resumed[k], reference[k])]
     assert not differ, differ[:5]
+
+
+def test_gpu_template_is_detectron2s_lvis_recipe_on_own_data():
+    """configs/own_data/gpu_r50.yaml differs from Detectron2's LVIS v1 R50-FPN config only in
+    the data, the number of classes (from the data) and the balms head."""
+    from detectron2 import model_zoo
+    from detectron2.config import get_cfg
+
+    from balms_det import add_balms_config
+
+    def load(path):
+        cfg = add_balms_config(get_cfg())
+        cfg.merge_from_file(path)
+        return flat_cfg(cfg)
+
+    ours = load(os.path.join(CONFIGS, "own_data", "gpu_r50.yaml"))
+    d2 = load(model_zoo.get_config_file("LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
+    differ = {k for k in d2 if ours[k] != d2[k]}
+    assert differ == {
+        "MODEL.ROI_HEADS.NAME",  # BalmsROIHeads
+        "MODEL.ROI_HEADS.NUM_CLASSES",  # 0: the training set's
+        "MODEL.ROI_BOX_HEAD.BALMS.LOSS",
+        "MODEL.ROI_BOX_HEAD.BALMS.PRIOR",
+        "DATASETS.TRAIN",
+        "DATASETS.TEST",
+        "OUTPUT_DIR",
+    }
+    assert ours["MODEL.ROI_HEADS.NUM_CLASSES"] == 0
+    assert ours["MODEL.WEIGHTS"] == "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
+
+
+def test_cpu_templates_yacs_and_lazy_are_twins():
+    from detectron2.config import LazyConfig
+
+    from balms_det.engine.trainer import setup_cfg
+
+    y = setup_cfg(TEMPLATE, ["MODEL.ROI_HEADS.NUM_CLASSES", "6"])
+    z = LazyConfig.load(os.path.join(CONFIGS, "own_data", "lazy_cpu_r18.py"))
+    s, m, p = y.SOLVER, z.model, z.model.roi_heads.box_predictor
+    assert (z.optimizer.lr, z.optimizer.clip_type, z.optimizer.clip_value) == (
+        s.BASE_LR,
+        s.CLIP_GRADIENTS.CLIP_TYPE,
+        s.CLIP_GRADIENTS.CLIP_VALUE,
+    ) and s.CLIP_GRADIENTS.ENABLED
+    sched = z.lr_multiplier
+    assert (z.train.max_iter, sched.scheduler.milestones) == (s.MAX_ITER, list(s.STEPS))
+    assert round(sched.warmup_length * s.MAX_ITER) == s.WARMUP_ITERS
+    assert z.dataloader.train.total_batch_size == s.IMS_PER_BATCH
+    aug = z.dataloader.train.mapper.augmentations[0]
+    assert (tuple(aug.short_edge_length), aug.max_size) == (
+        tuple(y.INPUT.MIN_SIZE_TRAIN),
+        y.INPUT.MAX_SIZE_TRAIN,
+    )
+    rfs = z.dataloader.train.sampler.repeat_factors.repeat_thresh
+    assert y.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler"
+    assert rfs == y.DATALOADER.REPEAT_THRESHOLD and p.class_counts.prior == "sampler"
+    assert y.MODEL.ROI_BOX_HEAD.BALMS.PRIOR == "sampler" and p.loss == "balanced_softmax"
+    assert list(m.pixel_mean) == list(y.MODEL.PIXEL_MEAN)
+    assert list(m.pixel_std) == list(y.MODEL.PIXEL_STD)
+    assert m.proposal_generator.anchor_generator.sizes == [
+        list(a) for a in y.MODEL.ANCHOR_GENERATOR.SIZES
+    ]
+    assert (
+        y.MODEL.RESNETS.NORM == "BN"
+        and y.MODEL.BACKBONE.FREEZE_AT == 0 == m.backbone.bottom_up.freeze_at
+    )

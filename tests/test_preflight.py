@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from conftest import CONFIGS, tiny_cfg
+from conftest import CONFIGS, load_tool, tiny_cfg
 from own_data_set import TINY, register_entries, write_own_set
 
 TEMPLATE = os.path.join(CONFIGS, "own_data", "cpu_r18.yaml")
@@ -245,20 +245,12 @@ def test_truncated_weights_name_the_file(tiny_checkpoint, tmp_path):
 
 
 def test_nan_weights_under_eval_only_are_an_error_not_ap_zero(tiny_checkpoint, tmp_path):
-    import importlib.util
-
-    from conftest import REPO
-
     state = torch.load(tiny_checkpoint, map_location="cpu")
     state["model"]["roi_heads.box_predictor.cls_score.weight"][0, 0] = math.nan
     state["model"]["roi_heads.box_predictor.bbox_pred.bias"][1] = math.inf
     bad = tmp_path / "diverged.pth"
     torch.save(state, bad)
-    spec = importlib.util.spec_from_file_location(
-        "train_net", os.path.join(REPO, "tools", "train_net.py")
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("train_net")
     with pytest.raises(ValueError) as e:
         tool.evaluate(tiny_cfg("MODEL.WEIGHTS", str(bad), output_dir=tmp_path / "out"))
     msg = str(e.value)

@@ -215,8 +215,22 @@ def check_frozen_start(model, weights, allow, key=ALLOW_FROZEN_KEY, weights_key=
     ``MODEL.BACKBONE.FREEZE_AT``) but training starts from no weights (``weights`` empty): the
     frozen layers would keep their random initialisation. ``allow`` (the config key ``key``)
     lets such a run go on, with a warning."""
+    if weights:
+        return
+    from detectron2.layers import FrozenBatchNorm2d
+
+    frozen_bn = sum(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    if frozen_bn:
+        logger.warning(
+            "%d FrozenBN layers (MODEL.RESNETS.NORM 'FrozenBN') and an empty %s: frozen "
+            "BatchNorm keeps its initial statistics, so the network trains without "
+            "normalisation. From scratch, use NORM 'BN' (configs/own_data/cpu_r18.yaml), 'SyncBN' "
+            "or 'GN'",
+            frozen_bn,
+            weights_key,
+        )
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
-    if not frozen or weights:
+    if not frozen:
         return
     total = sum(1 for _ in model.parameters())
     what = (
