@@ -5,8 +5,9 @@ seed and size than the project's default set) and registered only through
 ``BALMS.DATASETS.REGISTER``, as a user's own files are. Each run is ``tools/train_net.py`` with
 ``configs/own_data/cpu_r18.yaml`` (recipe ``template``) or the same with the template's cures
 undone (recipe ``from_scratch_lr0.02``: no gradient clipping, LR 0.02, 50 warm-up iterations,
-the recipe that diverged in issue 25). The table: the iteration training stopped at, whether
-every logged loss was finite, the last total loss and the final AP / APr / APc / APf (mask).
+the recipe that diverged in issue 25). The table: the iteration training stopped at (the last the
+log reports: 299 = finished), whether every loss written to metrics.json was finite, the last
+of them and the final AP / APr / APc / APf (mask, %); a diverged run shows its error.
 
     python benchmarks/bench_own_template.py --out output/bench_own_template --seeds 0 1 2
 
@@ -17,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -63,12 +65,18 @@ def _losses(out):
     return rows
 
 
+def _stopped_at(out):
+    """The last iteration the run's log reports (the one that failed, for a diverged run)."""
+    found = re.findall(r" iter: (\d+) ", open(os.path.join(out, "log.txt")).read())
+    return int(found[-1]) if found else -1
+
+
 def run(recipe, seed, register, out_root, extra):
     out = os.path.join(out_root, "runs", f"{recipe}_seed{seed}")
     done = os.path.join(out, "bench_result.json")
     if os.path.exists(done):
         with open(done) as f:
-            return json.load(f)
+            return dict(json.load(f), stopped_at=_stopped_at(out))
     os.makedirs(out, exist_ok=True)
     cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", TEMPLATE]
     cmd += ["BALMS.DATASETS.REGISTER", str(register), "SEED", str(seed), "OUTPUT_DIR", out]
@@ -90,7 +98,7 @@ def run(recipe, seed, register, out_root, extra):
         res["error"] = tail[-1][:200] if tail else f"exit {rc}"
     with open(done, "w") as f:
         json.dump(res, f, indent=1)
-    return res
+    return dict(res, stopped_at=_stopped_at(out))
 
 
 def main():
@@ -109,7 +117,7 @@ def main():
     a = p.parse_args()
     register = write_own_set(os.path.join(a.out, "data"), a.data_seed, a.image_size)
     rows = [run(r, s, register, a.out, a.opts) for r in a.recipes for s in a.seeds]
-    keys = ["recipe", "seed", "last_iter", "finite", "last_total_loss", "AP", "APr", "APc", "APf"]
+    keys = ["recipe", "seed", "stopped_at", "finite", "last_total_loss", "AP", "APr", "APc", "APf"]
 
     def cell(v):
         return f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))

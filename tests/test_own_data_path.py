@@ -19,7 +19,7 @@ from own_data_set import TINY, register_entries, write_own_set
 
 TEMPLATE = os.path.join(CONFIGS, "own_data", "cpu_r18.yaml")
 TRAIN, VAL = "userpath_train", "userpath_val"
-MAX_ITER = 6  # checkpoints after iterations 2, 4 and 6 (model_0000001, _0000003, final)
+MAX_ITER = 4  # checkpoints after iterations 2 and 4 (model_0000001.pth, model_final.pth)
 
 
 def _argv(own, out, *extra, flags=()):

@@ -20,7 +20,8 @@ def own(tmp_path_factory):
 
 
 def _cfg(own, prefix, *opts, output_dir=None):
-    """The own-data template on the tiny own set, registered as ``<prefix>_train/_val``."""
+    """The own-data template on the tiny own set, registered as ``<prefix>_train/_val``, with
+    its 6 classes typed (``opts`` may set NUM_CLASSES 0, the template's)."""
     from balms_det.engine.trainer import setup_cfg
 
     train, val = f"{prefix}_train", f"{prefix}_val"
@@ -35,6 +36,8 @@ def _cfg(own, prefix, *opts, output_dir=None):
             "DATASETS.TEST",
             f"('{val}',)",
             *TINY,
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            "6",
             *extra,
             *opts,
         ],
@@ -45,7 +48,7 @@ def _cfg(own, prefix, *opts, output_dir=None):
 # NUM_CLASSES
 # ------------------------------------------------------------------------------------------
 def test_num_classes_zero_is_the_training_sets_count(own):
-    cfg = _cfg(own, "pf_zero")
+    cfg = _cfg(own, "pf_zero", "MODEL.ROI_HEADS.NUM_CLASSES", "0")
     assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == len(own["classes"]) == 6
 
 
@@ -61,6 +64,8 @@ def test_num_classes_other_than_the_categories_refuses_before_training(own, tmp_
         str(k),
         "MODEL.ROI_BOX_HEAD.BALMS.LOSS",
         loss,
+        "MODEL.ROI_BOX_HEAD.BALMS.PRIOR",
+        "dataset",
         output_dir=tmp_path,
     )
     with pytest.raises(ValueError) as e:
@@ -189,8 +194,8 @@ def test_missing_image_files_hand_made(tmp_path):
         (paths[2], "empty"),
         (paths[3], "not a file"),
     ]
-    many = [str(tmp_path / "ok.png")] * 9000 + [paths[1]]  # several threads' chunks
-    assert missing_image_files(many) == [(paths[1], "missing")]
+    many = [str(tmp_path / "ok.png")] * 9000 + [paths[1], paths[2]]  # several threads' chunks
+    assert missing_image_files(many, threads=3) == [(paths[1], "missing"), (paths[2], "empty")]
 
 
 # ------------------------------------------------------------------------------------------

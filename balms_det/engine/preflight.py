@@ -7,8 +7,8 @@ class at fault, so that a mistake costs seconds, not a run:
 * :func:`check_num_classes`: the model's K against the training set's categories;
 * :func:`check_cat_info`: a ``CAT_INFO`` file against the training set's category ids and names;
 * :func:`check_image_files`: every image file of the training and test sets exists and is not
-  empty (one ``os.stat`` per file, in threads: 100,000 files in well under a second on a local
-  disk);
+  empty (one ``os.stat`` per file, as fast as a plain ``os.path.isfile`` loop at LVIS size:
+  benchmarks/bench_image_check.py);
 * :func:`check_frozen_start`: a run that freezes parameters needs trained weights to start from.
 
 :func:`preflight_cfg` runs the data checks of a yacs config (``BalmsTrainer`` calls it once,
@@ -18,6 +18,7 @@ lazy_train_net.py``).
 
 import logging
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -44,9 +45,9 @@ logger = logging.getLogger("balms_det")
 NUM_CLASSES_KEY = "MODEL.ROI_HEADS.NUM_CLASSES"
 CAT_INFO_KEY = "MODEL.ROI_BOX_HEAD.BALMS.CAT_INFO"
 ALLOW_FROZEN_KEY = "BALMS.ALLOW_FROZEN_RANDOM_INIT"
-# paths stat-ed per thread task, and threads (os.stat releases the GIL; on a network file
-# system the threads overlap the round trips)
-_STAT_CHUNK, _STAT_THREADS = 4096, 8
+# paths stat-ed per thread task when missing_image_files runs in threads (on a local disk one
+# thread is fastest: benchmarks/bench_image_check.py, docs/RESULTS.md)
+_STAT_CHUNK = 4096
 
 
 def _describe(name):
@@ -157,22 +158,24 @@ def _stat_chunk(paths):
         except OSError as e:
             bad.append((p, "missing" if isinstance(e, FileNotFoundError) else type(e).__name__))
             continue
-        if not os.path.isfile(p):
+        if not stat.S_ISREG(st.st_mode):
             bad.append((p, "not a file"))
         elif st.st_size == 0:
             bad.append((p, "empty"))
     return bad
 
 
-def missing_image_files(paths):
+def missing_image_files(paths, threads=1):
     """``[(path, reason)]`` for each local path that does not exist, is not a file or is empty
     (reason "missing", "not a file", "empty" or the OS error), in input order; URLs
-    (``scheme://``) are skipped."""
+    (``scheme://``) are skipped. One ``os.stat`` per path, in this thread or in ``threads``
+    threads (which may overlap the round trips of a network file system; on a local disk they
+    only cost)."""
     local = [p for p in paths if "://" not in str(p)]
     chunks = [local[i : i + _STAT_CHUNK] for i in range(0, len(local), _STAT_CHUNK)]
-    if len(chunks) <= 1:
+    if len(chunks) <= 1 or threads <= 1:
         return _stat_chunk(local)
-    with ThreadPoolExecutor(_STAT_THREADS) as ex:
+    with ThreadPoolExecutor(threads) as ex:
         return [b for part in ex.map(_stat_chunk, chunks) for b in part]
 
 
