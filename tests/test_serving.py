@@ -122,8 +122,8 @@ def test_training_refuses_without_counts(tmp_path, loss):
         "deployed_without_its_training_set",
     ):
         assert place in msg, msg
-    # the trainer says so before it builds a data loader
-    with pytest.raises(ValueError, match="needs the class counts"):
+    # the trainer says so before it builds anything: the training set is not registered
+    with pytest.raises(ValueError, match="DATASETS.TRAIN names 'deployed_without_its_training"):
         BalmsTrainer(tiny_cfg(LOSS, loss, *UNREGISTERED, "OUTPUT_DIR", str(tmp_path / "t")))
 
 
