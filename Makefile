@@ -2,7 +2,7 @@
 # Both create .venv with the tested stack on first use (scripts/ensure_venv.sh).
 PY := .venv/bin/python
 
-.PHONY: venv run test bench format clean-data sanitize
+.PHONY: venv run test bench format clean-data sanitize gpu-check gpu-check-dry-run
 
 venv:
 	@bash scripts/ensure_venv.sh
@@ -61,6 +61,17 @@ sanitize: venv
 		c.__file__; print('sanitized core:', c.__file__)"; \
 	$$py -m pytest "$$repo/tests/test_eval_native.py" "$$repo/tests/test_eval_hostile.py" -q \
 		-p no:cacheprovider $(PYTEST_ARGS)
+
+# The GPU check (docs/GPU.md): on a CUDA machine with Python 3.12 and PyTorch, no network, after
+# scripts/prepare_gpu_check.sh DETECTRON2_SOURCE filled .gpu_check/ here: builds Detectron2,
+# installs the wheels, runs every LOSS with AMP fp16/bf16, the Meta Reweigher, evaluation, the
+# sync count and the LVIS-size step-time ratios; prints one table (GPU_CHECK_ARGS: e.g.
+# --out DIR). gpu-check-dry-run: the same on this machine's CPU, up to the first CUDA call.
+gpu-check:
+	bash scripts/gpu_check.sh $(GPU_CHECK_ARGS)
+
+gpu-check-dry-run: venv
+	bash scripts/gpu_check.sh --dry-run $(GPU_CHECK_ARGS)
 
 # black and isort at line length 100 (pyproject.toml)
 format:

@@ -97,6 +97,10 @@ def add_balms_config(cfg):
     # Training procedures
     # ---------------------------------------------------------------------------------------
     _C.BALMS = CN()
+    # Precision of mixed-precision training (SOLVER.AMP.ENABLED): "float16" or "bfloat16", the
+    # dtype of Detectron2's AMPTrainer autocast; the Meta Reweigher's meta forward follows it.
+    _C.BALMS.AMP_DTYPE = "float16"
+
     # Decoupled training: regular expressions (re.search) over parameter names; when non-empty,
     # only matching parameters are trained, everything else is frozen and its normalisation
     # layers are kept in eval mode. Stage 2 of the published schedule uses ["cls_score"].
@@ -135,6 +139,10 @@ def add_balms_config(cfg):
     # Cache the ROI features of the meta set (only valid when everything before the classifier
     # is frozen, i.e. in the decoupled stage).
     _C.BALMS.META.CACHE_FEATURES = False
+    # Write the hook's weights summary and meta loss to the event storage every this many
+    # iterations (one read of the device each time, none between; Detectron2's writers print
+    # every 20 iterations). Non-finite meta-gradients, skipped on the device, are reported then.
+    _C.BALMS.META.LOG_PERIOD = 20
 
     # Balanced Training and Merging.
     _C.BALMS.BTM = CN()

@@ -35,6 +35,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from balms_det.distributed import hide_cuda_for_cpu_processes
 from balms_det.engine.checkpoint import BalmsCheckpointer
 from balms_det.engine.lazy import (
     balms_hooks,
@@ -165,6 +166,9 @@ def main(args):
 def invoke_main() -> None:
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    device = cfg.train.get("device", "cuda")
+    hide_cuda_for_cpu_processes(device, args.num_gpus * args.num_machines)  # gloo, not NCCL
     launch(
         main,
         args.num_gpus,

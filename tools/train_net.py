@@ -14,8 +14,9 @@ from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
+from balms_det.distributed import hide_cuda_for_cpu_processes
 from balms_det.engine.checkpoint import BalmsCheckpointer
-from balms_det.engine.trainer import BalmsTrainer, print_summary, setup_cfg
+from balms_det.engine.trainer import BalmsTrainer, merged_cfg, print_summary, setup_cfg
 
 logger = logging.getLogger("balms_det")
 
@@ -57,6 +58,8 @@ def main(args):
 def invoke_main() -> None:
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
+    device = merged_cfg(args.config_file, args.opts).MODEL.DEVICE
+    hide_cuda_for_cpu_processes(device, args.num_gpus * args.num_machines)  # gloo, not NCCL
     launch(
         main,
         args.num_gpus,

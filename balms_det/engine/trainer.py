@@ -24,9 +24,10 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import add_balms_config
 from ..data.datasets import check_dataset_files, register_datasets_from_cfg
+from ..distributed import group_for
 from ..evaluation.lvis_evaluator import BalmsLVISEvaluator
 from ..modeling.roi_heads import resolve_class_counts
-from ..utils import markdown_table
+from ..utils import amp_dtype, markdown_table
 from .checkpoint import BalmsCheckpointer
 from .decoupled import FrozenNormHook, freeze_except
 from .meta_reweigher import MetaReweigher
@@ -35,6 +36,7 @@ from .preflight import check_dataset_images, check_frozen_start, preflight_cfg, 
 __all__ = [
     "BalmsTrainer",
     "build_ddp_model",
+    "merged_cfg",
     "newest_loadable_checkpoint",
     "setup_cfg",
     "format_results",
@@ -46,10 +48,16 @@ logger = logging.getLogger("balms_det")
 
 
 def build_ddp_model(model, **kwargs):
-    """Detectron2's ``create_ddp_model``, with ``device_ids=None`` for a CPU model (DDP rejects
-    device ids for CPU modules; Detectron2 always passes the local rank)."""
+    """Detectron2's ``create_ddp_model``, made safe for a CPU model: ``device_ids=None`` (DDP
+    rejects device ids for CPU modules; Detectron2 always passes the local rank) and, under an
+    NCCL default group (Detectron2's ``launch`` picks NCCL whenever CUDA is available, also
+    with ``MODEL.DEVICE cpu``), Detectron2's gloo group as DDP's process group (NCCL carries
+    CUDA tensors only)."""
     if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
         kwargs.setdefault("device_ids", None)
+        group = group_for("cpu")
+        if group is not None:
+            kwargs.setdefault("process_group", group)
     return create_ddp_model(model, **kwargs)
 
 
@@ -101,9 +109,11 @@ class BalmsTrainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = build_ddp_model(model, broadcast_buffers=False)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            model, data_loader, optimizer
-        )
+        if cfg.SOLVER.AMP.ENABLED:  # Detectron2's AMPTrainer, at BALMS.AMP_DTYPE
+            precision = amp_dtype(cfg.BALMS.AMP_DTYPE)
+            self._trainer = AMPTrainer(model, data_loader, optimizer, precision=precision)
+        else:
+            self._trainer = SimpleTrainer(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = BalmsCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
@@ -167,16 +177,24 @@ class BalmsTrainer(DefaultTrainer):
         )
 
 
-def setup_cfg(config_file="", opts=(), args=None):
-    """Config with balms-det keys, merged from a file and overrides; registers the datasets of
-    ``BALMS.DATASETS.REGISTER`` and the synthetic one with the config's parameters, and takes
-    ``MODEL.ROI_HEADS.NUM_CLASSES`` 0 from the training set's categories. Calls Detectron2's
-    ``default_setup`` when ``args``."""
+def merged_cfg(config_file="", opts=()):
+    """Detectron2's defaults with balms-det's keys, merged from a file and overrides (nothing
+    registered, not frozen)."""
     cfg = get_cfg()
     add_balms_config(cfg)
     if config_file:
         cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def setup_cfg(config_file="", opts=(), args=None):
+    """Config with balms-det keys, merged from a file and overrides; registers the datasets of
+    ``BALMS.DATASETS.REGISTER`` and the synthetic one with the config's parameters, and takes
+    ``MODEL.ROI_HEADS.NUM_CLASSES`` 0 from the training set's categories. Calls Detectron2's
+    ``default_setup`` when ``args``."""
+    cfg = merged_cfg(config_file, opts)
+    amp_dtype(cfg.BALMS.AMP_DTYPE)  # a bad value fails here, naming the key
     register_datasets_from_cfg(cfg)
     note = resolve_num_classes(cfg)  # NUM_CLASSES 0: the training set's categories
     cfg.freeze()

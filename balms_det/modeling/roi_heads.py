@@ -12,11 +12,17 @@ column, as Detectron2's own ``USE_SIGMOID_CE`` does; ``seesaw`` reads it as the 
 other loss with Detectron2's plain ``DetectionCheckpointer``. The formulas are in
 ``docs/METHODS.md``.
 
+No host-device synchronisation per training step: the loss path reads no tensor value into
+Python (value checks are asserted on the device, see ``balms_det.losses``); the per-group
+diagnostics read their three means once per ``diagnostics_period``.
+
 Extension point (what the Meta Reweigher hook uses; the model never calls a hook):
 
 * ``class_weights`` (K,): a buffer of per-class loss weights that anyone may set (all ones by
   default); a foreground ROI of class c is weighted ``class_weights[c]`` (renormalised to mean 1
   over the foreground ROIs of the batch when ``normalize_class_weights``), background ROIs 1.
+  Set them with :meth:`BalmsFastRCNNOutputLayers.set_class_weights` (no read-back); a buffer
+  changed otherwise is read once (one host-device sync) at the next training step.
 * ``record_train_rois`` (bool, default False): when set, every training forward keeps the
   detached box-head features and labels of its ROIs in ``last_train_features`` (R, D) and
   ``last_train_labels`` (R,) for readers (the features through a forward hook the predictor
@@ -36,19 +42,21 @@ import math
 from typing import List, Tuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
-from detectron2.layers import cat
+from detectron2.layers import cat, cross_entropy
 from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
-from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.modeling.roi_heads.fast_rcnn import (
+    FastRCNNOutputLayers,
+    _log_classification_stats,
+)
 from detectron2.structures import Instances
-from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from .. import losses as L
 from ..class_counts import CountSource
+from ..distributed import all_reduce_sum
 from ..longtail import COMMON_MAX_IMAGES, GROUPS, RARE_MAX_IMAGES
 from ..utils import format_examples
 from .normed_linear import NormedLinear
@@ -144,16 +152,16 @@ def class_roi_weights(gt_classes, class_weights, num_classes, normalize=True):
         normalize (bool): renormalise the foreground weights of the batch to mean 1.
 
     Returns:
-        (R,) tensor in the dtype of ``class_weights``.
+        (R,) tensor in the dtype of ``class_weights``. Computed on the device (no sync).
     """
     w = L.expand_class_weights(gt_classes, class_weights, num_classes)
     if not normalize:
         return w
     fg = gt_classes < num_classes
-    n_fg = int(fg.sum())
-    if n_fg == 0:
-        return torch.ones_like(w)
-    scale = n_fg / (w * fg.to(w.dtype)).sum()
+    n_fg = fg.sum()
+    total = (w * fg.to(w.dtype)).sum()
+    total = torch.where(n_fg > 0, total, torch.ones_like(total))  # no foreground: all ones
+    scale = total.reciprocal() * n_fg.to(w.dtype)
     return torch.where(fg, w * scale, torch.ones_like(w))
 
 
@@ -181,13 +189,6 @@ def _record_train_rois(
         predictor._record_train_features(inputs[0])
 
 
-def _all_reduce_sum(t):
-    """Sum of ``t`` over the processes (``t`` itself on one process)."""
-    if comm.get_world_size() > 1:
-        dist.all_reduce(t)
-    return t
-
-
 class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
     """``FastRCNNOutputLayers`` whose classification loss corrects for a long-tailed prior.
 
@@ -211,8 +212,9 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
     """
 
     # a Python property on the scripted path would be compiled (once per scripting, which
-    # fails the second time): left out of TorchScript
+    # fails the second time): left out of TorchScript, as is the training-only weights record
     __jit_unused_properties__ = ["takes_class_weights"]
+    __jit_ignored_attributes__ = ["_weights_seen"]
 
     @configurable
     def __init__(
@@ -305,6 +307,7 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         self.class_names = list(class_names) if class_names is not None else None
         self.serve_metadata = tuple(serve_metadata)
         self._meta_own = False  # dataset_meta holds the training side's (not a checkpoint's)
+        self._dataset_meta = {}  # the buffer's content, in Python
         if class_names is not None:
             self.set_dataset_meta(thing_classes=class_names)
         if class_counts is not None:
@@ -349,6 +352,7 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         self.register_buffer("num_train_images", torch.tensor(0.0))
         self.register_buffer("class_image_counts", torch.ones(K))
         self.register_buffer("class_weights", torch.ones(K))
+        self._note_class_weights(True)
         # running state of Seesaw and EQLv2, float64 (counts beyond 2^24 stay exact)
         for name in ("seesaw_counts", "eqlv2_pos_grad", "eqlv2_neg_grad"):
             self.register_buffer(name, torch.zeros(K, dtype=torch.float64))
@@ -359,14 +363,15 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
     @torch.jit.unused
     def get_dataset_meta(self):
         """``{"thing_classes": [K names], "count_source": str}`` as far as known (from the
-        training side, or from a loaded checkpoint); ``{}`` when neither said."""
-        return decode_dataset_meta(self.dataset_meta)
+        training side, or from a loaded checkpoint); ``{}`` when neither said. (A Python copy
+        of the ``dataset_meta`` buffer: reading it costs no host-device sync.)"""
+        return dict(self._dataset_meta)
 
     @torch.jit.unused
     def set_dataset_meta(self, thing_classes=None, count_source=None):
         """Record the training set's class names and/or where the counts came from (saved in
         checkpoints; a loaded checkpoint's no longer replace them)."""
-        meta = self.get_dataset_meta()
+        meta = dict(self._dataset_meta)
         if thing_classes is not None:
             names = [str(n) for n in thing_classes]
             if len(names) != self.num_classes:
@@ -380,6 +385,7 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
             meta["count_source"] = str(count_source)
         with torch.no_grad():
             self.dataset_meta.copy_(encode_dataset_meta(meta, self.num_classes))
+        self._dataset_meta = meta
         self._meta_own = True
 
     @torch.jit.unused
@@ -405,7 +411,8 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         if key not in state_dict or tuple(state_dict[key].shape) != tuple(own.shape):
             state_dict[key] = own
             return
-        names = decode_dataset_meta(state_dict[key]).get("thing_classes")
+        loaded = decode_dataset_meta(state_dict[key])
+        names = loaded.get("thing_classes")
         if self._meta_own:
             mine = self.get_dataset_meta().get("thing_classes")
             if names and mine and list(names) != list(mine):
@@ -421,6 +428,7 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
                 )
             state_dict[key] = own
             return
+        self._dataset_meta = loaded
         if not names or len(names) != self.num_classes:
             return
         self.class_names = list(names)
@@ -649,48 +657,102 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
 
     def losses(self, predictions, proposals):
         """Detectron2's losses with the classification loss of ``loss_name`` (the one place the
-        loss is chosen). Box regression and the classification statistics are Detectron2's.
-        LOSS 'softmax' with no class weights returns Detectron2's losses unchanged."""
+        loss is chosen). Box regression and the classification statistics are Detectron2's;
+        LOSS 'softmax' with no class weights is Detectron2's cross-entropy (and with
+        Detectron2's USE_SIGMOID_CE / USE_FED_LOSS, Detectron2's losses unchanged). No
+        host-device sync (module doc)."""
         if self.loss_name in NEEDS_COUNTS or self.diagnostics_period > 0:
             self.resolve_class_counts()  # once: the first training step
         if not self._meta_own:
             self.resolve_class_names()
-        out = super().losses(predictions, proposals)
-        scores = predictions[0]
+        scores, proposal_deltas = predictions
         if len(proposals):
             gt_classes = cat([p.gt_classes for p in proposals], dim=0)
         else:
             gt_classes = torch.empty(0, dtype=torch.long, device=scores.device)
         if self.record_train_rois:
             self.last_train_labels = gt_classes
-        weights = self.roi_weights(gt_classes)
         if not self.takes_class_weights:
-            if weights is not None:
+            if not self._class_weights_trivial(read=True):
                 raise ValueError(
                     "class_weights are set, but LOSS 'softmax' with Detectron2's "
                     "USE_SIGMOID_CE / USE_FED_LOSS cannot take them"
                 )
-            return out
+            return super().losses(predictions, proposals)
+        _log_classification_stats(scores, gt_classes)
+        weights = self.roi_weights(gt_classes)
         self._log_diagnostics(scores, gt_classes)
         if self.loss_name == "softmax" and weights is None:
-            return out  # Detectron2's cross-entropy, already computed
-        if self.training and self.loss_name in ("seesaw", "eqlv2"):
+            loss_cls = cross_entropy(scores, gt_classes, reduction="mean")  # Detectron2's
+        elif self.training and self.loss_name in ("seesaw", "eqlv2"):
             loss_cls = self._stateful_loss(scores, gt_classes, weights)
         else:
             loss_cls = self.classification_loss(scores, gt_classes, weights=weights)
-        out["loss_cls"] = loss_cls * self.loss_weight.get("loss_cls", 1.0)
-        return out
+        if len(proposals):
+            proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
+            gt_boxes = cat(
+                [(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals],
+                dim=0,
+            )
+        else:
+            proposal_boxes = gt_boxes = torch.empty((0, 4), device=proposal_deltas.device)
+        losses = {
+            "loss_cls": loss_cls,
+            "loss_box_reg": self.box_reg_loss(
+                proposal_boxes, gt_boxes, proposal_deltas, gt_classes
+            ),
+        }
+        return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}
 
-    def roi_weights(self, gt_classes):
-        """Per-ROI weights from ``class_weights`` (None when they are all 1, or all equal and
-        normalised); see :func:`class_roi_weights`."""
+    # -- class weights ---------------------------------------------------------------------
+    def set_class_weights(self, weights):
+        """Copy (K,) ``weights`` into the ``class_weights`` buffer without reading them back:
+        the next training steps weight their ROIs on the device (all-equal weights still give
+        exactly the unweighted loss), with no host-device sync. What the Meta Reweigher uses."""
+        with torch.no_grad():
+            self.class_weights.copy_(weights)
+        self._note_class_weights(None)
+
+    def _note_class_weights(self, trivial):
+        """Remember the state of the buffer as it is now: trivial (True), not (False), or
+        written without a read (None)."""
+        w = self.class_weights
+        self._weights_seen = (w, _version(w), trivial)
+
+    def _trivial_on_device(self):
+        """0-d bool tensor: the class weights change no loss (all 1, or all equal and
+        normalised)."""
         w = self.class_weights
         trivial = (w == 1).all()
         if self.normalize_class_weights:
             trivial = trivial | (w == w[0]).all()
-        if bool(trivial):  # one device sync
+        return trivial
+
+    def _class_weights_trivial(self, read=False):
+        """True / False, or None for weights written by :meth:`set_class_weights` (read all
+        the same with ``read``). A buffer changed since it was last seen (loaded, moved,
+        written in place) is read once: one host-device sync."""
+        w, (seen, version, trivial) = self.class_weights, self._weights_seen
+        if seen is w and version == _version(w) and (trivial is not None or not read):
+            return trivial
+        trivial = bool(self._trivial_on_device())
+        self._note_class_weights(trivial)
+        return trivial
+
+    def roi_weights(self, gt_classes):
+        """Per-ROI weights from ``class_weights`` (None when they are all 1, or all equal and
+        normalised); see :func:`class_roi_weights`. No host-device sync: a buffer changed
+        behind the predictor's back is read once (:meth:`_class_weights_trivial`); weights
+        from :meth:`set_class_weights` are never read (all-equal ones give exactly 1)."""
+        trivial = self._class_weights_trivial()
+        if trivial:
             return None
-        return class_roi_weights(gt_classes, w, self.num_classes, self.normalize_class_weights)
+        w = class_roi_weights(
+            gt_classes, self.class_weights, self.num_classes, self.normalize_class_weights
+        )
+        if trivial is None:
+            w = torch.where(self._trivial_on_device(), torch.ones_like(w), w)
+        return w
 
     def classification_loss(self, logits, gt_classes, weights=None):
         """The loss of ``loss_name`` on (R, K+1) logits (background last), with optional (R,)
@@ -734,7 +796,7 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         if self.loss_name == "seesaw":
             with torch.no_grad():
                 batch = L.seesaw_batch_counts(gt_classes, K).to(self.seesaw_counts)
-                self.seesaw_counts += _all_reduce_sum(batch)
+                self.seesaw_counts += all_reduce_sum(batch)
             return self.classification_loss(logits, gt_classes, weights=weights)
         loss, pos, neg = L.eqlv2_loss_and_stats(
             logits,
@@ -745,7 +807,7 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
             **self.eqlv2,
         )
         with torch.no_grad():
-            stats = _all_reduce_sum(torch.stack([pos, neg]).to(self.eqlv2_pos_grad))
+            stats = all_reduce_sum(torch.stack([pos, neg]).to(self.eqlv2_pos_grad))
             self.eqlv2_pos_grad += stats[0]
             self.eqlv2_neg_grad += stats[1]
         return loss
@@ -783,27 +845,28 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
     @torch.no_grad()
     def _log_diagnostics(self, logits, gt_classes):
         """Mean predicted probability of the true class of the foreground ROIs, per LVIS group
-        (``balms/fg_score_{r,c,f}``), every ``diagnostics_period`` iterations."""
+        (``balms/fg_score_{r,c,f}``), every ``diagnostics_period`` iterations: computed on the
+        device, read with one host-device sync."""
         if self.diagnostics_period <= 0 or not self._group_counts:
             return
         try:
             storage = get_event_storage()
         except AssertionError:  # not inside a trainer
             return
-        if storage.iter % self.diagnostics_period:
+        if storage.iter % self.diagnostics_period or gt_classes.numel() == 0:
             return
-        fg = gt_classes < self.num_classes
-        if not fg.any():
-            return
-        probs = self.predict_probs((logits[fg], None), [range(int(fg.sum()))])[0]
-        labels = gt_classes[fg]
-        true_score = probs.gather(1, labels[:, None])[:, 0]
-        counts = self.class_image_counts[labels]
+        K = self.num_classes
+        probs = self.predict_probs((logits, None), [range(logits.shape[0])])[0]
+        true_score = probs.gather(1, gt_classes[:, None])[:, 0]
+        counts = self.class_image_counts[gt_classes.clamp(max=K - 1)]
         group = (counts > RARE_MAX_IMAGES).long() + (counts > COMMON_MAX_IMAGES).long()
-        for g, name in enumerate(GROUPS):
-            sel = group == g
-            if sel.any():
-                storage.put_scalar(f"balms/fg_score_{name}", true_score[sel].mean().item())
+        member = F.one_hot(group, len(GROUPS)).to(true_score.dtype)
+        member *= (gt_classes < K).to(true_score.dtype)[:, None]  # foreground ROIs only
+        n = member.sum(0)
+        means = (member * true_score[:, None]).sum(0) / n.clamp(min=1)
+        for name, (mean, size) in zip(GROUPS, torch.stack([means, n], 1).tolist()):  # the read
+            if size > 0:
+                storage.put_scalar(f"balms/fg_score_{name}", mean)
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -852,6 +915,14 @@ class BalmsROIHeads(StandardROIHeads):
         predictor._take_initial_weights(stock)
         ret["box_predictor"] = predictor
         return ret
+
+
+def _version(t):
+    """The in-place version counter of ``t`` (-1 for inference tensors, which keep none)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
 
 
 def _cuda_devices(module):
