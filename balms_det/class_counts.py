@@ -34,6 +34,7 @@ __all__ = [
     "dataset_class_counts",
     "lazy_class_counts",
     "lazy_num_train_images",
+    "lazy_num_classes",
     "describe_counts",
     "instance_classes",
     "sampled_class_counts",
@@ -133,12 +134,40 @@ def write_cat_info(json_file, out_file):
     return info
 
 
-def load_cat_info(path, num_classes, dataset_id_to_contiguous_id=None):
+def _short(v):
+    text = repr(v)
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+
+
+def _cat_info_count(path, where, key, v):
+    """A count of a CAT_INFO file as a float: a finite, non-negative JSON number, else
+    ValueError naming the file, the entry and the key."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(
+            f"CAT_INFO file '{path}': {where} has {key} {_short(v)} ({type(v).__name__}); "
+            "counts must be JSON numbers"
+        )
+    try:
+        f = float(v)
+    except OverflowError:
+        f = math.inf
+    if not math.isfinite(f) or f < 0:
+        raise ValueError(
+            f"CAT_INFO file '{path}': {where} has {key} {_short(v)}; counts must be finite and "
+            "non-negative"
+        )
+    return f
+
+
+def load_cat_info(path, num_classes, dataset_id_to_contiguous_id=None, names=None, dataset=""):
     """Read a cat-info JSON into ClassCounts of ``num_classes`` contiguous classes.
 
     Category ids map to contiguous ids with ``dataset_id_to_contiguous_id`` when given (COCO-style
-    metadata) else as ``id - 1`` (LVIS). Missing, malformed or mismatching files raise an error
-    naming the file and the offending ids.
+    metadata) else as ``id - 1`` (LVIS). With ``names`` (the training set's ``thing_classes``,
+    from ``dataset``), every entry's ``name`` must be the training set's name of its class: a
+    file of another dataset with the same number of classes is refused. Missing, malformed or
+    mismatching files and values (ids that are not integers, counts that are not finite
+    non-negative numbers) raise an error naming the file and the category.
     """
     data = read_json(path, "CAT_INFO file")
     cats = data.get("categories") if isinstance(data, dict) else data
@@ -149,13 +178,19 @@ def load_cat_info(path, num_classes, dataset_id_to_contiguous_id=None):
         )
     image_count = np.zeros(num_classes)
     instance_count = np.zeros(num_classes)
-    names = [None] * num_classes
+    file_names = [None] * num_classes
     seen = set()
-    for c in cats:
+    for i, c in enumerate(cats):
         missing = [k for k in ("id", "image_count") if k not in c]
         if missing:
-            raise ValueError(f"CAT_INFO file '{path}': entry {c} lacks {missing}")
+            raise ValueError(f"CAT_INFO file '{path}': entry {_short(c)} lacks {missing}")
         cid = c["id"]
+        if isinstance(cid, bool) or not isinstance(cid, int):
+            raise ValueError(
+                f"CAT_INFO file '{path}': entry #{i} ({c.get('name', '?')}) has id {_short(cid)} "
+                f"({type(cid).__name__}); ids must be integers, the training set's category ids"
+            )
+        where = f"category id {cid} ({c.get('name', '?')})"
         if dataset_id_to_contiguous_id is not None:
             if cid not in dataset_id_to_contiguous_id:
                 raise ValueError(
@@ -171,20 +206,12 @@ def load_cat_info(path, num_classes, dataset_id_to_contiguous_id=None):
                 f"{num_classes} classes (ids 1..{num_classes})"
             )
         if k in seen:
-            raise ValueError(
-                f"CAT_INFO file '{path}': category id {cid} ({c.get('name', '?')}) appears "
-                "more than once"
-            )
-        for key in ("image_count", "instance_count"):
-            v = c.get(key, c["image_count"])
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise ValueError(
-                    f"CAT_INFO file '{path}': category id {cid} ({c.get('name', '?')}) has "
-                    f"{key} {v!r}; counts must be finite numbers"
-                )
-        image_count[k] = c["image_count"]
-        instance_count[k] = c.get("instance_count", c["image_count"])
-        names[k] = c.get("name")
+            raise ValueError(f"CAT_INFO file '{path}': {where} appears more than once")
+        image_count[k] = _cat_info_count(path, where, "image_count", c["image_count"])
+        instance_count[k] = _cat_info_count(
+            path, where, "instance_count", c.get("instance_count", c["image_count"])
+        )
+        file_names[k] = c.get("name")
         seen.add(k)
     if len(seen) != num_classes:
         absent = sorted(set(range(num_classes)) - seen)[:10]
@@ -192,15 +219,46 @@ def load_cat_info(path, num_classes, dataset_id_to_contiguous_id=None):
             f"CAT_INFO file '{path}' has {len(seen)} categories but the model has {num_classes}; "
             f"first missing contiguous ids: {absent}"
         )
+    if names is not None:
+        _check_cat_info_names(path, file_names, names, dataset, dataset_id_to_contiguous_id)
     num_images = data.get("num_images", 0) if isinstance(data, dict) else 0
+    num_images = _cat_info_count(path, "the file", "num_images", num_images)
+    largest = image_count.max() if num_classes else 0
+    if num_images and num_images < largest:
+        raise ValueError(
+            f"CAT_INFO file '{path}' has num_images {num_images:g}, fewer than the {largest:g} "
+            "images of its largest image_count"
+        )
     if not num_images:
-        num_images = int(image_count.max()) if num_classes else 0
+        num_images = int(largest)
         logger.warning(
             "CAT_INFO file '%s' has no num_images; using the largest image count (%d)",
             path,
             num_images,
         )
-    return ClassCounts(image_count, instance_count, num_images, names)
+    return ClassCounts(image_count, instance_count, num_images, file_names)
+
+
+def _check_cat_info_names(path, file_names, names, dataset, id_map):
+    """ValueError when a CAT_INFO entry's name differs from the training set's class name."""
+    if len(names) != len(file_names):
+        raise ValueError(
+            f"CAT_INFO file '{path}' has {len(file_names)} categories but the training set "
+            f"{dataset!r} has {len(names)}"
+        )
+    ids = {k: cid for cid, k in id_map.items()} if id_map else {k: k + 1 for k in range(len(names))}
+    wrong = [
+        f"id {ids.get(k, k + 1)}: {f!r} in the file, {n!r} in the training set"
+        for k, (f, n) in enumerate(zip(file_names, names))
+        if f is not None and f != n
+    ]
+    if wrong:
+        raise ValueError(
+            f"CAT_INFO file '{path}' does not describe the training set {dataset!r}: "
+            f"{len(wrong)} of {len(names)} category names differ ({'; '.join(wrong[:5])}"
+            f"{'; ...' if len(wrong) > 5 else ''}). Its counts would be another dataset's prior; "
+            "write the file from the training annotations with tools/write_cat_info.py"
+        )
 
 
 def counts_from_dataset_dicts(dataset_dicts, num_classes):
@@ -530,7 +588,8 @@ def dataset_class_counts(
     Args:
         dataset_names (str or list[str]): registered dataset names.
         num_classes (int): K; None: the length of the first dataset's ``thing_classes`` (or
-            of its ``class_image_count``).
+            of its ``class_image_count``); a dataset registered by file without them yet is
+            read once for its categories (the same read gives its counts).
         cat_info (str): a cat-info JSON to read instead of the datasets.
         need_instances, need_num_images, read: see :func:`class_counts_from_cfg`.
         key, num_classes_key: how errors name the dataset names and K.
@@ -552,13 +611,15 @@ def dataset_class_counts(
     check_registered(names, key)
     metas = [MetadataCatalog.get(n) for n in names]
     K = num_classes
+    loaded = {}  # datasets read to learn K, reused for their counts
     if K is None:
-        first = metas[0] if metas else None
-        for field in ("thing_classes", "class_image_count"):
-            if first is not None and first.get(field, None):
-                K = len(first.get(field))
-                break
-        else:
+        K = _num_classes_from_metadata(metas[0]) if metas else None
+        if K is None and names and read:
+            # a dataset registered by file knows its categories once loaded (Detectron2's
+            # loaders set thing_classes)
+            loaded[names[0]] = DatasetCatalog.get(names[0])
+            K = _num_classes_from_metadata(metas[0])
+        if K is None:
             raise ValueError(
                 f"{num_classes_key} is not given and dataset "
                 f"'{names[0] if names else cat_info}' has no thing_classes metadata: pass it"
@@ -570,8 +631,12 @@ def dataset_class_counts(
             f"{num_classes_key} is {K} but dataset '{names[0]}' has {len(thing_classes)} classes"
         )
     if cat_info:
+        if thing_classes is None and names and read:  # the names CAT_INFO must match
+            from .data.datasets import dataset_categories
+
+            thing_classes = dataset_categories(names[0])
         mapping = metas[0].get("thing_dataset_id_to_contiguous_id", None) if metas else None
-        counts = load_cat_info(cat_info, K, mapping)
+        counts = load_cat_info(cat_info, K, mapping, thing_classes, names[0] if names else "")
         source = f"CAT_INFO file '{cat_info}'"
     else:
         counts, source = _counts_of_datasets(
@@ -584,7 +649,17 @@ def dataset_class_counts(
     return counts, source
 
 
-def lazy_class_counts(dataset_names, count_type="image_count", *, num_classes=None, cat_info=""):
+def lazy_class_counts(
+    dataset_names,
+    count_type="image_count",
+    *,
+    num_classes=None,
+    cat_info="",
+    prior="dataset",
+    repeat_threshold=0.0,
+    repeat_sqrt=True,
+    filter_empty=True,
+):
     """The K per-class training counts of registered datasets, for a LazyConfig.
 
     Meant to be called at ``instantiate`` time, like Detectron2's ``get_fed_loss_cls_weights``
@@ -607,46 +682,135 @@ def lazy_class_counts(dataset_names, count_type="image_count", *, num_classes=No
     Args:
         dataset_names (str or list[str]): registered training dataset(s); counts are summed.
         count_type (str): "image_count" or "instance_count".
-        num_classes (int): K; default: the number of the first dataset's ``thing_classes``.
+        num_classes (int): K; default: the number of the first dataset's categories
+            (``thing_classes``; a dataset registered by file is read for them).
         cat_info (str): optional cat-info JSON (``tools/write_cat_info.py``) read instead.
+        prior (str): "dataset", or "sampler": the counts as Detectron2's
+            ``RepeatFactorTrainingSampler`` delivers them (each class's expected images or
+            instances per epoch; the yacs key ``MODEL.ROI_BOX_HEAD.BALMS.PRIOR``), for a
+            config whose train loader samples with it.
+        repeat_threshold, repeat_sqrt, filter_empty: with ``prior="sampler"``, the sampler's
+            ``repeat_thresh`` / ``sqrt`` and the loader's filtering of images without
+            annotations (``get_detection_dataset_dicts(filter_empty=...)``), as the config's
+            train loader has them.
 
     Returns:
         list[float]: K counts, in contiguous class order.
 
     Raises:
-        ValueError: an unregistered name (named), an unknown ``count_type``, or a K that
-            disagrees with the dataset.
+        ValueError: an unregistered name (named), an unknown ``count_type`` or ``prior``, or a
+            K that disagrees with the dataset.
     """
     if count_type not in COUNT_TYPES:
         raise ValueError(
             f"lazy_class_counts(count_type=...) must be one of {COUNT_TYPES}, got '{count_type}'"
         )
-    counts, _ = dataset_class_counts(
+    counts = _lazy_counts(
+        "lazy_class_counts",
         dataset_names,
         num_classes,
-        cat_info=cat_info,
+        cat_info,
+        dict(prior=prior, repeat_threshold=repeat_threshold, repeat_sqrt=repeat_sqrt),
+        filter_empty,
         need_instances=count_type == "instance_count",
-        key="lazy_class_counts(dataset_names=...)",
-        num_classes_key="lazy_class_counts(num_classes=...)",
     )
     return [float(c) for c in counts.get(count_type)]
 
 
-def lazy_num_train_images(dataset_names, *, num_classes=None, cat_info=""):
+def lazy_num_train_images(
+    dataset_names,
+    *,
+    num_classes=None,
+    cat_info="",
+    prior="dataset",
+    repeat_threshold=0.0,
+    repeat_sqrt=True,
+    filter_empty=True,
+):
     """The number of training images of registered datasets (summed), for a LazyConfig
     (``num_train_images=`` of a balanced-sigmoid predictor): the images with a non-crowd
     annotation, those Detectron2's train loader keeps; from ``num_images`` metadata or
     ``cat_info`` when present, else the length of the training set (read once, shared as in
-    :func:`lazy_class_counts`). Arguments and errors as :func:`lazy_class_counts`."""
-    counts, _ = dataset_class_counts(
+    :func:`lazy_class_counts`); with ``prior="sampler"`` the expected images of a
+    ``RepeatFactorTrainingSampler`` epoch. Arguments and errors as :func:`lazy_class_counts`."""
+    counts = _lazy_counts(
+        "lazy_num_train_images",
         dataset_names,
         num_classes,
-        cat_info=cat_info,
+        cat_info,
+        dict(prior=prior, repeat_threshold=repeat_threshold, repeat_sqrt=repeat_sqrt),
+        filter_empty,
         need_num_images=True,
-        key="lazy_num_train_images(dataset_names=...)",
-        num_classes_key="lazy_num_train_images(num_classes=...)",
     )
-    return int(counts.num_images)
+    return int(counts.num_images) if prior == "dataset" else float(counts.num_images)
+
+
+def lazy_num_classes(dataset_names):
+    """K, the number of categories of the (first) registered training dataset, for a
+    LazyConfig's ``model.roi_heads.num_classes`` (the yacs route's ``NUM_CLASSES 0``): from its
+    ``thing_classes`` metadata, or read from a dataset registered by file."""
+    names = [dataset_names] if isinstance(dataset_names, str) else [str(n) for n in dataset_names]
+    if not names:
+        raise ValueError("lazy_num_classes(dataset_names=...) is empty: name the training set")
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from .data.datasets import check_registered
+
+    check_registered(names[:1], "lazy_num_classes(dataset_names=...)")
+    meta = MetadataCatalog.get(names[0])
+    K = _num_classes_from_metadata(meta)
+    if K is None:
+        DatasetCatalog.get(names[0])  # Detectron2's loaders set thing_classes
+        K = _num_classes_from_metadata(meta)
+    if K is None:
+        raise ValueError(
+            f"lazy_num_classes: dataset '{names[0]}' has no thing_classes metadata after loading; "
+            "set the number of classes in the config"
+        )
+    return K
+
+
+def _lazy_counts(what, dataset_names, num_classes, cat_info, sampler, filter_empty, **need):
+    """ClassCounts for the lazy helpers ``what``: the dataset's (:func:`dataset_class_counts`
+    with ``need``), or with ``sampler["prior"] == "sampler"`` the repeat-factor sampler's
+    (``CountSource.sampler_counts`` with ``sampler``'s threshold and sqrt)."""
+    prior = sampler["prior"]
+    if prior not in PRIORS:
+        raise ValueError(f"{what}(prior=...) must be one of {PRIORS}, got '{prior}'")
+    if prior == "dataset":
+        counts, _ = dataset_class_counts(
+            dataset_names,
+            num_classes,
+            cat_info=cat_info,
+            key=f"{what}(dataset_names=...)",
+            num_classes_key=f"{what}(num_classes=...)",
+            **need,
+        )
+        return counts
+    if cat_info:
+        raise ValueError(
+            f"{what}(prior='sampler') computes the counts from the training set's repeat "
+            "factors; leave cat_info empty"
+        )
+    names = [dataset_names] if isinstance(dataset_names, str) else [str(n) for n in dataset_names]
+    source = CountSource(
+        dataset_names=tuple(names),
+        num_classes=int(num_classes) if num_classes is not None else lazy_num_classes(names),
+        prior="sampler",
+        sampler="RepeatFactorTrainingSampler",
+        repeat_threshold=float(sampler["repeat_threshold"]),
+        repeat_sqrt=bool(sampler["repeat_sqrt"]),
+        filter_empty=bool(filter_empty),
+    )
+    return source.sampler_counts()[0]
+
+
+def _num_classes_from_metadata(meta):
+    """K from a dataset's ``thing_classes`` (or ``class_image_count``) metadata, or None."""
+    for field in ("thing_classes", "class_image_count"):
+        if meta.get(field, None):
+            return len(meta.get(field))
+    return None
 
 
 def describe_counts(counts, count_type, source, image_count=None, note=""):

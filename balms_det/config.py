@@ -105,6 +105,11 @@ def add_balms_config(cfg):
     # only matching parameters are trained, everything else is frozen and its normalisation
     # layers are kept in eval mode. Stage 2 of the published schedule uses ["cls_score"].
     _C.BALMS.TRAINABLE_PARAMS = []
+    # A training run with frozen parameters (TRAINABLE_PARAMS, MODEL.BACKBONE.FREEZE_AT) needs
+    # weights to start from: with an empty MODEL.WEIGHTS the frozen layers keep their random
+    # initialisation, and the run is refused before it starts. True trains on random frozen
+    # layers on purpose (e.g. a random-feature control), with a warning.
+    _C.BALMS.ALLOW_FROZEN_RANDOM_INIT = False
 
     # Meta Reweigher (per-class loss weights learned by one-step look-ahead on a balanced set).
     _C.BALMS.META = CN()

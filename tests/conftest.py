@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import sys
 
@@ -40,6 +41,35 @@ def tiny_cfg(*opts, output_dir=None):
     if output_dir is not None:
         opts += ["OUTPUT_DIR", str(output_dir)]
     return setup_cfg(os.path.join(CONFIGS, "synthetic", "tiny.yaml"), opts)
+
+
+def load_tool(name):
+    """``tools/<name>.py`` as a module (the tools make no ``sys.path`` edits: imported by path)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def flat_cfg(node, prefix=""):
+    """A (yacs) config as ``{"A.B.C": value}``."""
+    out = {}
+    for k, v in node.items():
+        if hasattr(v, "items"):
+            out.update(flat_cfg(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (a training run on a shared CPU: no spinning threads,
+    and the arithmetic of a single-threaded process)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture

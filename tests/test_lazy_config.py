@@ -2,12 +2,11 @@
 tools/lazy_train_net.py with the Meta Reweigher and a decoupled stage."""
 
 import copy
-import importlib.util
 import os
 
 import pytest
 import torch
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, load_tool
 
 LAZY = os.path.join(CONFIGS, "lazy")
 TINY = os.path.join(LAZY, "mask_rcnn_R18_FPN_synthetic_tiny.py")
@@ -16,12 +15,7 @@ R50_LVIS = os.path.join(LAZY, "mask_rcnn_R_50_FPN_1x_lvis_v1_balms.py")
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "lazy_train_net", os.path.join(REPO, "tools", "lazy_train_net.py")
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return load_tool("lazy_train_net")
 
 
 def _independent_image_counts(dicts, K):
@@ -194,14 +188,6 @@ def _fast(cfg):
     cfg.model.roi_heads.box_predictor.input_shape = ShapeSpec(channels=64)
     cfg.model.roi_heads.box_predictor.test_topk_per_image = 30
     return cfg
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_lazy_training_meta_reweigher_and_decoupled_stage(tmp_path, one_thread):

@@ -10,12 +10,12 @@ python tools/train_net.py --config-file configs/synthetic/tiny.yaml --num-gpus 2
 
 import logging
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from balms_det.distributed import hide_cuda_for_cpu_processes
+from balms_det.engine.checkpoint import BalmsCheckpointer
 from balms_det.engine.trainer import BalmsTrainer, merged_cfg, print_summary, setup_cfg
 
 logger = logging.getLogger("balms_det")
@@ -25,7 +25,8 @@ def evaluate(cfg, resume=False):
     """Evaluate MODEL.WEIGHTS (or the last checkpoint of OUTPUT_DIR with ``resume``) on
     DATASETS.TEST; every process runs inference, the main one writes results and metrics."""
     model = BalmsTrainer.build_model(cfg)
-    checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    # errors name a damaged file, and NaN / infinite weights are refused (not evaluated to AP 0)
+    checkpointer = BalmsCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
     if not cfg.MODEL.WEIGHTS and not (resume and checkpointer.has_checkpoint()):
         raise ValueError(
             "--eval-only needs trained weights: MODEL.WEIGHTS is empty, so a randomly "

@@ -8,7 +8,6 @@ import os
 import weakref
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.data.samplers import RepeatFactorTrainingSampler
@@ -32,8 +31,10 @@ from ..distributed import group_for
 from ..evaluation.lvis_evaluator import BalmsLVISEvaluator
 from ..modeling.roi_heads import resolve_class_counts
 from ..utils import amp_dtype, markdown_table
+from .checkpoint import BalmsCheckpointer
 from .decoupled import FrozenNormHook, freeze_except
 from .meta_reweigher import MetaReweigher
+from .preflight import check_dataset_images, check_frozen_start, preflight_cfg, resolve_num_classes
 
 __all__ = [
     "BalmsTrainer",
@@ -43,6 +44,7 @@ __all__ = [
     "setup_cfg",
     "format_results",
     "print_summary",
+    "print_long_tail_table",
 ]
 
 logger = logging.getLogger("balms_det")
@@ -107,7 +109,9 @@ class BalmsTrainer(DefaultTrainer):
         # class counts, the train loader and the Meta Reweigher's meta set share one
         # TrainingSet of DATASETS.TRAIN, loaded by whichever asks first.
         with shared_training_sets():
+            preflight_cfg(cfg)  # the data checks, before the model (engine/preflight.py)
             model = self.build_model(cfg)
+            check_frozen_start(model, cfg.MODEL.WEIGHTS, cfg.BALMS.ALLOW_FROZEN_RANDOM_INIT)
             resolve_class_counts(model)  # the training data's counts, before the data loader
             optimizer = self.build_optimizer(cfg, model)
             data_loader = self.build_train_loader(cfg)
@@ -118,7 +122,7 @@ class BalmsTrainer(DefaultTrainer):
             else:
                 self._trainer = SimpleTrainer(model, data_loader, optimizer)
             self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-            self.checkpointer = DetectionCheckpointer(
+            self.checkpointer = BalmsCheckpointer(
                 model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
             )
             self.start_iter = 0
@@ -179,6 +183,7 @@ class BalmsTrainer(DefaultTrainer):
     def build_test_loader(cls, cfg, dataset_name):
         check_dataset_files([dataset_name], "DATASETS.TEST")
         check_dicts_when_loaded([dataset_name])
+        check_dataset_images(dataset_name, "DATASETS.TEST")
         return super().build_test_loader(cfg, dataset_name)
 
     @classmethod
@@ -208,15 +213,19 @@ def merged_cfg(config_file="", opts=()):
 
 def setup_cfg(config_file="", opts=(), args=None):
     """Config with balms-det keys, merged from a file and overrides; registers the datasets of
-    ``BALMS.DATASETS.REGISTER`` and the synthetic one with the config's parameters. Calls Detectron2's ``default_setup`` when ``args``.
-    """
+    ``BALMS.DATASETS.REGISTER`` and the synthetic one with the config's parameters, and takes
+    ``MODEL.ROI_HEADS.NUM_CLASSES`` 0 from the training set's categories. Calls Detectron2's
+    ``default_setup`` when ``args``."""
     cfg = merged_cfg(config_file, opts)
     amp_dtype(cfg.BALMS.AMP_DTYPE)  # a bad value fails here, naming the key
     register_datasets_from_cfg(cfg)
+    note = resolve_num_classes(cfg)  # NUM_CLASSES 0: the training set's categories
     cfg.freeze()
     if args is not None:
         default_setup(cfg, args)  # Detectron2's and fvcore's loggers, config dump, seeds
         setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="balms_det")
+    if note:
+        logger.info(note)
     return cfg
 
 
@@ -248,9 +257,16 @@ def format_results(results, dataset_name=""):
     return markdown_table([[r.get(k) for k in keys] for r in rows], keys)
 
 
-def print_summary(cfg, results):
-    """Print the long-tail table and where the outputs went (main process only)."""
+def print_long_tail_table(results, test_names, output_dir):
+    """Print the long-tail table of ``results`` (of the datasets ``test_names``) and where the
+    outputs went (main process only)."""
     if comm.is_main_process():
-        name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) == 1 else ""
+        names = [test_names] if isinstance(test_names, str) else list(test_names)
+        name = names[0] if len(names) == 1 else ""
         print("\nLong-tail results (%):\n" + format_results(results, name), flush=True)
-        print(f"Outputs (checkpoints, metrics, predictions): {cfg.OUTPUT_DIR}")
+        print(f"Outputs (checkpoints, metrics, predictions): {output_dir}")
+
+
+def print_summary(cfg, results):
+    """:func:`print_long_tail_table` of a yacs config's DATASETS.TEST and OUTPUT_DIR."""
+    print_long_tail_table(results, cfg.DATASETS.TEST, cfg.OUTPUT_DIR)

@@ -27,8 +27,16 @@ Extension point (what the Meta Reweigher hook uses; the model never calls a hook
   detached box-head features and labels of its ROIs in ``last_train_features`` (R, D) and
   ``last_train_labels`` (R,) for readers (the features through a forward hook the predictor
   registers on itself, so its ``forward`` stays Detectron2's and compiles with TorchScript).
+
+Serving with names: the predictor's ``dataset_meta`` buffer carries the training set's class
+names and where the class counts came from (mmdetection keeps the same as its checkpoints'
+``dataset_meta``), so a checkpoint names its classes wherever it is loaded, and a model that
+loads it gives the names to the ``MetadataCatalog`` entries that Detectron2's
+``DefaultPredictor`` and ``Visualizer`` read (``serve_metadata``: the yacs route's
+``DATASETS.TEST``).
 """
 
+import json
 import logging
 import math
 from typing import List, Tuple
@@ -36,6 +44,7 @@ from typing import List, Tuple
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
 from detectron2.layers import cat, cross_entropy
 from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.modeling.roi_heads.fast_rcnn import (
@@ -58,6 +67,8 @@ __all__ = [
     "BalmsFastRCNNOutputLayers",
     "BalmsROIHeads",
     "class_roi_weights",
+    "decode_dataset_meta",
+    "encode_dataset_meta",
     "resolve_class_counts",
 ]
 
@@ -81,6 +92,49 @@ _COUNT_BUFFERS = ("class_counts", "num_train_images", "class_image_counts")
 # where the predictor's counts came from: the constructor, the count source (training data),
 # a loaded checkpoint, or nowhere yet (buffers hold the placeholder: counts 1, 0 images)
 _GIVEN, _DATA, _CHECKPOINT, _NONE = "given", "data", "checkpoint", "none"
+# The dataset_meta buffer: UTF-8 JSON ({"thing_classes": [...], "count_source": "..."}),
+# zero-padded to a size fixed by K. A fixed shape, because Detectron2's checkpointer skips a
+# tensor whose shape differs from the model's: so a model without names loads a checkpoint's.
+DATASET_META_BYTES_PER_CLASS = 128
+DATASET_META_EXTRA_BYTES = 512
+
+
+def encode_dataset_meta(meta, num_classes):
+    """``meta`` (a JSON-serialisable dict) as the (K * 128 + 512,) uint8 ``dataset_meta``
+    buffer of a K-class predictor; the count source is shortened, and the class names dropped
+    (with a warning), when they do not fit."""
+    size = num_classes * DATASET_META_BYTES_PER_CLASS + DATASET_META_EXTRA_BYTES
+    meta = {k: v for k, v in meta.items() if v is not None}
+    blob = json.dumps(meta, ensure_ascii=False).encode("utf-8")
+    if len(blob) > size and len(meta.get("count_source", "")) > 200:
+        meta["count_source"] = meta["count_source"][:200] + "..."
+        blob = json.dumps(meta, ensure_ascii=False).encode("utf-8")
+    if len(blob) > size:
+        logger.warning(
+            "The class names (%d bytes as JSON) do not fit the %d bytes a %d-class checkpoint "
+            "keeps for them: they are not saved",
+            len(blob),
+            size,
+            num_classes,
+        )
+        meta.pop("thing_classes", None)
+        blob = json.dumps(meta, ensure_ascii=False).encode("utf-8")[:size]
+    out = torch.zeros(size, dtype=torch.uint8)
+    out[: len(blob)] = torch.tensor(list(blob), dtype=torch.uint8)
+    return out
+
+
+def decode_dataset_meta(tensor):
+    """The dict of a ``dataset_meta`` buffer (``{}`` for an empty or unreadable one)."""
+    data = bytes(tensor.detach().cpu().to(torch.uint8).tolist()).rstrip(b"\0")
+    if not data:
+        return {}
+    try:
+        meta = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        logger.warning("A checkpoint's dataset_meta cannot be decoded: its class names are ignored")
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def class_roi_weights(gt_classes, class_weights, num_classes, normalize=True):
@@ -115,10 +169,12 @@ def resolve_class_counts(model):
     """Resolve the training class counts of every ``BalmsFastRCNNOutputLayers`` of ``model``
     (what their first training step would do; see
     :meth:`BalmsFastRCNNOutputLayers.resolve_class_counts`), so that a missing source fails
-    before training starts and the counts are logged. Returns the predictors."""
+    before training starts and the counts are logged; and their class names (saved in
+    checkpoints). Returns the predictors."""
     found = [m for m in model.modules() if isinstance(m, BalmsFastRCNNOutputLayers)]
     for m in found:
         m.resolve_class_counts()
+        m.resolve_class_names()
     return found
 
 
@@ -186,6 +242,7 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         eqlv2_alpha=4.0,
         normed_classifier_tau=0.0,
         count_source=None,
+        serve_metadata=(),
         **kwargs,
     ):
         """
@@ -198,7 +255,8 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
             num_train_images (int): number of training images (balanced_sigmoid's prior).
             class_image_counts (sequence of K numbers): training image counts, used for the
                 frequency-group diagnostics; defaults to ``class_counts``.
-            class_names (list[str]): names used in warnings.
+            class_names (list[str]): the K class names (warnings; saved in checkpoints). None:
+                the training set's (``count_source``), taken at the first training step.
             tau (float): prior exponent of balanced softmax.
             posthoc_tau (float): inference-time logit adjustment of the softmax family: the
                 foreground logits minus ``posthoc_tau * log(K * n_j / sum n)``; 0 = off.
@@ -220,6 +278,10 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
                 temperature (``NormedLinear``: same parameters, so the layout is unchanged).
             count_source (CountSource): where to find the counts when ``class_counts`` is None,
                 resolved at the first training step (the yacs route sets it).
+            serve_metadata (tuple[str]): ``MetadataCatalog`` names that receive a loaded
+                checkpoint's class names as ``thing_classes`` when they have none (the yacs
+                route: ``DATASETS.TEST``, or ``"__unused"`` when empty: what Detectron2's
+                ``DefaultPredictor`` and demo read).
         """
         super().__init__(input_shape, **kwargs)
         self._check_loss(loss, posthoc_tau)
@@ -243,9 +305,15 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         self._counts_tried = False  # a quiet resolution (diagnostics only) found none
         self._group_counts = False  # class_image_counts hold real training image counts
         self.class_names = list(class_names) if class_names is not None else None
+        self.serve_metadata = tuple(serve_metadata)
+        self._meta_own = False  # dataset_meta holds the training side's (not a checkpoint's)
+        self._dataset_meta = {}  # the buffer's content, in Python
+        if class_names is not None:
+            self.set_dataset_meta(thing_classes=class_names)
         if class_counts is not None:
             self._set_counts(class_counts, class_image_counts, num_train_images, class_names)
             self._counts_state = _GIVEN
+            self.set_dataset_meta(count_source="class_counts= given to the predictor")
         if LOSS_FAMILIES[loss] == "sigmoid":  # foreground bias at the prior probability
             with torch.no_grad():
                 self.cls_score.bias[:-1].fill_(-math.log((1 - prior_prob) / prior_prob))
@@ -288,6 +356,95 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         # running state of Seesaw and EQLv2, float64 (counts beyond 2^24 stay exact)
         for name in ("seesaw_counts", "eqlv2_pos_grad", "eqlv2_neg_grad"):
             self.register_buffer(name, torch.zeros(K, dtype=torch.float64))
+        # class names and count source, saved with the weights (module doc)
+        self.register_buffer("dataset_meta", encode_dataset_meta({}, K))
+
+    # -- class names and the count source (dataset_meta) -----------------------------------
+    @torch.jit.unused
+    def get_dataset_meta(self):
+        """``{"thing_classes": [K names], "count_source": str}`` as far as known (from the
+        training side, or from a loaded checkpoint); ``{}`` when neither said. (A Python copy
+        of the ``dataset_meta`` buffer: reading it costs no host-device sync.)"""
+        return dict(self._dataset_meta)
+
+    @torch.jit.unused
+    def set_dataset_meta(self, thing_classes=None, count_source=None):
+        """Record the training set's class names and/or where the counts came from (saved in
+        checkpoints; a loaded checkpoint's no longer replace them)."""
+        meta = dict(self._dataset_meta)
+        if thing_classes is not None:
+            names = [str(n) for n in thing_classes]
+            if len(names) != self.num_classes:
+                raise ValueError(
+                    f"{len(names)} class names for a predictor of {self.num_classes} classes "
+                    "(MODEL.ROI_HEADS.NUM_CLASSES)"
+                )
+            meta["thing_classes"] = names
+            self.class_names = names
+        if count_source is not None:
+            meta["count_source"] = str(count_source)
+        with torch.no_grad():
+            self.dataset_meta.copy_(encode_dataset_meta(meta, self.num_classes))
+        self._dataset_meta = meta
+        self._meta_own = True
+
+    @torch.jit.unused
+    def resolve_class_names(self):
+        """Take the training set's class names (``thing_classes`` metadata of the count
+        source's first dataset; nothing is read) unless the training side gave them. Returns
+        the names (None when unknown)."""
+        if not (self._meta_own and self.get_dataset_meta().get("thing_classes")):
+            src = self.count_source
+            names = None
+            if src is not None and src.dataset_names:
+                names = MetadataCatalog.get(src.dataset_names[0]).get("thing_classes", None)
+            if names is not None and len(names) == self.num_classes:
+                self.set_dataset_meta(thing_classes=names)
+        return self.class_names
+
+    def _load_dataset_meta(self, state_dict, key):
+        """``dataset_meta`` of a checkpoint being loaded: the training side's names win (with a
+        warning when the checkpoint's differ); else the checkpoint's serve, and are given to
+        the ``serve_metadata`` entries that have none. A checkpoint without it (saved before
+        names were kept) loads as it is."""
+        own = self.dataset_meta.detach().clone()
+        if key not in state_dict or tuple(state_dict[key].shape) != tuple(own.shape):
+            state_dict[key] = own
+            return
+        loaded = decode_dataset_meta(state_dict[key])
+        names = loaded.get("thing_classes")
+        if self._meta_own:
+            mine = self.get_dataset_meta().get("thing_classes")
+            if names and mine and list(names) != list(mine):
+                differ = [i for i, (a, b) in enumerate(zip(names, mine)) if a != b]
+                logger.warning(
+                    "The checkpoint's class names differ from the training set's in %d of %d "
+                    "classes (e.g. %r in the checkpoint, %r in the training set): the training "
+                    "set's are kept",
+                    len(differ),
+                    len(mine),
+                    names[differ[0]],
+                    mine[differ[0]],
+                )
+            state_dict[key] = own
+            return
+        self._dataset_meta = loaded
+        if not names or len(names) != self.num_classes:
+            return
+        self.class_names = list(names)
+        for entry in self.serve_metadata:
+            meta = MetadataCatalog.get(entry)
+            have = meta.get("thing_classes", None)
+            if have is None:
+                meta.set(thing_classes=list(names))
+            elif list(have) != list(names):
+                logger.warning(
+                    "The checkpoint's %d class names differ from the %d thing_classes of '%s', "
+                    "which keeps its own",
+                    len(names),
+                    len(have),
+                    entry,
+                )
 
     def _set_counts(self, class_counts, class_image_counts, num_train_images, class_names=None):
         """Copy counts into the buffers (``class_image_counts`` defaults to ``class_counts``);
@@ -326,7 +483,8 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         """A checkpoint's class counts are loaded only when this predictor has none from the
         training data (then they serve inference): the counts of the data it trains on win (a
         stage-1 checkpoint of another dataset, or one saved without counts, cannot change the
-        prior of stage 2)."""
+        prior of stage 2). The class names likewise (:meth:`_load_dataset_meta`)."""
+        self._load_dataset_meta(state_dict, prefix + "dataset_meta")
         if self._counts_state in (_GIVEN, _DATA):
             differ = []
             for name in _COUNT_BUFFERS:
@@ -372,6 +530,8 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         if b.LOSS in NEEDS_COUNTS or b.POSTHOC_TAU != 0:
             source.check()  # a bad PRIOR / sampler fails at build; nothing is read here
         ret["count_source"] = source
+        # what Detectron2's DefaultPredictor and demo read: DATASETS.TEST[0], or "__unused"
+        ret["serve_metadata"] = tuple(cfg.DATASETS.TEST) or ("__unused",)
         return ret
 
     # -- class counts ----------------------------------------------------------------------
@@ -432,6 +592,11 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
             found["names"],
         )
         self._counts_state = _DATA
+        names = found["names"]
+        self.set_dataset_meta(
+            thing_classes=names if names is not None and len(names) == self.num_classes else None,
+            count_source=found["description"],
+        )
         logger.info(found["description"])
         return True
 
@@ -498,6 +663,8 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         host-device sync (module doc)."""
         if self.loss_name in NEEDS_COUNTS or self.diagnostics_period > 0:
             self.resolve_class_counts()  # once: the first training step
+        if not self._meta_own:
+            self.resolve_class_names()
         scores, proposal_deltas = predictions
         if len(proposals):
             gt_classes = cat([p.gt_classes for p in proposals], dim=0)
