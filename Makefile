@@ -2,7 +2,7 @@
 # Both create .venv with the tested stack on first use (scripts/ensure_venv.sh).
 PY := .venv/bin/python
 
-.PHONY: venv run test bench format clean-data sanitize
+.PHONY: venv run test bench bench-startup format clean-data sanitize golden gpu-check gpu-check-dry-run
 
 venv:
 	@bash scripts/ensure_venv.sh
@@ -41,26 +41,47 @@ bench: venv
 		balms_published
 	$(PY) benchmarks/bench_cost.py --steps 30 --out output/bench_cost
 
-# The evaluation core (balms_det/evaluation/_ccore.c) built with AddressSanitizer and
-# UndefinedBehaviorSanitizer (gcc) into a temporary copy of the package, and the compiled-reader
-# and hostile-input tests run against it (libasan preloaded into the Python host process, leak
+# Start-up cost at LVIS size (docs/RESULTS.md): generates LVIS-v1-size annotation files (10k and
+# 100k images, no images) under datasets/lvis_like/ (650 MB) and builds each path in a fresh
+# process; needs about 7 GB of memory and an hour on 2 cores.
+bench-startup: venv
+	$(PY) benchmarks/bench_startup.py --images 10000 100170 --rounds 2 --out output/bench_startup
+
+# The evaluation engine's compiled core (balms_det/lvis_eval/csrc and its Cython binding) built
+# with AddressSanitizer and UndefinedBehaviorSanitizer (gcc) into a temporary copy of the package,
+# and the engine's tests run against it (libasan preloaded into the Python host process, leak
 # detection off: Python's own allocations are not freed at exit). Not part of `make test`; the
-# in-place core is left as it is, the temporary folder removed. See docs/EVALUATION.md.
+# in-place core and the installed package are left as they are, the temporary folder removed.
+# See docs/EVALUATION.md.
 SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+SAN_TESTS := tests/test_eval_core.py tests/test_eval_hostile.py tests/test_eval_golden.py \
+	tests/test_eval_boundary.py tests/test_fast_lvis.py
 sanitize: venv
 	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
-	cp -r balms_det "$$tmp/"; rm -f "$$tmp"/balms_det/evaluation/_ccore*.so; \
+	cp -r balms_det "$$tmp/"; rm -f "$$tmp"/balms_det/lvis_eval/_core*.so; \
 	inc=$$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['include'])"); \
 	ext=$$($(PY) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))"); \
-	gcc -shared -fPIC -O1 -g -std=c99 -ffp-contract=off $(SAN_FLAGS) -I"$$inc" \
-		balms_det/evaluation/_ccore.c -o "$$tmp/balms_det/evaluation/_ccore$$ext"; \
+	$(PY) -m cython -3 -q balms_det/lvis_eval/_core.pyx -o "$$tmp/_core.c"; \
+	gcc -shared -fPIC -O1 -g -D_GNU_SOURCE -ffp-contract=off $(SAN_FLAGS) -I"$$inc" \
+		-Ibalms_det/lvis_eval "$$tmp/_core.c" balms_det/lvis_eval/csrc/*.c \
+		-o "$$tmp/balms_det/lvis_eval/_core$$ext"; \
 	repo=$$(pwd); py=$(abspath $(PY)); cd "$$tmp"; \
 	export LD_PRELOAD=$$(gcc -print-file-name=libasan.so) PYTHONPATH="$$tmp" \
 		ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1; \
-	$$py -c "import balms_det.evaluation._ccore as c; assert c.__file__.startswith('$$tmp'), \
+	$$py -c "import balms_det.lvis_eval._core as c; assert c.__file__.startswith('$$tmp'), \
 		c.__file__; print('sanitized core:', c.__file__)"; \
-	$$py -m pytest "$$repo/tests/test_eval_native.py" "$$repo/tests/test_eval_hostile.py" -q \
-		-p no:cacheprovider $(PYTEST_ARGS)
+	$$py -m pytest $(addprefix "$$repo"/,$(SAN_TESTS)) -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The GPU check (docs/GPU.md): on a CUDA machine with Python 3.12 and PyTorch, no network, after
+# scripts/prepare_gpu_check.sh DETECTRON2_SOURCE filled .gpu_check/ here: builds Detectron2,
+# installs the wheels, runs every LOSS with AMP fp16/bf16, the Meta Reweigher, evaluation, the
+# sync count and the LVIS-size step-time ratios; prints one table (GPU_CHECK_ARGS: e.g.
+# --out DIR). gpu-check-dry-run: the same on this machine's CPU, up to the first CUDA call.
+gpu-check:
+	bash scripts/gpu_check.sh $(GPU_CHECK_ARGS)
+
+gpu-check-dry-run: venv
+	bash scripts/gpu_check.sh --dry-run $(GPU_CHECK_ARGS)
 
 # black and isort at line length 100 (pyproject.toml)
 format:
@@ -70,3 +91,9 @@ format:
 
 clean-data:
 	rm -rf datasets/synthetic
+
+# The golden outputs of the 5,000-image set (tests/golden_eval.py; the 500-image set is in the
+# suite): the engine's numbers, bit for bit, against those frozen before its rewrite.
+golden: venv
+	BALMS_GOLDEN_LARGE=1 $(PY) -m pytest tests/test_eval_golden.py -q -p no:cacheprovider \
+		-k large $(PYTEST_ARGS)

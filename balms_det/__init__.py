@@ -8,7 +8,7 @@ Use in a Detectron2 project::
     cfg.MODEL.ROI_HEADS.NAME = "BalmsROIHeads"
 
 The public names below are imported on first use (PEP 562), so ``import balms_det`` and the
-evaluation engine (``balms_det.evaluation.fast_lvis``) load neither torch nor Detectron2.
+evaluation engine (``balms_det.lvis_eval``) load neither torch nor Detectron2.
 ``add_balms_config`` (or importing ``balms_det.modeling``) registers the ROI head with
 Detectron2; ``register_datasets_from_cfg`` / ``setup_cfg`` register the datasets.
 """
@@ -43,8 +43,8 @@ _EXPORTS = {
     "run_btm_pipeline": "engine.btm",
     # evaluation
     "BalmsLVISEvaluator": "evaluation.lvis_evaluator",
-    "evaluate_detections_file": "evaluation.detections_io",
-    "evaluate_lvis": "evaluation.fast_lvis",
+    "evaluate_detections_file": "evaluation.offline",
+    "evaluate_lvis": "lvis_eval",
     "worst_class_metrics": "longtail",
 }
 

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .class_index import ImageClassIndex, instance_classes
 from .longtail import GROUPS, frequency_groups
+from .lvis_eval import check_ground_truth
 from .utils import read_json
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "dataset_class_counts",
     "lazy_class_counts",
     "lazy_num_train_images",
+    "lazy_num_classes",
     "describe_counts",
     "instance_classes",
     "sampled_class_counts",
@@ -71,20 +74,14 @@ class ClassCounts:
         return len(self.image_count)
 
 
-def counts_from_annotation_file(json_file):
-    """Per-category counts of an LVIS/COCO-format annotation file.
-
-    Returns:
-        list of dicts ``{"id", "name", "image_count", "instance_count"}`` sorted by id, and the
-        number of images in the file.
-    """
+def _annotation_file_counts(json_file):
+    """(per-category info, images in the file, images with a non-crowd annotation)."""
     data = read_json(json_file, "Annotation file")
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise ValueError(f"Annotation file '{json_file}' has no '{key}' key")
+    check_ground_truth(data, json_file, sizes=False)  # (the evaluator's rules: named errors)
     cat_ids = {c["id"] for c in data["categories"]}
     images = defaultdict(set)
     instances = defaultdict(int)
+    annotated = set()
     for a in data["annotations"]:
         if a["category_id"] not in cat_ids:
             raise ValueError(
@@ -95,6 +92,7 @@ def counts_from_annotation_file(json_file):
             continue
         images[a["category_id"]].add(a["image_id"])
         instances[a["category_id"]] += 1
+        annotated.add(a["image_id"])
     info = [
         dict(
             id=c["id"],
@@ -104,24 +102,72 @@ def counts_from_annotation_file(json_file):
         )
         for c in sorted(data["categories"], key=lambda c: c["id"])
     ]
-    return info, len(data["images"])
+    return info, len(data["images"]), len(annotated)
+
+
+def counts_from_annotation_file(json_file):
+    """Per-category counts of an LVIS/COCO-format annotation file.
+
+    Returns:
+        list of dicts ``{"id", "name", "image_count", "instance_count"}`` sorted by id, and the
+        number of images in the file.
+    """
+    info, num_images, _ = _annotation_file_counts(json_file)
+    return info, num_images
 
 
 def write_cat_info(json_file, out_file):
-    """Write the cat-info JSON of an annotation file; returns the list written."""
-    info, num_images = counts_from_annotation_file(json_file)
+    """Write the cat-info JSON of an annotation file; returns the list written.
+
+    ``num_images`` is the number of training images: the images with at least one non-crowd
+    annotation, which Detectron2's train loader keeps (``DATALOADER.FILTER_EMPTY_ANNOTATIONS``,
+    its default) and which the balanced sigmoid loss divides by; ``num_images_in_file`` counts
+    every image of the file."""
+    info, in_file, annotated = _annotation_file_counts(json_file)
     os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
     with open(out_file, "w") as f:
-        json.dump({"num_images": num_images, "categories": info}, f, indent=1)
+        json.dump(
+            {"num_images": annotated, "num_images_in_file": in_file, "categories": info},
+            f,
+            indent=1,
+        )
     return info
 
 
-def load_cat_info(path, num_classes, dataset_id_to_contiguous_id=None):
+def _short(v):
+    text = repr(v)
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+
+
+def _cat_info_count(path, where, key, v):
+    """A count of a CAT_INFO file as a float: a finite, non-negative JSON number, else
+    ValueError naming the file, the entry and the key."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(
+            f"CAT_INFO file '{path}': {where} has {key} {_short(v)} ({type(v).__name__}); "
+            "counts must be JSON numbers"
+        )
+    try:
+        f = float(v)
+    except OverflowError:
+        f = math.inf
+    if not math.isfinite(f) or f < 0:
+        raise ValueError(
+            f"CAT_INFO file '{path}': {where} has {key} {_short(v)}; counts must be finite and "
+            "non-negative"
+        )
+    return f
+
+
+def load_cat_info(path, num_classes, dataset_id_to_contiguous_id=None, names=None, dataset=""):
     """Read a cat-info JSON into ClassCounts of ``num_classes`` contiguous classes.
 
     Category ids map to contiguous ids with ``dataset_id_to_contiguous_id`` when given (COCO-style
-    metadata) else as ``id - 1`` (LVIS). Missing, malformed or mismatching files raise an error
-    naming the file and the offending ids.
+    metadata) else as ``id - 1`` (LVIS). With ``names`` (the training set's ``thing_classes``,
+    from ``dataset``), every entry's ``name`` must be the training set's name of its class: a
+    file of another dataset with the same number of classes is refused. Missing, malformed or
+    mismatching files and values (ids that are not integers, counts that are not finite
+    non-negative numbers) raise an error naming the file and the category.
     """
     data = read_json(path, "CAT_INFO file")
     cats = data.get("categories") if isinstance(data, dict) else data
@@ -132,13 +178,19 @@ def load_cat_info(path, num_classes, dataset_id_to_contiguous_id=None):
         )
     image_count = np.zeros(num_classes)
     instance_count = np.zeros(num_classes)
-    names = [None] * num_classes
+    file_names = [None] * num_classes
     seen = set()
-    for c in cats:
+    for i, c in enumerate(cats):
         missing = [k for k in ("id", "image_count") if k not in c]
         if missing:
-            raise ValueError(f"CAT_INFO file '{path}': entry {c} lacks {missing}")
+            raise ValueError(f"CAT_INFO file '{path}': entry {_short(c)} lacks {missing}")
         cid = c["id"]
+        if isinstance(cid, bool) or not isinstance(cid, int):
+            raise ValueError(
+                f"CAT_INFO file '{path}': entry #{i} ({c.get('name', '?')}) has id {_short(cid)} "
+                f"({type(cid).__name__}); ids must be integers, the training set's category ids"
+            )
+        where = f"category id {cid} ({c.get('name', '?')})"
         if dataset_id_to_contiguous_id is not None:
             if cid not in dataset_id_to_contiguous_id:
                 raise ValueError(
@@ -154,20 +206,12 @@ def load_cat_info(path, num_classes, dataset_id_to_contiguous_id=None):
                 f"{num_classes} classes (ids 1..{num_classes})"
             )
         if k in seen:
-            raise ValueError(
-                f"CAT_INFO file '{path}': category id {cid} ({c.get('name', '?')}) appears "
-                "more than once"
-            )
-        for key in ("image_count", "instance_count"):
-            v = c.get(key, c["image_count"])
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise ValueError(
-                    f"CAT_INFO file '{path}': category id {cid} ({c.get('name', '?')}) has "
-                    f"{key} {v!r}; counts must be finite numbers"
-                )
-        image_count[k] = c["image_count"]
-        instance_count[k] = c.get("instance_count", c["image_count"])
-        names[k] = c.get("name")
+            raise ValueError(f"CAT_INFO file '{path}': {where} appears more than once")
+        image_count[k] = _cat_info_count(path, where, "image_count", c["image_count"])
+        instance_count[k] = _cat_info_count(
+            path, where, "instance_count", c.get("instance_count", c["image_count"])
+        )
+        file_names[k] = c.get("name")
         seen.add(k)
     if len(seen) != num_classes:
         absent = sorted(set(range(num_classes)) - seen)[:10]
@@ -175,26 +219,62 @@ def load_cat_info(path, num_classes, dataset_id_to_contiguous_id=None):
             f"CAT_INFO file '{path}' has {len(seen)} categories but the model has {num_classes}; "
             f"first missing contiguous ids: {absent}"
         )
+    if names is not None:
+        _check_cat_info_names(path, file_names, names, dataset, dataset_id_to_contiguous_id)
     num_images = data.get("num_images", 0) if isinstance(data, dict) else 0
+    num_images = _cat_info_count(path, "the file", "num_images", num_images)
+    largest = image_count.max() if num_classes else 0
+    if num_images and num_images < largest:
+        raise ValueError(
+            f"CAT_INFO file '{path}' has num_images {num_images:g}, fewer than the {largest:g} "
+            "images of its largest image_count"
+        )
     if not num_images:
-        num_images = int(image_count.max()) if num_classes else 0
+        num_images = int(largest)
         logger.warning(
             "CAT_INFO file '%s' has no num_images; using the largest image count (%d)",
             path,
             num_images,
         )
-    return ClassCounts(image_count, instance_count, num_images, names)
+    return ClassCounts(image_count, instance_count, num_images, file_names)
 
 
-def instance_classes(record):
-    """Category ids of the non-crowd instances of a Detectron2 dataset dict (one per
-    instance, in order); ``set(...)`` of it is the classes present in the image."""
-    return [int(a["category_id"]) for a in record.get("annotations", ()) if not a.get("iscrowd", 0)]
+def _check_cat_info_names(path, file_names, names, dataset, id_map):
+    """ValueError when a CAT_INFO entry's name differs from the training set's class name."""
+    if len(names) != len(file_names):
+        raise ValueError(
+            f"CAT_INFO file '{path}' has {len(file_names)} categories but the training set "
+            f"{dataset!r} has {len(names)}"
+        )
+    ids = {k: cid for cid, k in id_map.items()} if id_map else {k: k + 1 for k in range(len(names))}
+    wrong = [
+        f"id {ids.get(k, k + 1)}: {f!r} in the file, {n!r} in the training set"
+        for k, (f, n) in enumerate(zip(file_names, names))
+        if f is not None and f != n
+    ]
+    if wrong:
+        raise ValueError(
+            f"CAT_INFO file '{path}' does not describe the training set {dataset!r}: "
+            f"{len(wrong)} of {len(names)} category names differ ({'; '.join(wrong[:5])}"
+            f"{'; ...' if len(wrong) > 5 else ''}). Its counts would be another dataset's prior; "
+            "write the file from the training annotations with tools/write_cat_info.py"
+        )
 
 
 def counts_from_dataset_dicts(dataset_dicts, num_classes):
-    """ClassCounts of Detectron2-format dicts (contiguous category ids)."""
-    return sampled_class_counts(dataset_dicts, np.ones(len(dataset_dicts)), num_classes)
+    """ClassCounts of Detectron2-format dicts (contiguous category ids), or of a
+    :class:`~balms_det.class_index.ImageClassIndex` of them."""
+    return sampled_class_counts(dataset_dicts, None, num_classes)
+
+
+def _index_of(dataset_dicts):
+    """(ImageClassIndex, file_name(position)) of dicts or of an index."""
+    if isinstance(dataset_dicts, ImageClassIndex):
+        return dataset_dicts, None
+    index = getattr(dataset_dicts, "class_index", None)  # a TrainingSet
+    if index is not None:
+        return index, dataset_dicts.file_name
+    return ImageClassIndex.from_dicts(dataset_dicts), lambda i: dataset_dicts[i].get("file_name")
 
 
 def sampled_class_counts(dataset_dicts, repeat_factors, num_classes):
@@ -202,8 +282,9 @@ def sampled_class_counts(dataset_dicts, repeat_factors, num_classes):
     (in expectation), e.g. Detectron2's ``RepeatFactorTrainingSampler``.
 
     Args:
-        dataset_dicts: N Detectron2-format dicts (contiguous category ids).
-        repeat_factors: (N,) non-negative numbers (list, numpy array or tensor).
+        dataset_dicts: N Detectron2-format dicts (contiguous category ids), a ``TrainingSet``
+            or an :class:`~balms_det.class_index.ImageClassIndex` of them.
+        repeat_factors: (N,) non-negative numbers (list, numpy array or tensor); None: all 1.
         num_classes: K.
 
     Returns:
@@ -212,29 +293,25 @@ def sampled_class_counts(dataset_dicts, repeat_factors, num_classes):
         instances excluded, as in :func:`counts_from_dataset_dicts`), ``num_images`` = sum r_i.
         All repeat factors 1 give :func:`counts_from_dataset_dicts`.
     """
-    r = np.asarray(
-        repeat_factors.tolist() if hasattr(repeat_factors, "tolist") else repeat_factors,
-        dtype=np.float64,
-    ).reshape(-1)
-    if len(r) != len(dataset_dicts):
-        raise ValueError(
-            f"{len(r)} repeat factors for {len(dataset_dicts)} images: one per image is needed"
-        )
-    if len(r) and not (np.isfinite(r).all() and (r >= 0).all()):
-        raise ValueError("repeat factors must be finite and non-negative")
-    image_count = np.zeros(num_classes)
-    instance_count = np.zeros(num_classes)
-    for d, ri in zip(dataset_dicts, r):
-        classes = instance_classes(d)
-        for k in classes:
-            if not 0 <= k < num_classes:
-                raise ValueError(
-                    f"Image '{d.get('file_name')}' has category id {k}, outside the model's "
-                    f"{num_classes} classes"
-                )
-        np.add.at(instance_count, classes, ri)
-        np.add.at(image_count, sorted(set(classes)), ri)
-    return ClassCounts(image_count, instance_count, float(r.sum()))
+    index, file_name = _index_of(dataset_dicts)
+    r = None
+    if repeat_factors is not None:
+        r = np.asarray(
+            repeat_factors.tolist() if hasattr(repeat_factors, "tolist") else repeat_factors,
+            dtype=np.float64,
+        ).reshape(-1)
+        if len(r) != len(index):
+            raise ValueError(
+                f"{len(r)} repeat factors for {len(index)} images: one per image is needed"
+            )
+        if len(r) and not (np.isfinite(r).all() and (r >= 0).all()):
+            raise ValueError("repeat factors must be finite and non-negative")
+    index.check_classes(num_classes, file_name)
+    return ClassCounts(
+        index.image_counts(num_classes, r),
+        index.instance_counts(num_classes, r),
+        float(r.sum()) if r is not None else len(index),
+    )
 
 
 def _counts_from_metadata(meta, K):
@@ -265,10 +342,18 @@ class CountSource:
     repeat_threshold: float = 0.0  # DATALOADER.REPEAT_THRESHOLD
     repeat_sqrt: bool = True  # DATALOADER.REPEAT_SQRT
     filter_empty: bool = True  # DATALOADER.FILTER_EMPTY_ANNOTATIONS
+    # how Detectron2's train loader reads DATASETS.TRAIN besides FILTER_EMPTY_ANNOTATIONS
+    # (MODEL.KEYPOINT_ON / MIN_KEYPOINTS_PER_IMAGE, MODEL.LOAD_PROPOSALS /
+    # DATASETS.PROPOSAL_FILES_TRAIN), so that the counts come from the loader's own read
+    min_keypoints: int = 0
+    proposal_files: tuple = ()
 
     @classmethod
     def from_cfg(cls, cfg):
+        from .data.training_set import training_set_args
+
         b, dl = cfg.MODEL.ROI_BOX_HEAD.BALMS, cfg.DATALOADER
+        read = training_set_args(cfg)
         return cls(
             dataset_names=tuple(cfg.DATASETS.TRAIN),
             num_classes=int(cfg.MODEL.ROI_HEADS.NUM_CLASSES),
@@ -278,7 +363,26 @@ class CountSource:
             sampler=dl.SAMPLER_TRAIN,
             repeat_threshold=float(dl.REPEAT_THRESHOLD),
             repeat_sqrt=bool(dl.get("REPEAT_SQRT", True)),
-            filter_empty=bool(dl.FILTER_EMPTY_ANNOTATIONS),
+            filter_empty=read["filter_empty"],
+            min_keypoints=read["min_keypoints"],
+            proposal_files=tuple(read["proposal_files"] or ()),
+        )
+
+    def training_set(self, read=True):
+        """The training set as Detectron2's train loader reads it (the one shared by the
+        counts, the loader and the meta set inside ``shared_training_sets``;
+        balms_det/data/training_set.py); with ``read`` False, only one already read in that
+        scope, else None."""
+        from .data.training_set import loaded_training_set, training_set
+
+        args = dict(names=self.dataset_names, **self._read_args())
+        return training_set(**args) if read else loaded_training_set(**args)
+
+    def _read_args(self):
+        return dict(
+            filter_empty=self.filter_empty,
+            min_keypoints=self.min_keypoints,
+            proposal_files=self.proposal_files or None,
         )
 
     def check(self):
@@ -332,6 +436,7 @@ class CountSource:
             need_instances=need_instances,
             need_num_images=need_num_images,
             read=read,
+            read_args=self._read_args(),
         )
 
     def _name_classes(self, counts, names, metas):
@@ -344,15 +449,13 @@ class CountSource:
                 )
             counts.names = list(metas[0].thing_classes)
 
-    def sampler_counts(self):
+    def sampler_counts(self, read=True):
         """(sampled, dataset) ClassCounts under ``RepeatFactorTrainingSampler``: the training
-        set as Detectron2's train loader reads it (``get_detection_dataset_dicts`` with
-        ``FILTER_EMPTY_ANNOTATIONS``), the repeat factors Detectron2 computes for it
-        (``repeat_factors_from_category_frequency`` with ``REPEAT_THRESHOLD`` /
-        ``REPEAT_SQRT``), and :func:`sampled_class_counts`. Computed once per process and
-        setting (cached in the first dataset's metadata)."""
-        from detectron2.data import MetadataCatalog, get_detection_dataset_dicts
-        from detectron2.data.samplers import RepeatFactorTrainingSampler
+        set as Detectron2's train loader reads it (:meth:`training_set`), the repeat factors
+        Detectron2 computes for it (``repeat_factors_from_category_frequency`` with
+        ``REPEAT_THRESHOLD`` / ``REPEAT_SQRT``, to the bit) and :func:`sampled_class_counts`.
+        ``(None, None)`` when ``read`` is False and the set was not read yet."""
+        from detectron2.data import MetadataCatalog
 
         from .data.datasets import check_registered
 
@@ -363,22 +466,13 @@ class CountSource:
                 "to compute the repeat factors of RepeatFactorTrainingSampler"
             )
         check_registered(names, "DATASETS.TRAIN")
+        train = self.training_set(read)
+        if train is None:
+            return None, None
+        factors = train.repeat_factors(self.repeat_threshold, self.repeat_sqrt)
+        sampled = sampled_class_counts(train, factors, self.num_classes)
+        dataset = counts_from_dataset_dicts(train, self.num_classes)
         metas = [MetadataCatalog.get(n) for n in names]
-        if metas[0].get("balms_sampler_counts", None) is None:
-            metas[0].set(balms_sampler_counts={})
-        cache = metas[0].balms_sampler_counts
-        key = (tuple(names), self.repeat_threshold, self.repeat_sqrt, self.filter_empty)
-        if key not in cache:
-            dicts = get_detection_dataset_dicts(names, filter_empty=self.filter_empty)
-            factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
-                dicts, self.repeat_threshold, sqrt=self.repeat_sqrt
-            )
-            K = self.num_classes
-            cache[key] = (
-                sampled_class_counts(dicts, factors, K),
-                counts_from_dataset_dicts(dicts, K),
-            )
-        sampled, dataset = cache[key]
         for c in (sampled, dataset):
             self._name_classes(c, names, metas)
         return sampled, dataset
@@ -395,9 +489,9 @@ class CountSource:
         """
         self.check()
         if self.follows_sampler:
-            if not read:
+            prior, dataset = self.sampler_counts(read)
+            if prior is None:
                 return None
-            prior, dataset = self.sampler_counts()
             source = (
                 f"RepeatFactorTrainingSampler (REPEAT_THRESHOLD {self.repeat_threshold:g}, "
                 f"sqrt {self.repeat_sqrt}) over DatasetCatalog {', '.join(self.dataset_names)}"
@@ -430,6 +524,45 @@ def class_counts_from_cfg(cfg, need_instances=False, need_num_images=False, read
     return CountSource.from_cfg(cfg).dataset_counts(need_instances, need_num_images, read)
 
 
+def _counts_of_datasets(names, metas, K, need_instances, need_num_images, read, read_args):
+    """The counts of :func:`dataset_class_counts` without CAT_INFO: ``(ClassCounts, source)``,
+    or ``(None, None)`` when they need a read and ``read`` is False."""
+    from .data.training_set import loaded_training_set, training_set, training_set_key
+
+    args = dict(read_args or {})
+    args["names"] = tuple(names)
+    # counts computed from the data earlier in this process, per way of reading the data
+    if metas[0].get("balms_class_counts", None) is None:
+        metas[0].set(balms_class_counts={})
+    cache, cache_key = metas[0].balms_class_counts, training_set_key(**args)
+    what = "DatasetCatalog " + ", ".join(names)
+    if cache_key in cache:
+        return cache[cache_key], what + " (computed earlier, cached)"
+
+    def train_set():  # the loader's read (shared in scope), or None without reading
+        return training_set(**args) if read else loaded_training_set(**args)
+
+    from_meta = [_counts_from_metadata(m, K) for m in metas]
+    if not need_instances and all(c is not None for c in from_meta):
+        img = np.sum(from_meta, axis=0)
+        source = "class_image_count metadata of " + ", ".join(names)
+        num_images = [m.get("num_images", None) for m in metas]
+        n = sum(num_images) if all(num_images) else 0
+        if need_num_images and not n:
+            data = train_set()
+            if data is None:
+                return None, None
+            n = len(data)
+            source += f" ({n} training images: the length of the training set)"
+        return ClassCounts(img, img, n), source
+    data = train_set()
+    if data is None:
+        return None, None
+    counts = counts_from_dataset_dicts(data, K)
+    cache[cache_key] = counts
+    return counts, what + " (computed once, cached)"
+
+
 def dataset_class_counts(
     dataset_names,
     num_classes=None,
@@ -440,23 +573,35 @@ def dataset_class_counts(
     read=True,
     key="DATASETS.TRAIN",
     num_classes_key="MODEL.ROI_HEADS.NUM_CLASSES",
+    read_args=None,
 ):
     """ClassCounts of registered datasets (summed) and a sentence saying where they came from;
     the sources of :func:`class_counts_from_cfg`, without a config.
 
+    In order: ``cat_info``; counts computed earlier in this process (cached in the first
+    dataset's metadata); Detectron2's ``class_image_count`` metadata (image counts, when no
+    instance counts are needed; the number of training images from ``num_images`` metadata,
+    else the length of the training set, whose read the train loader shares); else the
+    training set itself (:func:`balms_det.data.training_set.training_set`: read once, shared
+    with the train loader and the meta set inside ``shared_training_sets``).
+
     Args:
         dataset_names (str or list[str]): registered dataset names.
         num_classes (int): K; None: the length of the first dataset's ``thing_classes`` (or
-            of its ``class_image_count``).
+            of its ``class_image_count``); a dataset registered by file without them yet is
+            read once for its categories (the same read gives its counts).
         cat_info (str): a cat-info JSON to read instead of the datasets.
         need_instances, need_num_images, read: see :func:`class_counts_from_cfg`.
         key, num_classes_key: how errors name the dataset names and K.
+        read_args (dict): how the training set is read (``filter_empty``, ``min_keypoints``,
+            ``proposal_files`` of :func:`~balms_det.data.training_set.training_set`); default
+            Detectron2's (images without a non-crowd annotation dropped).
 
     Raises:
         ValueError: a name is not registered (naming it and ``key``), or K is unknown or
             disagrees with the dataset's classes.
     """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data import MetadataCatalog
 
     from .data.datasets import check_registered
 
@@ -466,13 +611,15 @@ def dataset_class_counts(
     check_registered(names, key)
     metas = [MetadataCatalog.get(n) for n in names]
     K = num_classes
+    loaded = {}  # datasets read to learn K, reused for their counts
     if K is None:
-        first = metas[0] if metas else None
-        for field in ("thing_classes", "class_image_count"):
-            if first is not None and first.get(field, None):
-                K = len(first.get(field))
-                break
-        else:
+        K = _num_classes_from_metadata(metas[0]) if metas else None
+        if K is None and names and read:
+            # a dataset registered by file knows its categories once loaded (Detectron2's
+            # loaders set thing_classes)
+            loaded[names[0]] = DatasetCatalog.get(names[0])
+            K = _num_classes_from_metadata(metas[0])
+        if K is None:
             raise ValueError(
                 f"{num_classes_key} is not given and dataset "
                 f"'{names[0] if names else cat_info}' has no thing_classes metadata: pass it"
@@ -484,40 +631,35 @@ def dataset_class_counts(
             f"{num_classes_key} is {K} but dataset '{names[0]}' has {len(thing_classes)} classes"
         )
     if cat_info:
+        if thing_classes is None and names and read:  # the names CAT_INFO must match
+            from .data.datasets import dataset_categories
+
+            thing_classes = dataset_categories(names[0])
         mapping = metas[0].get("thing_dataset_id_to_contiguous_id", None) if metas else None
-        counts = load_cat_info(cat_info, K, mapping)
+        counts = load_cat_info(cat_info, K, mapping, thing_classes, names[0] if names else "")
         source = f"CAT_INFO file '{cat_info}'"
     else:
-        cached = [m.get("balms_class_counts", None) for m in metas]
-        from_meta = [_counts_from_metadata(m, K) for m in metas]
-        num_images = [m.get("num_images", None) for m in metas]
-        if all(c is not None for c in cached):
-            counts = _sum_counts(cached)
-            source = "DatasetCatalog " + ", ".join(names) + " (computed earlier, cached)"
-        elif (
-            not need_instances
-            and all(c is not None for c in from_meta)
-            and (not need_num_images or all(n for n in num_images))
-        ):
-            img = np.sum(from_meta, axis=0)
-            counts = ClassCounts(img, img, sum(n or 0 for n in num_images))
-            source = "class_image_count metadata of " + ", ".join(names)
-        elif not read:
+        counts, source = _counts_of_datasets(
+            names, metas, K, need_instances, need_num_images, read, read_args
+        )
+        if counts is None:
             return None, None
-        else:
-            parts = []
-            for name, meta in zip(names, metas):
-                c = counts_from_dataset_dicts(DatasetCatalog.get(name), K)
-                meta.set(balms_class_counts=c)
-                parts.append(c)
-            counts = _sum_counts(parts)
-            source = "DatasetCatalog " + ", ".join(names) + " (computed once, cached)"
     if thing_classes is not None:
         counts.names = list(thing_classes)
     return counts, source
 
 
-def lazy_class_counts(dataset_names, count_type="image_count", *, num_classes=None, cat_info=""):
+def lazy_class_counts(
+    dataset_names,
+    count_type="image_count",
+    *,
+    num_classes=None,
+    cat_info="",
+    prior="dataset",
+    repeat_threshold=0.0,
+    repeat_sqrt=True,
+    filter_empty=True,
+):
     """The K per-class training counts of registered datasets, for a LazyConfig.
 
     Meant to be called at ``instantiate`` time, like Detectron2's ``get_fed_loss_cls_weights``
@@ -530,62 +672,145 @@ def lazy_class_counts(dataset_names, count_type="image_count", *, num_classes=No
         )
 
     Image counts come from the ``class_image_count`` metadata when every dataset has it
-    (Detectron2's LVIS v1 metadata: no file is read), else they are computed once from
-    ``DatasetCatalog`` and cached in the metadata (so the ``class_image_counts`` and
-    ``num_train_images`` calls of the same config reuse them); instance counts always come
-    from the data (or ``cat_info``).
+    (Detectron2's LVIS v1 metadata: no file is read), else they are computed once from the
+    training set as Detectron2's ``get_detection_dataset_dicts`` reads it (images without a
+    non-crowd annotation dropped) and cached in the metadata (so the ``class_image_counts``
+    and ``num_train_images`` calls of the same config reuse them); instance counts always come
+    from the data (or ``cat_info``). Inside ``shared_training_sets`` (``tools/lazy_train_net.py``)
+    that read is the one of a ``dataloader.train.dataset = L(training_set)(...)``.
 
     Args:
         dataset_names (str or list[str]): registered training dataset(s); counts are summed.
         count_type (str): "image_count" or "instance_count".
-        num_classes (int): K; default: the number of the first dataset's ``thing_classes``.
+        num_classes (int): K; default: the number of the first dataset's categories
+            (``thing_classes``; a dataset registered by file is read for them).
         cat_info (str): optional cat-info JSON (``tools/write_cat_info.py``) read instead.
+        prior (str): "dataset", or "sampler": the counts as Detectron2's
+            ``RepeatFactorTrainingSampler`` delivers them (each class's expected images or
+            instances per epoch; the yacs key ``MODEL.ROI_BOX_HEAD.BALMS.PRIOR``), for a
+            config whose train loader samples with it.
+        repeat_threshold, repeat_sqrt, filter_empty: with ``prior="sampler"``, the sampler's
+            ``repeat_thresh`` / ``sqrt`` and the loader's filtering of images without
+            annotations (``get_detection_dataset_dicts(filter_empty=...)``), as the config's
+            train loader has them.
 
     Returns:
         list[float]: K counts, in contiguous class order.
 
     Raises:
-        ValueError: an unregistered name (named), an unknown ``count_type``, or a K that
-            disagrees with the dataset.
+        ValueError: an unregistered name (named), an unknown ``count_type`` or ``prior``, or a
+            K that disagrees with the dataset.
     """
     if count_type not in COUNT_TYPES:
         raise ValueError(
             f"lazy_class_counts(count_type=...) must be one of {COUNT_TYPES}, got '{count_type}'"
         )
-    counts, _ = dataset_class_counts(
+    counts = _lazy_counts(
+        "lazy_class_counts",
         dataset_names,
         num_classes,
-        cat_info=cat_info,
+        cat_info,
+        dict(prior=prior, repeat_threshold=repeat_threshold, repeat_sqrt=repeat_sqrt),
+        filter_empty,
         need_instances=count_type == "instance_count",
-        key="lazy_class_counts(dataset_names=...)",
-        num_classes_key="lazy_class_counts(num_classes=...)",
     )
     return [float(c) for c in counts.get(count_type)]
 
 
-def lazy_num_train_images(dataset_names, *, num_classes=None, cat_info=""):
+def lazy_num_train_images(
+    dataset_names,
+    *,
+    num_classes=None,
+    cat_info="",
+    prior="dataset",
+    repeat_threshold=0.0,
+    repeat_sqrt=True,
+    filter_empty=True,
+):
     """The number of training images of registered datasets (summed), for a LazyConfig
-    (``num_train_images=`` of a balanced-sigmoid predictor); from ``num_images`` metadata or
-    ``cat_info`` when present, else counted from ``DatasetCatalog`` once (cached with the
-    class counts). Arguments and errors as :func:`lazy_class_counts`."""
-    counts, _ = dataset_class_counts(
+    (``num_train_images=`` of a balanced-sigmoid predictor): the images with a non-crowd
+    annotation, those Detectron2's train loader keeps; from ``num_images`` metadata or
+    ``cat_info`` when present, else the length of the training set (read once, shared as in
+    :func:`lazy_class_counts`); with ``prior="sampler"`` the expected images of a
+    ``RepeatFactorTrainingSampler`` epoch. Arguments and errors as :func:`lazy_class_counts`."""
+    counts = _lazy_counts(
+        "lazy_num_train_images",
         dataset_names,
         num_classes,
-        cat_info=cat_info,
+        cat_info,
+        dict(prior=prior, repeat_threshold=repeat_threshold, repeat_sqrt=repeat_sqrt),
+        filter_empty,
         need_num_images=True,
-        key="lazy_num_train_images(dataset_names=...)",
-        num_classes_key="lazy_num_train_images(num_classes=...)",
     )
-    return int(counts.num_images)
+    return int(counts.num_images) if prior == "dataset" else float(counts.num_images)
 
 
-def _sum_counts(parts):
-    return ClassCounts(
-        np.sum([p.image_count for p in parts], axis=0),
-        np.sum([p.instance_count for p in parts], axis=0),
-        sum(p.num_images for p in parts),
-        parts[0].names,
+def lazy_num_classes(dataset_names):
+    """K, the number of categories of the (first) registered training dataset, for a
+    LazyConfig's ``model.roi_heads.num_classes`` (the yacs route's ``NUM_CLASSES 0``): from its
+    ``thing_classes`` metadata, or read from a dataset registered by file."""
+    names = [dataset_names] if isinstance(dataset_names, str) else [str(n) for n in dataset_names]
+    if not names:
+        raise ValueError("lazy_num_classes(dataset_names=...) is empty: name the training set")
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from .data.datasets import check_registered
+
+    check_registered(names[:1], "lazy_num_classes(dataset_names=...)")
+    meta = MetadataCatalog.get(names[0])
+    K = _num_classes_from_metadata(meta)
+    if K is None:
+        DatasetCatalog.get(names[0])  # Detectron2's loaders set thing_classes
+        K = _num_classes_from_metadata(meta)
+    if K is None:
+        raise ValueError(
+            f"lazy_num_classes: dataset '{names[0]}' has no thing_classes metadata after loading; "
+            "set the number of classes in the config"
+        )
+    return K
+
+
+def _lazy_counts(what, dataset_names, num_classes, cat_info, sampler, filter_empty, **need):
+    """ClassCounts for the lazy helpers ``what``: the dataset's (:func:`dataset_class_counts`
+    with ``need``), or with ``sampler["prior"] == "sampler"`` the repeat-factor sampler's
+    (``CountSource.sampler_counts`` with ``sampler``'s threshold and sqrt)."""
+    prior = sampler["prior"]
+    if prior not in PRIORS:
+        raise ValueError(f"{what}(prior=...) must be one of {PRIORS}, got '{prior}'")
+    if prior == "dataset":
+        counts, _ = dataset_class_counts(
+            dataset_names,
+            num_classes,
+            cat_info=cat_info,
+            key=f"{what}(dataset_names=...)",
+            num_classes_key=f"{what}(num_classes=...)",
+            **need,
+        )
+        return counts
+    if cat_info:
+        raise ValueError(
+            f"{what}(prior='sampler') computes the counts from the training set's repeat "
+            "factors; leave cat_info empty"
+        )
+    names = [dataset_names] if isinstance(dataset_names, str) else [str(n) for n in dataset_names]
+    source = CountSource(
+        dataset_names=tuple(names),
+        num_classes=int(num_classes) if num_classes is not None else lazy_num_classes(names),
+        prior="sampler",
+        sampler="RepeatFactorTrainingSampler",
+        repeat_threshold=float(sampler["repeat_threshold"]),
+        repeat_sqrt=bool(sampler["repeat_sqrt"]),
+        filter_empty=bool(filter_empty),
     )
+    return source.sampler_counts()[0]
+
+
+def _num_classes_from_metadata(meta):
+    """K from a dataset's ``thing_classes`` (or ``class_image_count``) metadata, or None."""
+    for field in ("thing_classes", "class_image_count"):
+        if meta.get(field, None):
+            return len(meta.get(field))
+    return None
 
 
 def describe_counts(counts, count_type, source, image_count=None, note=""):

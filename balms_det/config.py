@@ -97,10 +97,19 @@ def add_balms_config(cfg):
     # Training procedures
     # ---------------------------------------------------------------------------------------
     _C.BALMS = CN()
+    # Precision of mixed-precision training (SOLVER.AMP.ENABLED): "float16" or "bfloat16", the
+    # dtype of Detectron2's AMPTrainer autocast; the Meta Reweigher's meta forward follows it.
+    _C.BALMS.AMP_DTYPE = "float16"
+
     # Decoupled training: regular expressions (re.search) over parameter names; when non-empty,
     # only matching parameters are trained, everything else is frozen and its normalisation
     # layers are kept in eval mode. Stage 2 of the published schedule uses ["cls_score"].
     _C.BALMS.TRAINABLE_PARAMS = []
+    # A training run with frozen parameters (TRAINABLE_PARAMS, MODEL.BACKBONE.FREEZE_AT) needs
+    # weights to start from: with an empty MODEL.WEIGHTS the frozen layers keep their random
+    # initialisation, and the run is refused before it starts. True trains on random frozen
+    # layers on purpose (e.g. a random-feature control), with a warning.
+    _C.BALMS.ALLOW_FROZEN_RANDOM_INIT = False
 
     # Meta Reweigher (per-class loss weights learned by one-step look-ahead on a balanced set).
     _C.BALMS.META = CN()
@@ -130,6 +139,10 @@ def add_balms_config(cfg):
     # Cache the ROI features of the meta set (only valid when everything before the classifier
     # is frozen, i.e. in the decoupled stage).
     _C.BALMS.META.CACHE_FEATURES = False
+    # Write the hook's weights summary and meta loss to the event storage every this many
+    # iterations (one read of the device each time, none between; Detectron2's writers print
+    # every 20 iterations). Non-finite meta-gradients, skipped on the device, are reported then.
+    _C.BALMS.META.LOG_PERIOD = 20
 
     # Balanced Training and Merging.
     _C.BALMS.BTM = CN()
@@ -148,7 +161,7 @@ def add_balms_config(cfg):
 
     # Evaluation (BalmsLVISEvaluator.from_config).
     _C.BALMS.EVAL = CN()
-    # Engine computing the LVIS metrics: "fast" (balms_det.evaluation.fast_lvis, identical
+    # Engine computing the LVIS metrics: "fast" (balms_det.lvis_eval, identical
     # numbers) or "lvis-api" (the reference lvis 0.5.3, run with a numpy compatibility shim;
     # standard and fixed protocols only).
     _C.BALMS.EVAL.ENGINE = "fast"

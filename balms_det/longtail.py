@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 
+from .lvis_eval.params import COMMON_MAX_IMAGES, GROUPS, RARE_MAX_IMAGES, frequency_group
+
 __all__ = [
     "worst_class_metrics",
     "assign_frequency",
@@ -15,11 +17,8 @@ __all__ = [
     "ZERO_REPLACEMENT",
 ]
 
-# LVIS frequency groups by number of TRAINING IMAGES holding the class (Gupta et al. 2019):
-# rare 1-10 (and 0), common 11-100, frequent > 100.
-GROUPS = ("r", "c", "f")
-RARE_MAX_IMAGES = 10
-COMMON_MAX_IMAGES = 100
+# The LVIS frequency groups (Gupta et al. 2019: rare 1-10 training images, and 0; common 11-100;
+# frequent > 100) are part of the LVIS protocol: defined by the evaluation engine.
 
 # The BTM paper replaces a zero per-class score by 1e-3 so that the means stay defined.
 ZERO_REPLACEMENT = 1e-3
@@ -48,13 +47,6 @@ def worst_class_metrics(per_class_ap, zero=ZERO_REPLACEMENT):
         min=float(ap.min()),
         num_zero=int(np.sum(ap <= 0)),
     )
-
-
-def frequency_group(image_count):
-    """LVIS group label ('r', 'c' or 'f') of a class held by ``image_count`` training images."""
-    if image_count <= RARE_MAX_IMAGES:
-        return "r"
-    return "c" if image_count <= COMMON_MAX_IMAGES else "f"
 
 
 def frequency_groups(image_counts):

@@ -1,8 +1,8 @@
-"""Small helpers shared across balms-det: JSON reading, atomic writes, Markdown tables, and the
-formatting of offending values in error messages.
+"""Small helpers shared across balms-det: JSON reading, atomic writes, Markdown tables, the
+formatting of offending values in error messages, and the mixed-precision dtype setting.
 
 This module imports neither torch nor Detectron2 (the evaluation engine and the offline tools
-use it without them); :func:`atomic_torch_save` imports torch when called.
+use it without them); :func:`atomic_torch_save` and :func:`amp_dtype` import torch when called.
 """
 
 import json
@@ -16,22 +16,11 @@ __all__ = [
     "markdown_table",
     "format_examples",
     "EXAMPLES_SHOWN",
+    "amp_dtype",
 ]
 
-# Offending values named in an error message before "... (N in all)".
-EXAMPLES_SHOWN = 10
-
-
-def read_json(path, what, error=ValueError):
-    """Load a JSON file; a missing file raises FileNotFoundError and malformed content
-    ``error``, both naming ``what`` and the path."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{what} '{path}' does not exist")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise error(f"{what} '{path}' is not valid JSON: {e}") from e
+# (one definition, in the evaluation engine, which imports nothing of balms_det)
+from .lvis_eval.jsonio import EXAMPLES_SHOWN, format_examples, read_json  # noqa: E402
 
 
 def atomic_write(path, write, mode="w"):
@@ -68,12 +57,21 @@ def markdown_table(rows, headers, floatfmt=".2f"):
     return tabulate(list(rows), headers=list(headers), tablefmt="pipe", floatfmt=floatfmt)
 
 
-def format_examples(values, limit=EXAMPLES_SHOWN, sort=True):
-    """``[v1, v2, ... (N in all)]``: at most ``limit`` distinct values for an error message."""
-    values = list(dict.fromkeys(values))
-    if sort:
-        values = sorted(values, key=lambda v: (str(type(v)), v))
-    shown = ", ".join(repr(v) for v in values[:limit])
-    if len(values) > limit:
-        shown += f", ... ({len(values)} in all)"
-    return "[" + shown + "]"
+AMP_DTYPES = {"float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def amp_dtype(value, what="BALMS.AMP_DTYPE"):
+    """The torch dtype of a mixed-precision setting: None for off (None / False), float16 for
+    True, else "float16" / "bfloat16" (or "fp16" / "bf16", or the torch dtype itself).
+    Anything else raises ValueError naming ``what``."""
+    import torch
+
+    if value is None or value is False:
+        return None
+    if value is True:
+        return torch.float16
+    if isinstance(value, torch.dtype) and value in (torch.float16, torch.bfloat16):
+        return value
+    if isinstance(value, str) and value.lower() in AMP_DTYPES:
+        return getattr(torch, AMP_DTYPES[value.lower()])
+    raise ValueError(f"{what} must be 'float16' or 'bfloat16', got {value!r}")

@@ -1,6 +1,6 @@
 """Benchmark LVIS evaluators side by side: lvis-api 0.5.3 (the reference), faster-coco-eval and
 hotcoco 1.3.0 (optional peers, skipped when not installed), and balms-det's engine
-(balms_det.evaluation.fast_lvis) with the standard protocol, AP-fixed, AP-pool and boundary AP.
+(balms_det.lvis_eval) with the standard protocol, AP-fixed, AP-pool and boundary AP.
 
     python benchmarks/bench_lvis_eval.py --images 5000 --dets-per-image 300 --iou-type both
 
@@ -24,8 +24,7 @@ peak; the slow ones run once.
 The standard rows are compared with lvis-api run on the same files. AP-fixed, AP-pool and
 boundary AP have no lvis-api counterpart here (their equality with lvis-api run the way their
 authors run it is tested in tests/test_eval_protocols.py and tests/test_eval_boundary.py); the
-"balms-det boundary" row is compared with "balms-det boundary (Python reader)" (the engine with
-BALMS_NO_CCORE=1: masks eroded in numpy) where that row runs.
+last column of the boundary row is its wall time over that of the segm row of the same run.
 """
 
 import argparse
@@ -236,11 +235,7 @@ precision = ev.eval["precision"][..., 0]
 """,
     "balms-det": """
 protocol = sys.argv[5]
-if protocol.endswith("-python"):  # the engine without its compiled core
-    import os
-    os.environ["BALMS_NO_CCORE"] = "1"
-    protocol = protocol[: -len("-python")]
-from balms_det.evaluation.fast_lvis import evaluate_lvis
+from balms_det.lvis_eval import evaluate_lvis
 iou = "boundary" if protocol == "boundary" else iou_type
 r = evaluate_lvis(gt_path, dt_path, iou, protocol="standard" if protocol == "boundary" else protocol)
 metrics, precision = r.results, r.precision
@@ -256,7 +251,6 @@ ROWS = [
     ("balms-det AP-fixed", "balms-det", "fixed"),
     ("balms-det AP-pool", "balms-det", "pool"),
     ("balms-det boundary", "balms-det", "boundary"),
-    ("balms-det boundary (Python reader)", "balms-det", "boundary-python"),
 ]
 PEERS = {"faster-coco-eval": "faster_coco_eval", "hotcoco": "hotcoco"}
 
@@ -329,15 +323,15 @@ def _table(rows, args, data_dir, command):
         f"{datetime.date.today().isoformat()}, `{command}`",
         "",
         "| evaluator | iou type | runs | wall s | peak MB | vs lvis-api | wall / hotcoco "
-        "| max abs metric diff | max abs precision diff |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| peak / hotcoco | max abs metric diff | max abs precision diff |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r["wall"] is None:
-            lines.append(f"| {r['label']} | {r['iou']} | | failed | | | | | |")
+            lines.append(f"| {r['label']} | {r['iou']} | | failed | | | | | | |")
             continue
         lines.append(
-            "| %s | %s | %d | %.2f | %.0f | %s | %s | %s | %s |"
+            "| %s | %s | %d | %.2f | %.0f | %s | %s | %s | %s | %s |"
             % (
                 r["label"],
                 r["iou"],
@@ -346,10 +340,30 @@ def _table(rows, args, data_dir, command):
                 r["peak"],
                 f(r["speedup"], "%.1fx"),
                 f(r["vs_hotcoco"], "%.2f"),
+                f(r["peak_vs_hotcoco"], "%.2f"),
                 f(r["diff"], "%.2e"),
                 f(r["pdiff"], "%.2e"),
             )
         )
+    boundary = next((r for r in rows if r["label"] == "balms-det boundary" and r["wall"]), None)
+    segm = next(
+        (
+            r
+            for r in rows
+            if r["label"] == "balms-det standard" and r["iou"] == "segm" and r["wall"]
+        ),
+        None,
+    )
+    if boundary and segm:
+        lines += [
+            "",
+            f"boundary / segm wall time (balms-det): {boundary['wall'] / segm['wall']:.2f}",
+        ]
+    lines += ["", "Wall times of the runs, in order (s):", ""]
+    for r in rows:
+        if len(r["runs"]) > 1:
+            runs = ", ".join(f"{w:.2f}" for w, _ in r["runs"])
+            lines.append(f"- {r['label']} ({r['iou']}): {runs}")
     return "\n".join(lines)
 
 
@@ -411,7 +425,8 @@ def main():
             shown = "boundary" if boundary else iou_type
             prefix = os.path.join(data_dir, "out_%s_%s_%s" % (worker, protocol, iou_type))
             row = dict(label=label, iou=shown, wall=None, peak=None, speedup=None, runs=[])
-            row.update(vs_hotcoco=None, diff=None, pdiff=None, res=None, worker=worker)
+            row.update(vs_hotcoco=None, peak_vs_hotcoco=None, diff=None, pdiff=None, res=None)
+            row["worker"] = worker
             row["protocol"] = protocol
             rows.append(row)
             todo.append((row, worker, protocol, prefix))
@@ -432,17 +447,14 @@ def main():
                 row["runs"].append(res[:2])
                 print("  %.2f s, %.0f MB peak" % (res[0], res[1]), flush=True)
         ref = next((r["res"] for r, w, _, _ in todo if w == "lvis-api" and r["res"]), None)
-        py_boundary = next(
-            (r["res"] for r, _, p, _ in todo if p == "boundary-python" and r["res"]), None
-        )
-        hot = None
+        hot = hot_peak = None
         for row, worker, protocol, _ in todo:
             if row["res"] is None:
                 continue
             row["wall"] = float(np.median([w for w, _ in row["runs"]]))
             row["peak"] = max(p for _, p in row["runs"])
             if worker == "hotcoco":
-                hot = row["wall"]
+                hot, hot_peak = row["wall"], row["peak"]
         for row, worker, protocol, _ in todo:
             if row["res"] is None:
                 continue
@@ -452,10 +464,9 @@ def main():
                     row["diff"], row["pdiff"] = _diffs(row["res"], ref)
                 elif worker == "lvis-api":
                     row["diff"] = row["pdiff"] = 0.0
-            if protocol == "boundary" and py_boundary is not None:
-                row["diff"], row["pdiff"] = _diffs(row["res"], py_boundary)
             if hot is not None and worker != "lvis-api" and worker != "faster-coco-eval":
                 row["vs_hotcoco"] = row["wall"] / hot
+                row["peak_vs_hotcoco"] = row["peak"] / hot_peak
         for row in rows:
             row.pop("res", None)
     table = _table(rows, args, data_dir, command)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv with the tested stack (Python 3.10) and balms-det in editable mode, once.
 # Re-runs pip only when requirements.txt, setup.py or the compiled core's source changed since
-# the last install (the editable install builds balms_det/evaluation/_ccore in place).
+# the last install (the editable install builds the evaluation engine's core,
+# balms_det/lvis_eval/_core, in place).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${BALMS_VENV:-.venv}
@@ -28,7 +29,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$py" -m venv "$VENV"
 fi
 if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
-   || [ balms_det/evaluation/_ccore.c -nt "$stamp" ]; then
+   || [ -n "$(find balms_det/lvis_eval/_core.pyx balms_det/lvis_eval/csrc -newer "$stamp")" ]; then
   echo "Installing the tested stack into $VENV (requirements.txt; several GB, a few minutes)"
   "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e .

@@ -135,6 +135,44 @@ def test_cost_benchmark_smoke(tmp_path):
     assert rows[0]["time_ratio"] == 1.0 and rows[1]["median_step_s"] > 0
 
 
+def test_cost_benchmark_takes_a_config_and_a_class_count():
+    """The LVIS recipe's variants: each sets its own loss, hook and trainable parameters over
+    the given config (whose META.ENABLED is True); the sweep names give PERIOD and meta batch;
+    the class count reaches the head and the generated synthetic set."""
+    from balms_det.engine.trainer import setup_cfg
+
+    bench = _load_bench("bench_cost")
+    lvis = os.path.join(REPO, "configs", "lvis", "stage2_balms_meta_r50.yaml")
+    common = bench.class_count_opts(1203) + ["SOLVER.IMS_PER_BATCH", "2"]
+    plain = setup_cfg(
+        lvis, bench.variant_opts("stage2_classifier_only", "balanced_sigmoid") + common
+    )
+    assert not plain.BALMS.META.ENABLED and plain.BALMS.TRAINABLE_PARAMS == ["cls_score"]
+    assert plain.MODEL.ROI_BOX_HEAD.BALMS.LOSS == "balanced_sigmoid"
+    assert plain.MODEL.ROI_HEADS.NUM_CLASSES == plain.BALMS.SYNTHETIC.NUM_CLASSES == 1203
+    assert plain.DATASETS.TRAIN == ("synth_lt_train",) and plain.MODEL.RESNETS.DEPTH == 50
+    # 50 down to 1 images per class fit in the generated images (6 objects each at most)
+    from balms_det.data.synthetic import SyntheticLTConfig, class_image_counts
+
+    syn = plain.BALMS.SYNTHETIC
+    params = SyntheticLTConfig(
+        num_classes=1203,
+        num_train_images=syn.NUM_TRAIN_IMAGES,
+        max_images_per_class=syn.MAX_IMAGES_PER_CLASS,
+        min_images_per_class=syn.MIN_IMAGES_PER_CLASS,
+    )
+    assert sum(class_image_counts(params)) <= 6 * syn.NUM_TRAIN_IMAGES
+    sweep = setup_cfg(lvis, bench.variant_opts("stage2_meta_p4_m1", "balanced_sigmoid") + common)
+    meta = sweep.BALMS.META
+    assert (meta.ENABLED, meta.PERIOD, meta.IMS_PER_BATCH) == (True, 4, 1)
+    assert meta.META_LOSS == "balanced" and sweep.BALMS.TRAINABLE_PARAMS == ["cls_score"]
+    full = setup_cfg(lvis, bench.variant_opts("meta_p2_m3") + common)
+    assert full.BALMS.TRAINABLE_PARAMS == [] and full.BALMS.META.PERIOD == 2
+    assert full.MODEL.ROI_BOX_HEAD.BALMS.LOSS == "balanced_softmax"
+    with pytest.raises(SystemExit, match="unknown variant 'meta_p2'"):
+        bench.variant_opts("meta_p2")
+
+
 @pytest.mark.parametrize(
     "method, expect",
     [

@@ -284,6 +284,26 @@ def test_tiny_pipeline_merges_evaluates_and_resumes(tmp_path, monkeypatch):
     again = btm.run_btm_pipeline(cfg, out, **kwargs)
     assert calls == [] and again["table"] == res["table"]
 
+    # only inference settings change (TEST.*): nothing is retrained, every model re-evaluated
+    evals = []
+    real_eval = btm._eval_worker
+    monkeypatch.setattr(btm, "_eval_worker", lambda *a: (evals.append(a[0]), real_eval(*a)))
+    fewer = ["TEST.DETECTIONS_PER_IMAGE", "5"]
+    cfg5, stage2_5 = (c.clone() for c in (cfg, stage2))
+    for c in (cfg5, stage2_5):
+        c.defrost()
+        c.merge_from_list(fewer)
+    third = btm.run_btm_pipeline(cfg5, out, **dict(kwargs, stage2=stage2_5))
+    assert calls == [] and len(evals) == 2
+    assert all("DETECTIONS_PER_IMAGE: 5" in open(e).read() for e in evals)
+    assert "DETECTIONS_PER_IMAGE: 5" in (out / "stage2" / "btm_config.yaml").read_text()
+    assert [r["model"] for r in third["table"]] == [r["model"] for r in res["table"]]
+    # a training setting still refuses, naming the key
+    cfg_lr = cfg5.clone()
+    cfg_lr.merge_from_list(["BALMS.BTM.BASE_LR", "0.5"])
+    with pytest.raises(ValueError, match="was trained with BALMS.BTM.BASE_LR = 0.002"):
+        btm.run_btm_pipeline(cfg_lr, out, **dict(kwargs, stage2=stage2_5))
+
 
 def test_btm_tool_refuses_stage2_on_another_synthetic_dataset():
     """The stage-2 config must describe the same synthetic dataset as the pipeline's (setting

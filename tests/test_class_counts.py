@@ -43,7 +43,10 @@ def test_cat_info_round_trip_and_errors(tmp_path):
     write_cat_info(str(_ann_file(tmp_path)), str(out))
     c = load_cat_info(str(out), 3)
     assert c.image_count.tolist() == [2, 1, 0] and c.instance_count.tolist() == [3, 1, 0]
-    assert c.num_images == 4 and c.names == ["a", "b", "c"]
+    # the training images: 1 and 2 have a non-crowd annotation (3: crowd only, 4: none), as
+    # Detectron2's loader keeps them; the file's own count is written beside
+    assert c.num_images == 2 and c.names == ["a", "b", "c"]
+    assert json.loads(out.read_text())["num_images_in_file"] == 4
     with pytest.raises(FileNotFoundError, match="nope.json"):
         load_cat_info(str(tmp_path / "nope.json"), 3)
     bad = tmp_path / "bad.json"

@@ -2,7 +2,7 @@ import glob
 import os
 
 import pytest
-from conftest import CONFIGS
+from conftest import CONFIGS, flat_cfg
 from detectron2.config import get_cfg
 
 from balms_det import add_balms_config
@@ -27,17 +27,7 @@ def test_every_config_merges(path):
 def test_balms_keys_do_not_collide_with_detectron2():
     plain = get_cfg()
     cfg = add_balms_config(get_cfg())
-
-    def flat(node, prefix=""):
-        out = {}
-        for k, v in node.items():
-            if hasattr(v, "items"):
-                out.update(flat(v, prefix + k + "."))
-            else:
-                out[prefix + k] = v
-        return out
-
-    a, b = flat(plain), flat(cfg)
+    a, b = flat_cfg(plain), flat_cfg(cfg)
     added = set(b) - set(a)
     assert added and all(k.startswith(("MODEL.ROI_BOX_HEAD.BALMS.", "BALMS.")) for k in added)
     assert all(a[k] == b[k] for k in a)

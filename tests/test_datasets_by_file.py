@@ -80,7 +80,7 @@ def test_bad_registrations_name_the_entry_and_file(tmp_path):
     wrong = tmp_path / "wrong.json"
     wrong.write_text(json.dumps({"images": [{"id": 1}], "categories": []}))
     tiny_cfg("BALMS.DATASETS.REGISTER", str([["bad4", str(wrong), str(tmp_path)]]))
-    with pytest.raises(ValueError, match="wrong.json' is not a COCO/LVIS annotation file"):
+    with pytest.raises(ValueError, match="'bad4'.*wrong.json': 'annotations' must be a list"):
         DatasetCatalog.get("bad4")
     with pytest.raises(ValueError, match="DATASETS.TRAIN names 'not_registered_abc'"):
         from balms_det.engine.trainer import BalmsTrainer

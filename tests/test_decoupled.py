@@ -19,6 +19,9 @@ def test_stage2_trains_exactly_the_classifier(tmp_path):
         "0",
         "DATASETS.TEST",
         "()",
+        # a random frozen network: what is checked here is which parameters move
+        "BALMS.ALLOW_FROZEN_RANDOM_INIT",
+        "True",
         output_dir=tmp_path,
     )
     trainer = BalmsTrainer(cfg)

@@ -18,7 +18,7 @@ from balms_det.evaluation.lvis_evaluator import (
     BalmsLVISEvaluator,
     CategoryTopK,
 )
-from balms_det.evaluation.protocols import (
+from balms_det.evaluation.tasks import (
     evaluate_tasks,
     plan_tasks,
     prepare_gt_dataset,

@@ -10,13 +10,16 @@ import subprocess
 import sys
 
 import numpy as np
+import pycocotools.mask as mask_utils
 import pytest
-from test_fast_lvis import _write, make_dataset, make_results
+from eval_cases import _rle_str, make_dataset, make_results
+from test_fast_lvis import _write
 
-from balms_det.evaluation.detections_io import LVISInputError, evaluate_detections_file
-from balms_det.evaluation.fast_lvis import evaluate_lvis
 from balms_det.evaluation.lvis_compat import run_lvis_api
+from balms_det.evaluation.offline import evaluate_detections_file
+from balms_det.lvis_eval import LVISInputError, evaluate_lvis
 
+pytestmark = pytest.mark.torch_free
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -131,6 +134,61 @@ def test_category_without_detections_is_ap_zero_and_marked(tmp_path):
     assert csv_head.endswith("AP_bbox,AP_segm,num_dets_bbox,num_dets_segm")
 
 
+def test_no_detection_and_empty_masks_are_told_apart(tmp_path, caplog):
+    """A category with ground truth but no detection, and one whose detections all have empty
+    masks (area 0: lvis-api does not evaluate them): both AP 0, each its own message."""
+    ds = make_dataset(62, n_img=15)
+    res = make_results(ds, 63)
+    gone, hollow = ds["categories"][0]["id"], ds["categories"][1]["id"]
+    res = [r for r in res if r["category_id"] != gone]
+    img = {im["id"]: im for im in ds["images"]}
+    n_hollow = 0
+    for r in res:
+        if r["category_id"] == hollow:
+            h, w = img[r["image_id"]]["height"], img[r["image_id"]]["width"]
+            r["segmentation"] = _rle_str(mask_utils.encode(np.zeros((h, w), np.uint8, order="F")))
+            n_hollow += 1
+    dets = _write(tmp_path, "dets.json", res)
+    with caplog.at_level("INFO"):
+        _, per_class, _ = evaluate_detections_file(_write(tmp_path, "gt.json", ds), dets)
+    assert per_class["segm"][gone] == per_class["segm"][hollow] == 0.0
+    text = caplog.text
+    assert f"segm: 1 categories with ground truth have no detection in the images that " in text
+    assert f"[{gone}]" in text
+    assert "segm: 1 categories with ground truth have detections, all with empty masks" in text
+    assert f"{hollow} (" in text and "detections)" in text
+
+
+def test_mask_tasks_use_mask_areas_in_both_engines(tmp_path):
+    """A results file that keeps its boxes: segm's APs / APm / APl use mask areas in the tool
+    with either engine, as evaluate_lvis and run_lvis_api do with ignore_boxes=True; with
+    ignore_boxes=False both use the boxes' areas (lvis-api's own convention), and differ."""
+    ds = make_dataset(62, n_img=15)
+    res = [r for r in make_results(ds, 63) if isinstance(r["segmentation"], dict)]
+    gt, dets = _write(tmp_path, "gt.json", ds), _write(tmp_path, "dets.json", res)
+    fast = evaluate_detections_file(gt, dets, iou_types=["segm"])[0]["segm"]
+    ref = evaluate_detections_file(gt, dets, iou_types=["segm"], engine="lvis-api")[0]["segm"]
+    assert json.dumps(fast) == json.dumps(ref)
+    for ignore in (True, False):
+        ours = evaluate_lvis(gt, dets, "segm", ignore_boxes=ignore).results
+        theirs = run_lvis_api(gt, dets, "segm", ignore_boxes=ignore).get_results()
+        assert all(abs(ours[k] - theirs[k]) < 1e-12 for k in ours), ignore
+        if ignore:
+            assert abs(ours["APs"] * 100 - fast["APs"]) < 1e-9
+    boxes = evaluate_lvis(gt, dets, "segm").results
+    assert boxes["APs"] != evaluate_lvis(gt, dets, "segm", ignore_boxes=True).results["APs"]
+
+
+def test_tool_help_states_the_area_convention():
+    spec = importlib.util.spec_from_file_location(
+        "evaluate_detections", os.path.join(REPO, "tools", "evaluate_detections.py")
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    text = " ".join(tool.build_parser().format_help().split())
+    assert "by MASK area, with either engine" in text and "ignore_boxes=False" in text
+
+
 def test_lvis_api_engine_reports_bad_input_the_same_way(tmp_path, data):
     ds, res = data
     res = copy.deepcopy(res)
@@ -152,8 +210,8 @@ def test_evaluation_imports_neither_torch_nor_detectron2(tmp_path, data):
     dets = _write(tmp_path, "dets.json", res)
     code = f"""
 import runpy, sys
-import balms_det.evaluation.fast_lvis, balms_det.evaluation.detections_io
-import balms_det.evaluation.protocols, balms_det.evaluation.report
+import balms_det.lvis_eval, balms_det.evaluation.offline
+import balms_det.evaluation.tasks, balms_det.evaluation.report
 sys.argv = ["evaluate_detections.py", "--gt", {gt!r}, "--dets", {dets!r},
             "--protocols", "standard", "fixed", "pool", "boundary", "--output-dir", {str(tmp_path / "o")!r}]
 runpy.run_path({os.path.join(REPO, "tools", "evaluate_detections.py")!r}, run_name="__main__")
@@ -181,10 +239,9 @@ print("HEAVY", bad)
 
 
 def test_error_in_a_later_byte_range_names_the_global_index(tmp_path, monkeypatch):
-    """Two processes read a file in two byte ranges; a bad detection in the second is named
-    by its index in the file."""
-    from balms_det.evaluation import _json
-    from balms_det.evaluation import fast_lvis as fl
+    """Two threads read a file in two byte ranges; a bad detection in the second is named by
+    its index in the file."""
+    from balms_det.lvis_eval import reader
 
     ds = make_dataset(64, n_img=20)
     res = make_results(ds, 65, dets_per_img=(20, 30))
@@ -192,8 +249,8 @@ def test_error_in_a_later_byte_range_names_the_global_index(tmp_path, monkeypatc
     res[i]["score"] = float("nan")
     path = tmp_path / "late.json"
     path.write_text(json.dumps(res))
-    monkeypatch.setattr(_json, "CHUNK_BYTES", 4096)
-    monkeypatch.setattr(fl, "PARALLEL_MIN_BYTES", 0)
-    assert len(_json.array_ranges(str(path), 2)) == 2
+    monkeypatch.setattr(reader, "PIECE_BYTES", 4096)
+    monkeypatch.setattr(reader, "PARALLEL_MIN_BYTES", 0)
+    assert len(reader._Text(str(path)).ranges(2)) == 2
     with pytest.raises(LVISInputError, match=rf"late.json'.*detection #{i} \(image_id"):
         evaluate_lvis(ds, str(path), "bbox", workers=2)

@@ -1,4 +1,4 @@
-"""AP-fixed and AP-pool (Dave et al. 2021) of balms_det.evaluation.fast_lvis against lvis-api
+"""AP-fixed and AP-pool (Dave et al. 2021) of balms_det.lvis_eval against lvis-api
 run the way the authors' scripts run it: top-k per category, ``LVISResults(..., max_dets=-1)``,
 ``params.max_dets = -1``; for AP-pool the pooled accumulation, written here on top of lvis-api's
 per-category matching (``LVISEval.evaluate``)."""
@@ -8,27 +8,16 @@ import copy
 import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
+from eval_cases import make_dataset, make_results
 from lvis import LVIS, LVISEval, LVISResults
-from test_fast_lvis import _write, assert_same, make_dataset, make_results
+from test_fast_lvis import _write, assert_same
 
-import balms_det.evaluation.fast_lvis as fl
-from balms_det.evaluation.fast_lvis import evaluate_lvis
 from balms_det.evaluation.lvis_compat import lvis_numpy_compat, run_lvis_api
+from balms_det.evaluation.tasks import top_per_category  # Dave et al.'s filter (the reference's)
+from balms_det.lvis_eval import evaluate_lvis
 
 TOL = 1e-9
 POOLS = ("all", "r", "c", "f")
-
-
-def dave_topk(results, k):
-    """The authors' filter: each category's detections sorted by score (stable), the first k,
-    category after category in order of first appearance."""
-    by_cat = {}
-    for r in results:
-        by_cat.setdefault(r["category_id"], []).append(r)
-    out = []
-    for anns in by_cat.values():
-        out.extend(sorted(anns, key=lambda r: r["score"], reverse=True)[:k])
-    return out
 
 
 def pooled_reference(gt_path, results, iou_type, k):
@@ -36,7 +25,7 @@ def pooled_reference(gt_path, results, iou_type, k):
     per-image results of the pool's categories (image-major, as the authors concatenate them),
     sorted by score (stable), then lvis-api's precision / recall computation."""
     gt = LVIS(gt_path)
-    dt = LVISResults(gt, dave_topk(copy.deepcopy(results), k), max_dets=-1)
+    dt = LVISResults(gt, top_per_category(copy.deepcopy(results), k), max_dets=-1)
     ev = LVISEval(gt, dt, iou_type)
     ev.params.max_dets = -1
     with lvis_numpy_compat():
@@ -115,7 +104,7 @@ def test_ap_fixed_equals_lvis_api_with_top_k(tmp_path, seed, adversarial, k):
     counts = np.bincount([r["category_id"] for r in res])
     assert k == 10000 or counts.max() > k  # the top-k keeps fewer than some category has
     for iou_type in ("bbox", "segm"):
-        ref = run_lvis_api(gt_path, dave_topk(copy.deepcopy(res), k), iou_type, max_dets=-1)
+        ref = run_lvis_api(gt_path, top_per_category(copy.deepcopy(res), k), iou_type, max_dets=-1)
         ours = evaluate_lvis(ds, res, iou_type, protocol="fixed", dets_per_category=k)
         assert "AR@-1" in ours.results
         assert_same(ours, ref)
@@ -125,7 +114,7 @@ def test_ap_fixed_equals_lvis_api_with_top_k(tmp_path, seed, adversarial, k):
     # masks without the boxes (mask areas), as the authors' script evaluates them (lvis-api
     # then reads compressed RLEs only)
     nobox = [_rle_only(ds, {key: v for key, v in r.items() if key != "bbox"}) for r in res]
-    ref = run_lvis_api(gt_path, dave_topk(copy.deepcopy(nobox), k), "segm", max_dets=-1)
+    ref = run_lvis_api(gt_path, top_per_category(copy.deepcopy(nobox), k), "segm", max_dets=-1)
     ours = evaluate_lvis(
         ds, nobox, "segm", protocol="fixed", dets_per_category=k, ignore_boxes=True
     )
@@ -162,12 +151,15 @@ def test_ap_pool_equals_pooled_lvis_api(tmp_path, seed, adversarial, k):
             ours.per_category_ap()
 
 
-def test_pool_and_fixed_in_two_processes(tmp_path, monkeypatch):
-    """The categories scored by two processes give the same arrays as one."""
+def test_pool_and_fixed_in_two_threads(tmp_path, monkeypatch):
+    """The results read in two byte ranges and the categories scored by two threads give the
+    same arrays as one."""
+    from balms_det.lvis_eval import reader, score
+
     ds = make_dataset(40, n_img=30)
     res = make_results(ds, 41, dets_per_img=(10, 40))
-    monkeypatch.setattr(fl, "PARALLEL_MIN_EVALUATED", 0)
-    monkeypatch.setattr(fl, "PARALLEL_MIN_RESULTS", 0)
+    monkeypatch.setattr(score, "PARALLEL_MIN_EVALUATED", 0)
+    monkeypatch.setattr(reader, "PARALLEL_MIN_BYTES", 0)
     for protocol in ("standard", "fixed", "pool"):
         one = evaluate_lvis(ds, res, "segm", protocol=protocol, dets_per_category=20, workers=1)
         two = evaluate_lvis(ds, res, "segm", protocol=protocol, dets_per_category=20, workers=2)
@@ -188,18 +180,18 @@ def test_fixed_ties_at_the_budget_keep_input_order(tmp_path):
     cat_ids = sorted(c["id"] for c in ds["categories"])
     counts = np.array([sum(r["category_id"] == c for r in res) for c in cat_ids])
     for k in (1, 4):
-        ref = run_lvis_api(gt_path, dave_topk(copy.deepcopy(res), k), "bbox", max_dets=-1)
+        ref = run_lvis_api(gt_path, top_per_category(copy.deepcopy(res), k), "bbox", max_dets=-1)
         ours = evaluate_lvis(ds, res, "bbox", protocol="fixed", dets_per_category=k)
         assert_same(ours, ref)
         assert ours.num_dets.max() <= k
         np.testing.assert_array_equal(ours.num_kept, np.minimum(counts, k))
     rev = res[::-1]
-    ref = run_lvis_api(gt_path, dave_topk(copy.deepcopy(rev), 4), "bbox", max_dets=-1)
+    ref = run_lvis_api(gt_path, top_per_category(copy.deepcopy(rev), 4), "bbox", max_dets=-1)
     assert_same(evaluate_lvis(ds, rev, "bbox", protocol="fixed", dets_per_category=4), ref)
 
 
 def test_lvis_api_engine_runs_ap_fixed_the_authors_way(tmp_path, caplog):
-    from balms_det.evaluation.protocols import evaluate_tasks, prepare_gt_dataset
+    from balms_det.evaluation.tasks import evaluate_tasks, prepare_gt_dataset
 
     ds = prepare_gt_dataset(make_dataset(55, n_img=12))
     res = make_results(ds, 56, dets_per_img=(5, 30))
@@ -214,24 +206,3 @@ def test_lvis_api_engine_runs_ap_fixed_the_authors_way(tmp_path, caplog):
         for k, v in ref[t].items():
             assert (np.isnan(v) and np.isnan(fast[t][k])) or abs(fast[t][k] - v) <= 1e-7, (t, k)
         assert n_fast[t] == n_ref[t] and max(n_ref[t].values()) <= 4
-
-
-def test_accumulation_of_groups_too_large_for_a_block():
-    """A group larger than a block is accumulated alone, a few rows at a time: the same arrays
-    as the padded path (and, through the tests above, as lvis-api)."""
-    from balms_det.evaluation.matching import accumulate
-
-    rng = np.random.default_rng(3)
-    for _ in range(10):
-        n = int(rng.integers(1, 2000))
-        tp = rng.random((n, 4, 10)) < 0.3
-        fp = ~tp & (rng.random((n, 4, 10)) < 0.6)
-        bounds = np.r_[0, np.sort(rng.integers(0, n, 4)), n]
-        order = rng.permutation(n)
-        num_gt = rng.integers(0, 40, (5, 4))
-        num_gt[0] = 0  # a group without ground truth stays -1
-        padded = accumulate(tp, fp, order, bounds, num_gt)
-        alone = accumulate(tp, fp, order, bounds, num_gt, max_elems=64)
-        for a, b in zip(padded, alone):
-            np.testing.assert_array_equal(a, b)
-        assert (padded[0][:, :, 0] == -1).all()

@@ -282,6 +282,7 @@ def test_initial_weights_are_the_stock_models():
             "seesaw_counts",
             "eqlv2_pos_grad",
             "eqlv2_neg_grad",
+            "dataset_meta",  # class names and count source (serving)
         }
         assert set(stock) <= set(ours)
         bias = "roi_heads.box_predictor.cls_score.bias"

@@ -66,6 +66,7 @@ def test_softmax_head_is_numerically_the_stock_head():
         "seesaw_counts",
         "eqlv2_pos_grad",
         "eqlv2_neg_grad",
+        "dataset_meta",
     }
     x = torch.randn(10, 16, requires_grad=True)
     props = _proposals()
@@ -258,9 +259,12 @@ def test_import_into_a_plain_detectron2_config():
 
 
 def test_cat_info_feeds_the_prior(tmp_path):
+    from detectron2.data import MetadataCatalog
+
+    names = MetadataCatalog.get("synth_lt_tiny_train").thing_classes  # the file must match them
     info = [
-        {"id": i + 1, "name": f"c{i}", "image_count": 10 * (i + 1), "instance_count": 11 * (i + 1)}
-        for i in range(12)
+        {"id": i + 1, "name": n, "image_count": 10 * (i + 1), "instance_count": 11 * (i + 1)}
+        for i, n in enumerate(names)
     ]
     path = tmp_path / "cat_info.json"
     path.write_text(json.dumps({"num_images": 200, "categories": info}))

@@ -2,12 +2,11 @@
 tools/lazy_train_net.py with the Meta Reweigher and a decoupled stage."""
 
 import copy
-import importlib.util
 import os
 
 import pytest
 import torch
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, load_tool
 
 LAZY = os.path.join(CONFIGS, "lazy")
 TINY = os.path.join(LAZY, "mask_rcnn_R18_FPN_synthetic_tiny.py")
@@ -16,12 +15,7 @@ R50_LVIS = os.path.join(LAZY, "mask_rcnn_R_50_FPN_1x_lvis_v1_balms.py")
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "lazy_train_net", os.path.join(REPO, "tools", "lazy_train_net.py")
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return load_tool("lazy_train_net")
 
 
 def _independent_image_counts(dicts, K):
@@ -65,7 +59,9 @@ def test_lazy_class_counts_of_an_unregistered_name_names_it():
 
 def test_lazy_counts_of_any_registered_dataset_from_the_catalog():
     """A dataset with no count metadata: counted from DatasetCatalog (by hand: class 0 in
-    images 1 and 2, 3 instances; class 1 in image 2; class 2 only crowd), once, then cached."""
+    images 1 and 2, 3 instances; class 1 in image 2; class 2 only crowd), once, then cached.
+    The training images are those Detectron2's loader keeps: a and b (c is crowd only, d
+    empty)."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     from balms_det.class_counts import lazy_class_counts, lazy_num_train_images
@@ -85,7 +81,7 @@ def test_lazy_counts_of_any_registered_dataset_from_the_catalog():
     MetadataCatalog.get(name).set(thing_classes=["x", "y", "z"])
     assert lazy_class_counts(name) == [2.0, 1.0, 0.0]
     assert lazy_class_counts(name, "instance_count") == [3.0, 1.0, 0.0]
-    assert lazy_num_train_images(name) == 4
+    assert lazy_num_train_images(name) == 2
     assert len(loads) == 1
 
 
@@ -194,17 +190,9 @@ def _fast(cfg):
     return cfg
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_lazy_training_meta_reweigher_and_decoupled_stage(tmp_path, one_thread):
     from detectron2.config import LazyConfig
-    from detectron2.data import DatasetCatalog
+    from detectron2.data import DatasetCatalog, MetadataCatalog
 
     from balms_det.engine.decoupled import FrozenNormHook
     from balms_det.engine.meta_reweigher import MetaReweigher
@@ -216,7 +204,18 @@ def test_lazy_training_meta_reweigher_and_decoupled_stage(tmp_path, one_thread):
     cfg = LazyConfig.load(TINY)
     over = [f"train.output_dir={tmp_path / 's1'}", "train.balms.meta.enabled=True"]
     cfg = _fast(LazyConfig.apply_overrides(cfg, over))
-    trainer = tool.do_train(cfg)
+    # building the trainer (counts, loader, meta set) reads the training set once
+    loads, real_load, real_build = [], DatasetCatalog["synth_lt_tiny_train"], tool.build_trainer
+    built = []
+    DatasetCatalog["synth_lt_tiny_train"] = lambda: loads.append(1) or real_load()
+    (MetadataCatalog.get("synth_lt_tiny_train").get("balms_class_counts", None) or {}).clear()
+    tool.build_trainer = lambda c: (real_build(c), built.append(len(loads)))[0]
+    try:
+        trainer = tool.do_train(cfg)
+    finally:
+        DatasetCatalog["synth_lt_tiny_train"] = real_load
+        tool.build_trainer = real_build
+    assert built == [1]
     meta = trainer._hooks[0]
     assert isinstance(meta, MetaReweigher) and meta.meta_steps == 2 and meta.meta_batches == 2
     # defaults from the rest of the config: the training mapper minus masks, train.seed

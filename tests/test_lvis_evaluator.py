@@ -12,15 +12,16 @@ import pycocotools.mask as mask_utils
 import pytest
 import torch
 
-from balms_det.evaluation.detections_io import LVISInputError, evaluate_detections_file
 from balms_det.evaluation.lvis_compat import run_lvis_api
 from balms_det.evaluation.lvis_evaluator import BalmsLVISEvaluator
-from balms_det.evaluation.protocols import (
+from balms_det.evaluation.offline import evaluate_detections_file
+from balms_det.evaluation.tasks import (
     SUMMARY_KEYS,
     evaluate_tasks,
     prepare_gt_dataset,
     task_metrics,
 )
+from balms_det.lvis_eval import LVISInputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H = W = 64
@@ -513,3 +514,27 @@ def test_tool_outputs_and_comparison(tmp_path, capsys):
     assert (tmp_path / "B" / "comparison_segm.png").stat().st_size < 300_000
     metrics = json.loads((tmp_path / "B" / "lvis_metrics.json").read_text())
     assert metrics["segm"]["APl"] is None and set(metrics) == {"bbox", "segm"}
+
+
+class _Payload:
+    """Unpickling this creates a folder (code that runs)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def __reduce__(self):
+        return os.makedirs, (self.folder,)
+
+
+def test_pth_detections_are_loaded_without_running_code(tmp_path):
+    """A pickle payload in a detections file ran code before the format error (issue 27)."""
+    import pickle
+
+    folder = tmp_path / "made_by_the_file"
+    pth = tmp_path / "instances_predictions.pth"
+    with open(pth, "wb") as f:
+        pickle.dump([{"image_id": 1, "instances": [], "x": _Payload(str(folder))}], f)
+    gt_path = _write(tmp_path / "gt.json", tiny_lvis())
+    with pytest.raises(LVISInputError, match="instances_predictions.pth' cannot be read.*no code"):
+        evaluate_detections_file(gt_path, str(pth))
+    assert not folder.exists()

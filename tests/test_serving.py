@@ -122,8 +122,8 @@ def test_training_refuses_without_counts(tmp_path, loss):
         "deployed_without_its_training_set",
     ):
         assert place in msg, msg
-    # the trainer says so before it builds a data loader
-    with pytest.raises(ValueError, match="needs the class counts"):
+    # the trainer says so before it builds anything: the training set is not registered
+    with pytest.raises(ValueError, match="DATASETS.TRAIN names 'deployed_without_its_training"):
         BalmsTrainer(tiny_cfg(LOSS, loss, *UNREGISTERED, "OUTPUT_DIR", str(tmp_path / "t")))
 
 
@@ -146,3 +146,33 @@ def test_registered_dataset_without_files_is_an_error_not_a_uniform_prior():
     assert "coco_2017_train" in str(e.value) and "COCO's 1..90" in str(e.value)
     assert isinstance(e.value.__cause__, Exception)
     assert bool((pred.class_counts == 1).all())  # nothing was set
+
+
+def test_class_names_travel_in_the_checkpoint(trained, caplog):
+    """The checkpoint names its classes (and where its counts came from): DefaultPredictor's
+    metadata gets them with no dataset of that name registered; a checkpoint saved before
+    names were kept loads without a warning."""
+    from detectron2.data import MetadataCatalog
+
+    from balms_det.engine.checkpoint import checkpoint_dataset_meta
+
+    weights, pred = trained
+    names = MetadataCatalog.get("synth_lt_tiny_train").thing_classes
+    meta = checkpoint_dataset_meta(weights)
+    assert meta["thing_classes"] == names
+    assert "synth_lt_tiny_train" in meta["count_source"] and "12 classes" in meta["count_source"]
+    serving = ["DATASETS.TEST", "('served_names_test',)", "MODEL.WEIGHTS", weights]
+    predictor = DefaultPredictor(tiny_cfg(*UNREGISTERED, *serving, *FAST))
+    assert predictor.metadata.thing_classes == names
+    assert predictor.model.roi_heads.box_predictor.class_names == names
+
+    # a checkpoint without dataset_meta (saved before it existed) loads as it is
+    old = torch.load(weights, map_location="cpu")
+    del old["model"]["roi_heads.box_predictor.dataset_meta"]
+    model = build_model(tiny_cfg(*UNREGISTERED, "DATASETS.TEST", "('served_old',)"))
+    with caplog.at_level(logging.WARNING):
+        incompatible = DetectionCheckpointer(model)._load_model(old)
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    assert not incompatible.incorrect_shapes
+    assert model.roi_heads.box_predictor.get_dataset_meta() == {}
+    assert MetadataCatalog.get("served_old").get("thing_classes", None) is None

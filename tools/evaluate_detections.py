@@ -18,7 +18,7 @@ Protocols (--protocols): standard (LVIS, 300 detections per image: tasks bbox, s
 (AP-fixed of Dave et al. 2021: the top --dets-per-category detections of every category, no
 per-image cap: bbox_fixed, segm_fixed), pool (AP-pool: those detections, precision pooled over
 all / r / c / f categories: bbox_pool, segm_pool), boundary (boundary AP of Cheng et al. 2021
-for masks: boundary).
+for masks: boundary). Mask tasks use mask areas with either engine (see AREAS below).
 
 Prints AP, AP50, AP75, APs, APm, APl, APr, APc, APf, AR, hmean, gmean, min, num_zero per task
 (and Detectron2-style copypaste lines) and writes, with --output-dir, the same files as
@@ -32,7 +32,16 @@ import argparse
 import logging
 import sys
 
-from balms_det.evaluation.protocols import PROTOCOLS
+from balms_det.evaluation.tasks import PROTOCOLS
+
+AREAS = (
+    "Areas: the mask tasks (segm, segm_fixed, segm_pool, boundary) bin APs/APm/APl and "
+    "ARs/ARm/ARl by MASK area, with either engine: the detections are evaluated as if they had "
+    "no bbox, as Detectron2's LVISEvaluator and Dave et al. evaluate masks (lvis-api itself, "
+    "given a results file that keeps its boxes, bins segm by BOX area: evaluate_lvis / "
+    "run_lvis_api with ignore_boxes=False). Box tasks bin by box area; ground truth by its "
+    "'area' field."
+)
 
 
 def build_parser():
@@ -40,6 +49,7 @@ def build_parser():
         description="LVIS-protocol evaluation (AP, APr/APc/APf, AP-fixed, AP-pool, boundary AP, "
         "worst-class metrics) of a saved detections file",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=AREAS,
     )
     p.add_argument("--gt", required=True, help="LVIS or COCO-format annotation file")
     p.add_argument(
@@ -72,14 +82,14 @@ def build_parser():
         "--engine",
         choices=("fast", "lvis-api"),
         default="fast",
-        help="fast (balms_det.evaluation.fast_lvis) or lvis-api (the reference; standard and "
+        help="fast (balms_det.lvis_eval) or lvis-api (the reference; standard and "
         "fixed protocols)",
     )
     p.add_argument(
         "--workers",
         type=int,
         default=None,
-        help="processes of the fast engine (default: the CPUs available, at most 2)",
+        help="threads of the fast engine (default: the CPUs available, at most 2)",
     )
     p.add_argument(
         "--train-json",
@@ -120,7 +130,7 @@ def _copypaste(results):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from balms_det.evaluation.detections_io import evaluate_detections_file
+    from balms_det.evaluation.offline import evaluate_detections_file
     from balms_det.utils import markdown_table
 
     if not logging.getLogger().handlers:

@@ -2,7 +2,9 @@
 """Train and evaluate a LazyConfig (Python config) with balms-det: Detectron2's
 ``tools/lazyconfig_train_net.py`` pattern (``instantiate``, SimpleTrainer / AMPTrainer, hooks)
 plus the ``train.balms`` procedures: decoupled training (``train.balms.trainable_params``) and
-the Meta Reweigher (``train.balms.meta``), see ``balms_det/engine/lazy.py``.
+the Meta Reweigher (``train.balms.meta``), your own COCO/LVIS-format files
+(``train.balms.datasets``) and the checks before the first iteration, see
+``balms_det/engine/lazy.py``. Prints the long-tail results table as ``tools/train_net.py``.
 
 python tools/lazy_train_net.py --config-file configs/lazy/mask_rcnn_R18_FPN_synthetic_tiny.py
 python tools/lazy_train_net.py --config-file configs/lazy/mask_rcnn_R_50_FPN_1x_lvis_v1_balms.py \
@@ -12,11 +14,13 @@ python tools/lazy_train_net.py --config-file configs/lazy/mask_rcnn_R_50_FPN_1x_
     --num-gpus 8 train.init_checkpoint=output/lazy_lvis_v1_balms_r50/model_final.pth \
     'train.balms.trainable_params=[cls_score]' train.balms.meta.enabled=True
 python tools/lazy_train_net.py --config-file ... --eval-only train.init_checkpoint=model.pth
+# your own data (docs/OWN_DATA.md):
+python tools/lazy_train_net.py --config-file configs/own_data/lazy_cpu_r18.py \
+    'train.balms.datasets=[[own_train,data/train.json,data/train_images],[own_val,data/val.json,data/val_images]]'
 """
 
 import logging
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import (
     AMPTrainer,
@@ -30,11 +34,20 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from balms_det.data.training_set import shared_training_sets
+from balms_det.distributed import hide_cuda_for_cpu_processes
 from balms_det.engine.buffer_sync import broadcast_buffers
+from balms_det.engine.checkpoint import BalmsCheckpointer
 from balms_det.engine.launching import argument_parser, dist_url
-from balms_det.engine.lazy import balms_hooks, freeze_trainable, resumable_train_loader
+from balms_det.engine.lazy import (
+    balms_hooks,
+    freeze_trainable,
+    preflight_lazy,
+    register_lazy_datasets,
+    resumable_train_loader,
+)
 from balms_det.engine.resume import DataStreamHook, resume_checkpoint
-from balms_det.engine.trainer import build_ddp_model
+from balms_det.engine.trainer import build_ddp_model, print_long_tail_table
 
 logger = logging.getLogger("balms_det")
 
@@ -57,10 +70,18 @@ def build_trainer(cfg):
     """The model, optimizer, data loader, trainer and hooks of ``cfg``; returns
     ``(trainer, checkpointer)``. The training loader is resumable (``resumable_train_loader``).
     The balms hooks come first (the Meta Reweigher's meta step runs before the timer stops and
-    before the checkpointer saves its state), then ``DataStreamHook`` (it seeds each step)."""
+    before the checkpointer saves its state), then ``DataStreamHook`` (it seeds each step).
+    Built inside ``shared_training_sets``: every ``L(training_set)(...)`` of the config (the
+    loader's dataset, the sampler's repeat factors, the counts, the meta set) is one read."""
+    with shared_training_sets():
+        return _build_trainer(cfg)
+
+
+def _build_trainer(cfg):
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
     freeze_trainable(cfg, model)  # before the optimizer: it skips frozen parameters
+    preflight_lazy(cfg, model)  # classes, image files, frozen layers: before any iteration
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     train_loader = resumable_train_loader(cfg)
@@ -68,7 +89,7 @@ def build_trainer(cfg):
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(
         model, train_loader, optimizer
     )
-    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = BalmsCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     main = comm.is_main_process()
     seed = int(cfg.train.get("seed", -1))
 
@@ -129,15 +150,16 @@ def evaluate(cfg):
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
     model = build_ddp_model(model)
-    DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
+    BalmsCheckpointer(model).load(cfg.train.init_checkpoint)
     return do_test(cfg, model)
 
 
 def setup(args):
-    """The LazyConfig of ``args`` with its overrides; Detectron2's ``default_setup`` (loggers,
-    config dump, seed) and balms-det's logger."""
+    """The LazyConfig of ``args`` with its overrides, its ``train.balms.datasets`` registered;
+    Detectron2's ``default_setup`` (loggers, config dump, seed) and balms-det's logger."""
     cfg = LazyConfig.load(args.config_file)
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    register_lazy_datasets(cfg)
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="balms_det")
     return cfg
@@ -149,6 +171,8 @@ def main(args):
         res = evaluate(cfg)
     else:
         res = do_train(cfg, resume=args.resume).last_eval_results
+    if "evaluator" in cfg.dataloader:
+        print_long_tail_table(res, cfg.dataloader.test.dataset.names, cfg.train.output_dir)
     # no process leaves before the main one has written every file
     comm.synchronize()
     return res
@@ -157,6 +181,9 @@ def main(args):
 def invoke_main() -> None:
     args = argument_parser().parse_args()
     print("Command Line Args:", args)
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    device = cfg.train.get("device", "cuda")
+    hide_cuda_for_cpu_processes(device, args.num_gpus * args.num_machines)  # gloo, not NCCL
     launch(
         main,
         args.num_gpus,

@@ -10,14 +10,15 @@ python tools/train_net.py --config-file configs/synthetic/tiny.yaml --num-gpus 2
 
 import logging
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
+from balms_det.distributed import hide_cuda_for_cpu_processes
+from balms_det.engine.checkpoint import BalmsCheckpointer
 from balms_det.engine.launching import argument_parser, dist_url
 from balms_det.engine.resume import resume_checkpoint
-from balms_det.engine.trainer import BalmsTrainer, print_summary, setup_cfg
+from balms_det.engine.trainer import BalmsTrainer, merged_cfg, print_summary, setup_cfg
 
 logger = logging.getLogger("balms_det")
 
@@ -26,7 +27,8 @@ def evaluate(cfg, resume=False):
     """Evaluate MODEL.WEIGHTS (or the last checkpoint of OUTPUT_DIR with ``resume``) on
     DATASETS.TEST; every process runs inference, the main one writes results and metrics."""
     model = BalmsTrainer.build_model(cfg)
-    checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    # errors name a damaged file, and NaN / infinite weights are refused (not evaluated to AP 0)
+    checkpointer = BalmsCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
     weights = (resume_checkpoint(checkpointer) if resume else None) or cfg.MODEL.WEIGHTS
     if not weights:
         raise ValueError(
@@ -59,6 +61,8 @@ def main(args):
 def invoke_main() -> None:
     args = argument_parser().parse_args()
     print("Command Line Args:", args)
+    device = merged_cfg(args.config_file, args.opts).MODEL.DEVICE
+    hide_cuda_for_cpu_processes(device, args.num_gpus * args.num_machines)  # gloo, not NCCL
     launch(
         main,
         args.num_gpus,

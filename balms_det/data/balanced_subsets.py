@@ -29,20 +29,26 @@ Draws are deterministic: subset ``i`` of seed ``s`` uses ``numpy.random.default_
 ``SeedSequence([s, i])``, so the first subsets do not change when ``N_D`` grows, the same seed
 gives identical subsets and different seeds give different ones.
 
-Subsets are registered as Detectron2 datasets ``<train>_btm_s<seed>_<i>`` whose loader returns
-the chosen dicts of the source dataset(s), with the source's metadata.
+Subsets are registered as Detectron2 datasets ``<train>_btm_s<seed>_<i>`` with the source's
+metadata. The BTM pipeline writes each subset's dicts to its own file when it draws them
+(:func:`write_subset_files`, one read of the source) and registers the subsets from those files,
+so a fine-tune reads only its subset: its start-up and memory scale with the subset, not with
+the source. Registered without files, a subset's loader reads the source and picks its images.
 """
 
 import copy
 import json
 import logging
+import os
+import pickle
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..class_counts import instance_classes
+from ..class_index import instance_classes
+from ..class_index import ImageClassIndex
 from ..longtail import GROUPS
-from ..utils import atomic_write_json, markdown_table
+from ..utils import atomic_write, atomic_write_json, markdown_table
 
 __all__ = [
     "BalancedSubset",
@@ -54,8 +60,11 @@ __all__ = [
     "format_subset_statistics",
     "subset_dataset_name",
     "register_balanced_subsets",
+    "register_subsets_file",
     "save_subsets",
     "load_subsets",
+    "subset_file",
+    "write_subset_files",
 ]
 
 logger = logging.getLogger(__name__)
@@ -99,16 +108,9 @@ class BalancedSubset:
 
 def images_per_class(dataset_dicts, num_classes):
     """list of K sorted lists: positions of the images that contain each class (non-crowd)."""
-    out = [[] for _ in range(num_classes)]
-    for i, d in enumerate(dataset_dicts):
-        for c in set(instance_classes(d)):
-            if not 0 <= c < num_classes:
-                raise ValueError(
-                    f"Image '{d.get('file_name')}' has category id {c}, outside the "
-                    f"{num_classes} classes"
-                )
-            out[c].append(i)
-    return out
+    index = ImageClassIndex.from_dicts(dataset_dicts)
+    index.check_classes(num_classes, lambda i: dataset_dicts[i].get("file_name"), "the")
+    return index.images_per_class(num_classes)
 
 
 def _rng(seed, index):
@@ -265,33 +267,82 @@ def _load_source(source_names):
     return dicts
 
 
-def _subset_loader(source_names, indices, image_ids, name):
-    cache = []  # the chosen dicts: the source is loaded and checked once per registration
+def subset_file(subsets_path, index):
+    """Where :func:`write_subset_files` puts subset ``index`` of ``subsets.json``:
+    ``subsets/subset_<index>.pkl`` beside it."""
+    return os.path.join(
+        os.path.dirname(os.path.abspath(subsets_path)), "subsets", f"subset_{index}.pkl"
+    )
 
+
+def write_subset_files(subsets_path, source_names, subsets, source_dicts=None):
+    """Write the dicts of each subset to its own file (:func:`subset_file`): a pickle of
+    ``{"source", "image_ids", "dicts"}`` (Detectron2 dicts, exact). ``source_dicts``: the
+    concatenated source datasets when already loaded, else they are loaded once (and checked
+    to still hold the image ids the subsets were drawn with). Returns the paths."""
+    if source_dicts is None:
+        source_dicts = _load_source(source_names)
+    paths = []
+    for s in subsets:
+        name = subset_dataset_name(source_names, s.seed, s.index)
+        dicts = _pick(source_dicts, s.indices, s.image_ids, source_names, name)
+        payload = dict(source=list(source_names), image_ids=list(s.image_ids), dicts=dicts)
+        path = subset_file(subsets_path, s.index)
+        atomic_write(path, lambda f: pickle.dump(payload, f, pickle.HIGHEST_PROTOCOL), mode="wb")
+        paths.append(path)
+    return paths
+
+
+def _pick(dicts, indices, image_ids, source_names, name):
+    out = []
+    for i, image_id in zip(indices, image_ids):
+        if i >= len(dicts) or dicts[i].get("image_id") != image_id:
+            raise RuntimeError(
+                f"BTM subset '{name}' was drawn from a different version of "
+                f"{list(source_names)}: position {i} no longer holds image_id {image_id}. "
+                "Draw the subsets again (a new output directory)."
+            )
+        out.append(dicts[i])
+    return out
+
+
+def _subset_file_loader(path, image_ids, name):
     def load():
-        if cache:
-            return copy.deepcopy(cache[0])
-        dicts = _load_source(source_names)
-        out = []
-        for i, image_id in zip(indices, image_ids):
-            if i >= len(dicts) or dicts[i].get("image_id") != image_id:
-                raise RuntimeError(
-                    f"BTM subset '{name}' was drawn from a different version of "
-                    f"{list(source_names)}: position {i} no longer holds image_id {image_id}. "
-                    "Draw the subsets again (a new output directory)."
-                )
-            out.append(dicts[i])
-        cache.append(out)
-        return copy.deepcopy(out)
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"BTM subset '{name}': its file '{path}' is missing (written when the subsets "
+                "are drawn); re-run tools/btm.py, which writes it again"
+            )
+        with open(path, "rb") as f:  # written by write_subset_files of this pipeline
+            data = pickle.load(f)
+        if data.get("image_ids") != list(image_ids):
+            raise RuntimeError(
+                f"BTM subset file '{path}' does not hold the images of subset '{name}' in "
+                "subsets.json; draw the subsets again (a new output directory)"
+            )
+        return data["dicts"]
 
     return load
 
 
-def register_balanced_subsets(source_names, subsets):
+def _subset_loader(source_names, indices, image_ids, name):
+    cache = []  # the chosen dicts: the source is loaded and checked once per registration
+
+    def load():
+        if not cache:
+            cache.append(_pick(_load_source(source_names), indices, image_ids, source_names, name))
+        return copy.deepcopy(cache[0])
+
+    return load
+
+
+def register_balanced_subsets(source_names, subsets, files=None):
     """Register each subset as ``<train>_btm_s<seed>_<i>`` with the metadata of the first source.
 
-    The loader returns the chosen dicts of the concatenated source datasets (checking that their
-    image ids did not change). Re-registering a name replaces it. Returns the names.
+    With ``files`` (one per subset, :func:`write_subset_files`), a subset's loader reads only
+    its file; without, it loads the concatenated source datasets and returns the chosen dicts.
+    Either checks that the image ids are those the subset was drawn with. Re-registering a name
+    replaces it. Returns the names.
     """
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -300,13 +351,19 @@ def register_balanced_subsets(source_names, subsets):
     source_names = list(source_names)
     meta = MetadataCatalog.get(source_names[0]).as_dict()
     meta.pop("name", None)
+    # counts cached from the source's data (class_counts.py) are not the subset's
+    meta.pop("balms_class_counts", None)
     names = []
-    for s in subsets:
+    for k, s in enumerate(subsets):
         name = subset_dataset_name(source_names, s.seed, s.index)
         if name in DatasetCatalog.list():
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
-        DatasetCatalog.register(name, _subset_loader(source_names, s.indices, s.image_ids, name))
+        if files is not None:
+            load = _subset_file_loader(files[k], s.image_ids, name)
+        else:
+            load = _subset_loader(source_names, s.indices, s.image_ids, name)
+        DatasetCatalog.register(name, load)
         MetadataCatalog.get(name).set(
             **meta,
             btm_source=list(source_names),
@@ -315,6 +372,15 @@ def register_balanced_subsets(source_names, subsets):
         )
         names.append(name)
     return names
+
+
+def register_subsets_file(subsets_path):
+    """Register the subsets of a ``subsets.json`` from their own files (what a fine-tune's
+    process does: it reads only its subset). Returns (dict of the file, subsets, names)."""
+    data, subsets = load_subsets(subsets_path)
+    files = [subset_file(subsets_path, s.index) for s in subsets]
+    names = register_balanced_subsets(data["source"], subsets, files)
+    return data, subsets, names
 
 
 def save_subsets(path, source_names, num_classes, subsets, stats=None, params=None):

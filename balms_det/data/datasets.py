@@ -9,16 +9,20 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import load_coco_json
 from detectron2.data.datasets.lvis import load_lvis_json
 
+from ..utils import read_json
+from .annotation_checks import check_annotation_file
 from .synthetic import SyntheticLTConfig, class_names, generate_synthetic_lt
 
 __all__ = [
     "register_datasets_from_cfg",
     "register_file_dataset",
+    "register_file_datasets",
     "check_registered",
     "register_synthetic_lt",
     "register_synthetic_from_cfg",
     "synthetic_root",
     "check_dataset_files",
+    "dataset_categories",
     "SYNTHETIC_DEFAULT",
     "SYNTHETIC_TINY",
 ]
@@ -118,9 +122,12 @@ def check_registered(dataset_names, key):
     for name in dataset_names:
         if name not in registered:
             raise ValueError(
-                f"{key} names '{name}', which is not a registered dataset. Register it in "
-                "Python (DatasetCatalog), or by file with BALMS.DATASETS.REGISTER "
-                "[[name, annotation_json, image_root]]; registered datasets include: "
+                f"{key} names '{name}', which is not a registered dataset. Register a COCO- "
+                "or LVIS-format file as [name, annotation_json, image_root]: in a yacs config "
+                "with BALMS.DATASETS.REGISTER [[...]], in a LazyConfig with "
+                "train.balms.datasets = [[...]] (tools/lazy_train_net.py), in Python with "
+                "balms_det.data.datasets.register_file_dataset(name, annotation_json, "
+                "image_root) (or Detectron2's DatasetCatalog); registered datasets include: "
                 + ", ".join(sorted(n for n in registered if "synth" in n or "lvis" in n))
             )
 
@@ -145,10 +152,41 @@ def check_dataset_files(dataset_names, key="DATASETS"):
                 )
 
 
+def dataset_categories(name):
+    """The category names (contiguous order) of a registered dataset, or None when they cannot
+    be known: its ``thing_classes`` metadata; for a dataset registered by file
+    (:func:`register_file_dataset`) that was not loaded yet, the ``categories`` of its
+    annotation file (sorted by id, as Detectron2's loaders order them; set as its
+    ``thing_classes`` and ``thing_dataset_id_to_contiguous_id``); for another dataset, whatever
+    loading it sets."""
+    meta = MetadataCatalog.get(name)
+    if meta.get("thing_classes", None) is None:
+        if meta.get("balms_registered_by_file", False):
+            what = f"Dataset '{name}': annotation file '{meta.json_file}'"
+            data = read_json(meta.json_file, what)
+            try:
+                cats = sorted(data["categories"], key=lambda c: c["id"])
+                # as Detectron2's COCO loader sets them (LVIS ids 1..K map to id - 1 alike)
+                meta.set(
+                    thing_classes=[c["name"] for c in cats],
+                    thing_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(cats)},
+                )
+            except (KeyError, TypeError) as e:
+                raise ValueError(f"{what} has no valid 'categories' list ({e!r})") from e
+        else:
+            DatasetCatalog.get(name)
+    classes = meta.get("thing_classes", None)
+    return list(classes) if classes is not None else None
+
+
 def _load_file_dataset(name, json_file, image_root):
     """Detectron2 dicts of a COCO- or LVIS-format file: Detectron2's COCO loader, or its LVIS
     loader for LVIS-format images that carry ``coco_url`` instead of ``file_name``."""
     what = f"Dataset '{name}' (BALMS.DATASETS.REGISTER): annotation file '{json_file}'"
+    try:  # the evaluator's input rules, before Detectron2 reads an annotation
+        data = check_annotation_file(json_file)
+    except ValueError as e:
+        raise type(e)(f"Dataset '{name}' (BALMS.DATASETS.REGISTER): {e}") from None
     try:
         try:
             return load_coco_json(json_file, image_root, name)
@@ -156,8 +194,7 @@ def _load_file_dataset(name, json_file, image_root):
             if e.args != ("file_name",):
                 raise
         dicts = load_lvis_json(json_file, image_root)  # category ids 1..K, file from coco_url
-        with open(json_file) as f:
-            cats = sorted(json.load(f)["categories"], key=lambda c: c["id"])
+        cats = sorted(data["categories"], key=lambda c: c["id"])
         if [c["id"] for c in cats] != list(range(1, len(cats) + 1)):
             raise ValueError(
                 f"{what}: images have no file_name (LVIS style), which needs category ids "
@@ -193,20 +230,36 @@ def register_file_dataset(name, json_file, image_root):
             f"BALMS.DATASETS.REGISTER entry '{name}': a dataset of that name is already "
             f"registered (annotation file {meta.get('json_file', None)!r}); choose another name"
         )
-    DatasetCatalog.register(name, lambda: _load_file_dataset(name, json_file, image_root))
-    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="lvis")
+    load = lambda: _load_file_dataset(name, json_file, image_root)  # noqa: E731
+    load.balms_checked = True  # (checked as a file)
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(
+        json_file=json_file,
+        image_root=image_root,
+        evaluator_type="lvis",
+        balms_registered_by_file=True,
+    )
+
+
+def register_file_datasets(entries, key="BALMS.DATASETS.REGISTER"):
+    """:func:`register_file_dataset` of each ``[name, annotation_json, image_root]`` of
+    ``entries`` (a malformed entry is an error naming ``key`` and its index). Returns the
+    names."""
+    names = []
+    for i, entry in enumerate(entries or ()):
+        if isinstance(entry, str) or not (hasattr(entry, "__len__") and len(entry) == 3):
+            raise ValueError(
+                f"{key}[{i}] must be [name, annotation_json, image_root], got {entry!r}"
+            )
+        register_file_dataset(*(str(x) for x in entry))
+        names.append(str(entry[0]))
+    return names
 
 
 def register_datasets_from_cfg(cfg):
     """Register the datasets of ``BALMS.DATASETS.REGISTER`` and the synthetic one with the
     parameters of ``BALMS.SYNTHETIC``."""
-    for i, entry in enumerate(cfg.BALMS.DATASETS.REGISTER):
-        if not (isinstance(entry, (list, tuple)) and len(entry) == 3):
-            raise ValueError(
-                f"BALMS.DATASETS.REGISTER[{i}] must be [name, annotation_json, image_root], "
-                f"got {entry!r}"
-            )
-        register_file_dataset(*(str(x) for x in entry))
+    register_file_datasets(cfg.BALMS.DATASETS.REGISTER)
     return register_synthetic_from_cfg(cfg)
 
 

@@ -87,9 +87,11 @@ def _own_rngs(seed):
 
 
 def _orientations(dicts, what):
-    """(N,) bool: ``width > height`` of each dataset dict (Detectron2's grouping key)."""
+    """(N,) bool: ``width > height`` of each dataset dict (Detectron2's grouping key); ``dicts``
+    a list or a map-style dataset (read one item at a time, none kept)."""
     out = np.zeros(len(dicts), dtype=bool)
-    for i, d in enumerate(dicts):
+    for i in range(len(dicts)):
+        d = dicts[i]
         if "width" not in d or "height" not in d:
             raise ValueError(
                 f"DATALOADER.ASPECT_RATIO_GROUPING (aspect_ratio_grouping=True) needs 'width' "
@@ -336,8 +338,7 @@ def build_resumable_train_loader(
     batch_size = int(total_batch_size) // world
     orientations = None
     if aspect_ratio_grouping:
-        dicts = dataset if isinstance(dataset, list) else [dataset[i] for i in range(len(dataset))]
-        orientations = _orientations(dicts, "the training set")
+        orientations = _orientations(dataset, "the training set")
     if isinstance(dataset, list):
         dataset = DatasetFromList(dataset, copy=False)
     if sampler is None:

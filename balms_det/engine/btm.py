@@ -13,6 +13,7 @@ files (configs, subsets, the merged checkpoint, tables); the launched workers of
 machines read them after Detectron2's rendezvous, which machine 0 joins only once it wrote them.
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -130,9 +131,27 @@ def _flatten(node, prefix=""):
     return out
 
 
+# Config keys that change what an evaluation computes, not what a training learns: Detectron2's
+# inference settings (TEST.*, DATASETS.TEST and the *_TEST keys such as
+# MODEL.ROI_HEADS.SCORE_THRESH_TEST or INPUT.MIN_SIZE_TEST), the evaluator's (BALMS.EVAL.*) and
+# the post-hoc logit adjustment. Changing only these re-evaluates a finished BTM step.
+INFERENCE_ONLY_PREFIXES = ("TEST.", "BALMS.EVAL.")
+INFERENCE_ONLY_KEYS = ("DATASETS.TEST", "MODEL.ROI_BOX_HEAD.BALMS.POSTHOC_TAU")
+
+
+def inference_only(key):
+    """True for a config key that only inference reads (see ``INFERENCE_ONLY_PREFIXES``)."""
+    return (
+        key.startswith(INFERENCE_ONLY_PREFIXES)
+        or key in INFERENCE_ONLY_KEYS
+        or key.rsplit(".", 1)[-1].endswith("_TEST")
+    )
+
+
 def _write_cfg(cfg, path, overwrite=False):
     """Write ``cfg`` to ``path``; when ``path`` exists with different values (and not
-    ``overwrite``), return the first differing key (the file is left as is) else None."""
+    ``overwrite``), return the differing ``(key, old, new)``, sorted by key (the file is left
+    as is), else []."""
     import yaml
 
     text = cfg.dump()
@@ -140,12 +159,13 @@ def _write_cfg(cfg, path, overwrite=False):
         with open(path) as f:
             old = _flatten(yaml.safe_load(f) or {})
         new = _flatten(yaml.safe_load(text))
-        for k in sorted(set(old) | set(new)):
-            if old.get(k) != new.get(k):
-                return k, old.get(k), new.get(k)
-        return None
+        return [
+            (k, old.get(k), new.get(k))
+            for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)
+        ]
     atomic_write(path, lambda f: f.write(text))
-    return None
+    return []
 
 
 def _training_done(output_dir):
@@ -174,11 +194,10 @@ def _setup_worker(cfg_file, subsets_file, log_dir):
     for name in ("fvcore", "detectron2", "balms_det"):
         setup_logger(log_dir, distributed_rank=rank, name=name)
     cfg = setup_cfg(cfg_file)
-    if subsets_file:
-        from ..data.balanced_subsets import load_subsets, register_balanced_subsets
+    if subsets_file:  # each subset from its own file: a fine-tune reads only its subset
+        from ..data.balanced_subsets import register_subsets_file
 
-        data, subsets = load_subsets(subsets_file)
-        register_balanced_subsets(data["source"], subsets)
+        register_subsets_file(subsets_file)
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
     return cfg
 
@@ -195,21 +214,22 @@ def _train_worker(cfg_file, subsets_file, log_dir):
     comm.synchronize()  # model_final.pth is written (by rank 0) before any process returns
 
 
-def _eval_worker(cfg_file, weights, result_file, log_dir):
-    from detectron2.checkpoint import DetectionCheckpointer
+def _eval_worker(cfg_file, weights, result_file, log_dir, settings=""):
     from detectron2.utils import comm
 
+    from .checkpoint import BalmsCheckpointer
     from .trainer import BalmsTrainer
 
     cfg = _setup_worker(cfg_file, None, log_dir)
     model = BalmsTrainer.build_model(cfg)
-    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).load(weights)
+    BalmsCheckpointer(model, save_dir=cfg.OUTPUT_DIR).load(weights)
     res = BalmsTrainer.test(cfg, model)
     if comm.is_main_process():
         atomic_write_json(
             {
                 "weights": os.path.abspath(weights),
                 "weights_mtime": os.path.getmtime(weights),
+                "settings": settings,  # hash of the evaluation config
                 "results": _per_dataset(res, cfg.DATASETS.TEST),
             },
             result_file,
@@ -334,6 +354,7 @@ def _draw_subsets(cfg, mode, params, path, output_dir):
         sample_balanced_subsets,
         save_subsets,
         subset_statistics,
+        write_subset_files,
     )
 
     btm, source, K = cfg.BALMS.BTM, params["source"], params["num_classes"]
@@ -344,6 +365,7 @@ def _draw_subsets(cfg, mode, params, path, output_dir):
     _warn_short_classes(cfg, source, class_images, subsets)
     stats = [subset_statistics(dicts, s, K, class_images) for s in subsets]
     groups = frequency_groups([len(c) for c in class_images])
+    write_subset_files(path, source, subsets, dicts)  # before subsets.json names them
     save_subsets(path, source, K, subsets, stats, params)
     _write_subsets_md(os.path.join(output_dir, "subsets.md"), cfg, source, mode, stats, groups)
     logger.info(
@@ -358,9 +380,10 @@ def _draw_subsets(cfg, mode, params, path, output_dir):
 
 def prepare_subsets(cfg, output_dir, mode="fill", main=True):
     """Draw (or reload) the ``BALMS.BTM.NUM_SUBSETS`` subsets of ``cfg.DATASETS.TRAIN``, write
-    ``subsets.json`` and ``subsets.md`` (achieved counts) and register them. On a machine other
-    than the main one (``main=False``) nothing is drawn or written: only the names are returned
-    (the launched workers read ``subsets.json``).
+    ``subsets.json``, ``subsets.md`` (achieved counts) and each subset's dicts
+    (``subsets/subset_<i>.pkl``: the fine-tunes read only these) and register them. On a
+    machine other than the main one (``main=False``) nothing is drawn or written: only the
+    names are returned (the launched workers read ``subsets.json``).
 
     Returns (path of subsets.json, registered names, statistics).
     """
@@ -368,6 +391,8 @@ def prepare_subsets(cfg, output_dir, mode="fill", main=True):
         load_subsets,
         register_balanced_subsets,
         subset_dataset_name,
+        subset_file,
+        write_subset_files,
     )
 
     btm = cfg.BALMS.BTM
@@ -394,7 +419,11 @@ def prepare_subsets(cfg, output_dir, mode="fill", main=True):
             subsets, stats = saved[:n], data.get("statistics", [])[:n]
     if subsets is None:
         subsets, stats = _draw_subsets(cfg, mode, params, path, output_dir)
-    reg = register_balanced_subsets(source, subsets)
+    files = [subset_file(path, s.index) for s in subsets]
+    missing = [s for s, f in zip(subsets, files) if not os.path.exists(f)]
+    if missing:  # drawn by an older version, or deleted: one read of the source writes them
+        write_subset_files(path, source, missing)
+    reg = register_balanced_subsets(source, subsets, files)
     return path, reg, stats
 
 
@@ -422,15 +451,24 @@ class _Pipeline:
         out = run_cfg.OUTPUT_DIR
         cfg_file = os.path.join(out, "btm_config.yaml")
         done = _training_done(out)
-        changed = _write_cfg(run_cfg, cfg_file) if self.main else None
-        if changed:
-            k, old, new = changed
+        diffs = _write_cfg(run_cfg, cfg_file) if self.main else []
+        trained = [d for d in diffs if not inference_only(d[0])]
+        if trained:
+            k, old, new = trained[0]
             if done:
                 raise ValueError(
                     f"{what} in {out} was trained with {k} = {old!r}, the current settings give "
                     f"{new!r}: use another output directory (or delete {out}) to retrain it"
                 )
             logger.warning("BTM: %s restarts with new settings (%s: %r -> %r)", what, k, old, new)
+        elif diffs:
+            logger.info(
+                "BTM: %s: only inference settings changed (%s): %s",
+                what,
+                ", ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in diffs),
+                "kept, evaluated with the new ones" if done else "it continues with them",
+            )
+        if diffs:
             _write_cfg(run_cfg, cfg_file, overwrite=True)
         if done:
             logger.info("BTM: %s already done (%s), skipped", what, out)
@@ -442,22 +480,26 @@ class _Pipeline:
 
     def evaluate(self, label, model_cfg, weights):
         path = os.path.join(self.output_dir, "eval", f"{label}.json")
+        out = os.path.join(self.output_dir, "eval", label)
+        cfg_file = os.path.join(out, "btm_config.yaml")
+        ecfg = eval_cfg(model_cfg, self.cfg, list(self.cfg.DATASETS.TRAIN), out)
+        # a cached evaluation serves the same weights evaluated with the same settings
+        settings = hashlib.sha1(ecfg.dump().encode()).hexdigest()
         if os.path.exists(path):
             with open(path) as f:
                 cached = json.load(f)
-            if cached.get("weights") == os.path.abspath(weights) and cached.get(
-                "weights_mtime"
-            ) == os.path.getmtime(weights):
+            if (
+                cached.get("weights") == os.path.abspath(weights)
+                and cached.get("weights_mtime") == os.path.getmtime(weights)
+                and cached.get("settings") == settings
+            ):
                 self.results[label] = cached["results"]
                 logger.info("BTM: evaluation of %s cached (%s)", label, path)
                 return
-        out = os.path.join(self.output_dir, "eval", label)
-        cfg_file = os.path.join(out, "btm_config.yaml")
         if self.main:
-            ecfg = eval_cfg(model_cfg, self.cfg, list(self.cfg.DATASETS.TRAIN), out)
             _write_cfg(ecfg, cfg_file, overwrite=True)
         logger.info("BTM: evaluating %s (%s)", label, weights)
-        self.run(_eval_worker, cfg_file, os.path.abspath(weights), path, self.output_dir)
+        self.run(_eval_worker, cfg_file, os.path.abspath(weights), path, self.output_dir, settings)
         if self.main:
             with open(path) as f:
                 self.results[label] = json.load(f)["results"]

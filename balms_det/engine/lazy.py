@@ -12,16 +12,27 @@ same two functions (:func:`freeze_trainable` after the model is built and before
         # the Meta Reweigher: `enabled`, then keyword arguments of
         # balms_det.engine.meta_reweigher.MetaReweigher (values may be L(...) calls)
         meta=dict(enabled=False, lr=0.01, period=1, meta_batch_size=2),
+        # your own COCO/LVIS-format files, registered before anything is instantiated (the
+        # yacs key BALMS.DATASETS.REGISTER): [[name, annotation_json, image_root], ...]
+        datasets=[],
+        # frozen parameters with an empty train.init_checkpoint are refused unless True
+        allow_frozen_random_init=False,
     )
 
 Defaults of the Meta Reweigher's arguments taken from the rest of the config (each may be
 given in ``train.balms.meta`` instead): ``model`` and ``optimizer`` are the trainer's (never
 given); ``meta_dataset`` is ``dataloader.train.dataset`` instantiated (the training set, drawn
-class-balanced); ``meta_mapper`` is ``dataloader.train.mapper`` without instance masks;
-``num_workers`` is ``dataloader.train.num_workers``; ``seed`` is ``train.seed`` (when >= 0);
-``amp`` is ``train.amp.enabled``; ``class_names`` are the ``thing_classes`` of the first
-training dataset. The yacs keys of the same settings are ``BALMS.TRAINABLE_PARAMS`` and
-``BALMS.META``.
+class-balanced; with ``L(training_set)(...)`` and ``tools/lazy_train_net.py``, the loader's own
+``TrainingSet``: no second read, no second copy); ``meta_mapper`` is
+``dataloader.train.mapper`` without instance masks; ``num_workers`` is
+``dataloader.train.num_workers``; ``seed`` is ``train.seed`` (when >= 0); ``amp`` is
+``train.amp.enabled``; ``class_names`` are the ``thing_classes`` of the first training
+dataset. The yacs keys of the same settings are ``BALMS.TRAINABLE_PARAMS``, ``BALMS.META``,
+``BALMS.DATASETS.REGISTER`` and ``BALMS.ALLOW_FROZEN_RANDOM_INIT``.
+
+Your own data in a LazyConfig script: :func:`register_lazy_datasets` (right after the config
+is loaded, in every process) registers ``train.balms.datasets``; :func:`preflight_lazy` (after
+the model is built) runs the data checks of ``balms_det/engine/preflight.py``.
 """
 
 import copy
@@ -33,9 +44,11 @@ from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_trai
 from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from ..data.datasets import register_file_datasets
 from ..data.resumable import build_resumable_train_loader
 from .decoupled import FrozenNormHook, freeze_except
 from .meta_reweigher import MetaReweigher
+from .preflight import check_frozen_start, preflight_datasets
 
 __all__ = [
     "BALMS_TRAIN_DEFAULTS",
@@ -44,12 +57,20 @@ __all__ = [
     "meta_reweigher_from_config",
     "balms_hooks",
     "meta_mapper_from_train_mapper",
+    "register_lazy_datasets",
+    "preflight_lazy",
+    "optimizer_with_gradient_clipping",
     "resumable_train_loader",
 ]
 
 logger = logging.getLogger(__name__)
 
-BALMS_TRAIN_DEFAULTS = {"trainable_params": [], "meta": {"enabled": False}}
+BALMS_TRAIN_DEFAULTS = {
+    "trainable_params": [],
+    "meta": {"enabled": False},
+    "datasets": [],
+    "allow_frozen_random_init": False,
+}
 _FROM_TRAINER = ("model", "optimizer")
 
 
@@ -92,6 +113,96 @@ def balms_train_settings(cfg):
             f"train.balms.meta must be a dict (enabled=..., MetaReweigher arguments), got {meta!r}"
         )
     return list(patterns), meta
+
+
+def register_lazy_datasets(cfg):
+    """Register the ``[name, annotation_json, image_root]`` entries of ``train.balms.datasets``
+    (COCO- or LVIS-format files; :func:`~balms_det.data.datasets.register_file_dataset`).
+    Returns the names."""
+    balms_train_settings(cfg)  # unknown keys are named
+    entries = _plain(_get(cfg, "train.balms.datasets", None)) or []
+    return register_file_datasets(entries, key="train.balms.datasets")
+
+
+def _names(v):
+    v = _plain(v)
+    if v is None:
+        return []
+    return [v] if isinstance(v, str) else [str(n) for n in v]
+
+
+def preflight_lazy(cfg, model):
+    """The checks of a training run before its first iteration, for a LazyConfig: the
+    model's number of classes against the categories of ``dataloader.train.dataset.names``,
+    every image file of the training and test sets, and frozen parameters with an empty
+    ``train.init_checkpoint`` (see ``balms_det/engine/preflight.py``)."""
+    inner = getattr(model, "module", model)
+    num_classes = getattr(getattr(inner, "roi_heads", None), "num_classes", None)
+    train = _names(_get(cfg, "dataloader.train.dataset.names", None))
+    test = _names(_get(cfg, "dataloader.test.dataset.names", None))
+    if num_classes is not None and train:
+        _preflight_then_name(inner, train, test, int(num_classes))
+    check_frozen_start(
+        model,
+        _get(cfg, "train.init_checkpoint", ""),
+        bool(_get(cfg, "train.balms.allow_frozen_random_init", False)),
+        key="train.balms.allow_frozen_random_init",
+        weights_key="train.init_checkpoint",
+    )
+
+
+def _preflight_then_name(model, train, test, num_classes):
+    """The data checks, then the training set's class names given to the balms predictors
+    that have none (saved in checkpoints, for serving)."""
+    from detectron2.data import MetadataCatalog
+
+    from ..modeling.roi_heads import BalmsFastRCNNOutputLayers
+
+    preflight_datasets(
+        num_classes,
+        train,
+        test,
+        keys=dict(
+            num_classes="model.roi_heads.num_classes",
+            train="dataloader.train.dataset.names",
+            test="dataloader.test.dataset.names",
+        ),
+    )
+    names = MetadataCatalog.get(train[0]).get("thing_classes", None)
+    for m in model.modules():
+        if isinstance(m, BalmsFastRCNNOutputLayers) and names is not None:
+            if not m.get_dataset_meta().get("thing_classes") and len(names) == m.num_classes:
+                m.set_dataset_meta(thing_classes=names)
+
+
+def optimizer_with_gradient_clipping(
+    optimizer, params, *, clip_type="norm", clip_value=1.0, norm_type=2.0, **kwargs
+):
+    """``optimizer(params, **kwargs)`` with Detectron2's gradient clipping, for a LazyConfig
+    (the yacs keys ``SOLVER.CLIP_GRADIENTS.{CLIP_TYPE, CLIP_VALUE, NORM_TYPE}``; Detectron2's
+    Python configs have no such setting)::
+
+        optimizer = L(optimizer_with_gradient_clipping)(
+            optimizer=torch.optim.SGD,
+            params=L(get_default_optimizer_params)(weight_decay_norm=0.0),
+            lr=0.01, momentum=0.9, weight_decay=1e-4, clip_type="norm", clip_value=1.0,
+        )
+    """
+    import torch
+    from detectron2.config import CfgNode
+    from detectron2.solver.build import maybe_add_gradient_clipping
+
+    if isinstance(optimizer, str):
+        optimizer = locate(optimizer)
+    if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
+        raise ValueError(
+            f"optimizer_with_gradient_clipping(optimizer=...) takes an optimizer class such as "
+            f"torch.optim.SGD, got {optimizer!r}"
+        )
+    clip = dict(ENABLED=True, CLIP_TYPE=clip_type, CLIP_VALUE=float(clip_value))
+    clip["NORM_TYPE"] = float(norm_type)
+    solver = CfgNode({"SOLVER": {"CLIP_GRADIENTS": clip}})
+    return maybe_add_gradient_clipping(solver, optimizer)(params, **kwargs)
 
 
 def freeze_trainable(cfg, model):

@@ -46,6 +46,18 @@ it in the checkpoint's "trainer" entry), so ``--resume`` continues the same meta
 optimizer. A fresh (non-resumed) run starts from ``psi = INIT`` whatever ``class_weights`` the
 loaded weights carry.
 
+Device and precision. ``psi``, its Adam state and the class mask follow the predictor's device:
+they move there in ``before_train`` and when a state is loaded (a hook built before
+``model.to("cuda")`` works). The meta batch's no-grad forward runs under the trainer's autocast
+(Detectron2's ``AMPTrainer`` and its precision, float16 or bfloat16; yacs: ``SOLVER.AMP`` and
+``BALMS.AMP_DTYPE``); the look-ahead is float32.
+
+No host-device sync between logs. The meta step reads nothing back: a non-finite meta-gradient
+skips the Adam step on the device (:class:`DeviceAdam`), the weights are written without a
+read-back (``set_class_weights``), the meta-gradient's all-reduce goes over the group that
+carries the tensor's device (``balms_det.distributed``). Every ``LOG_PERIOD`` iterations one
+read fetches the weights summary, the meta loss and the number of skipped steps.
+
 The math is in pure functions (:func:`lookahead_classifier`, :func:`lookahead_meta_loss`,
 :func:`meta_gradient`) that take features, labels, classifier parameters and ``psi``.
 """
@@ -54,7 +66,6 @@ import logging
 from contextlib import contextmanager, nullcontext
 
 import torch
-import torch.distributed as dist
 from detectron2.config import configurable
 from detectron2.engine import HookBase
 from detectron2.layers import cat
@@ -68,9 +79,11 @@ from ..data.meta_sampler import (
     check_meta_batch_size,
     classes_in_dataset,
     meta_batch_loader,
-    meta_dataset_dicts,
     meta_mapper,
+    meta_set,
 )
+from ..data.training_set import TrainingSet, training_set
+from ..distributed import all_reduce_sum
 from ..longtail import GROUPS, frequency_groups
 from ..modeling.roi_heads import (
     LOSS_FAMILIES,
@@ -78,7 +91,8 @@ from ..modeling.roi_heads import (
     BalmsFastRCNNOutputLayers,
     class_roi_weights,
 )
-from ..utils import format_examples
+from ..utils import amp_dtype, format_examples
+from .device_adam import DeviceAdam
 
 __all__ = [
     "WEIGHT_FNS",
@@ -374,10 +388,19 @@ def _image_key(d):
     return (d.get("file_name"), d.get("image_id"))
 
 
+def _to_host(t):
+    """``t`` in host memory: a CUDA tensor is copied asynchronously into pinned memory (the
+    later copy back to the device is ordered after it on the same stream, no sync)."""
+    if t.device.type == "cpu":
+        return t
+    out = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.device.type == "cuda")
+    return out.copy_(t, non_blocking=True)
+
+
 # ------------------------------------------------------------------------------------------
 # The hook
 # ------------------------------------------------------------------------------------------
-def _check_settings(weight_fn, meta_loss, period, lr):
+def _check_settings(weight_fn, meta_loss, period, lr, log_period=1):
     if weight_fn not in WEIGHT_FNS:
         raise ValueError(
             f"Meta Reweigher weight_fn (BALMS.META.WEIGHT_FN) must be one of {WEIGHT_FNS}, "
@@ -392,6 +415,10 @@ def _check_settings(weight_fn, meta_loss, period, lr):
         raise ValueError(f"Meta Reweigher period (BALMS.META.PERIOD) must be >= 1, got {period}")
     if not lr > 0:
         raise ValueError(f"Meta Reweigher lr (BALMS.META.LR) must be > 0, got {lr}")
+    if int(log_period) < 1:
+        raise ValueError(
+            f"Meta Reweigher log_period (BALMS.META.LOG_PERIOD) must be >= 1, got {log_period}"
+        )
 
 
 def _checked_predictor(m, meta_loss):
@@ -476,14 +503,17 @@ def _class_names(cfg, K):
     return [str(i) for i in range(K)]
 
 
-def _meta_dataset_dicts(meta_dataset):
-    """(dataset dicts, name for messages) of a ``meta_dataset`` argument: registered dataset
-    name(s), loaded with Detectron2 (empty images dropped), or dataset dicts."""
+def _meta_set(meta_dataset):
+    """(TrainingSet, name for messages) of a ``meta_dataset`` argument: a ``TrainingSet`` (the
+    train loader's, used as it is), registered dataset name(s) (read with empty images dropped;
+    the shared read inside ``shared_training_sets``), or dataset dicts (serialized once)."""
+    if isinstance(meta_dataset, TrainingSet):
+        return meta_dataset, meta_dataset.describe()
     if isinstance(meta_dataset, str):
         meta_dataset = [meta_dataset]
     items = list(meta_dataset)
     if items and all(isinstance(n, str) for n in items):
-        from detectron2.data import DatasetCatalog, get_detection_dataset_dicts
+        from detectron2.data import DatasetCatalog
 
         for n in items:
             if n not in DatasetCatalog.list():
@@ -492,8 +522,8 @@ def _meta_dataset_dicts(meta_dataset):
                     "with detectron2.data.DatasetCatalog before building the hook); registered: "
                     + ", ".join(sorted(DatasetCatalog.list())[:30])
                 )
-        return get_detection_dataset_dicts(items, filter_empty=True), ", ".join(items)
-    return items, None
+        return training_set(items, filter_empty=True), ", ".join(items)
+    return (TrainingSet(items) if items else items), None
 
 
 class MetaReweigher(HookBase):
@@ -535,14 +565,17 @@ class MetaReweigher(HookBase):
         num_workers=0,
         class_names=None,
         meta_set_name=None,
+        log_period=20,
     ):
         """
         Args (the yacs key of each in parentheses):
             model: the detector, a GeneralizedRCNN whose ``roi_heads.box_predictor`` is a
                 ``BalmsFastRCNNOutputLayers`` (possibly DDP-wrapped).
-            meta_dataset: the meta set, drawn class-balanced: Detectron2 dataset dicts, or
-                registered dataset name(s) (loaded with empty images dropped)
-                (``BALMS.META.DATASET``, default ``DATASETS.TRAIN``).
+            meta_dataset: the meta set, drawn class-balanced: a ``TrainingSet`` (e.g. the train
+                loader's dataset: its storage is shared, nothing is copied), Detectron2
+                dataset dicts, or registered dataset name(s) (loaded with empty images
+                dropped) (``BALMS.META.DATASET``, default ``DATASETS.TRAIN``: the train
+                loader's ``TrainingSet``).
             meta_mapper (callable): dataset dict -> model input for meta images, e.g. the
                 training ``DatasetMapper`` without instance masks (only boxes and classes are
                 used).
@@ -562,14 +595,19 @@ class MetaReweigher(HookBase):
                 classifier frozen (``CACHE_FEATURES``).
             seed (int): seed of the meta sampler, the same on every process; None: Detectron2's
                 shared random seed (``SEED`` when >= 0).
-            amp (bool): run the meta batch's no-grad forward under CUDA autocast
-                (``SOLVER.AMP.ENABLED``); the look-ahead itself is always float32.
+            amp (bool or str or torch.dtype): run the meta batch's no-grad forward under CUDA
+                autocast: False, True (float16), "float16" or "bfloat16" (``SOLVER.AMP.ENABLED``
+                and ``BALMS.AMP_DTYPE``). Registered with a trainer, the hook follows the
+                trainer's instead (an ``AMPTrainer``'s precision, or none). The look-ahead
+                itself is always float32.
             num_workers (int): data-loading workers of the meta loader
                 (``DATALOADER.NUM_WORKERS``).
             class_names (list[str]): names of the K classes, for warnings.
             meta_set_name (str): how warnings name the meta set.
+            log_period (int): write the weights summary and the meta loss to the event storage
+                every this many iterations (``LOG_PERIOD``); one read of the device each.
         """
-        _check_settings(weight_fn, meta_loss, period, lr)
+        _check_settings(weight_fn, meta_loss, period, lr, log_period)
         m = _unwrap(model)
         predictor = _checked_predictor(m, meta_loss)
         own = bool(predictor.normalize_class_weights)
@@ -590,37 +628,40 @@ class MetaReweigher(HookBase):
         self.optimizer = optimizer
         self.meta_mapper = meta_mapper
         self.num_workers = int(num_workers)
-        self.amp = bool(amp)
+        self.amp = amp_dtype(amp, "Meta Reweigher amp")
         self.period = int(period)
+        self.log_period = int(log_period)
         self.weight_fn = weight_fn
         self.normalize = own
         K = self.num_classes = predictor.num_classes
         dev = predictor.class_weights.device
         self.psi = nn.Parameter(torch.full((K,), float(init), device=dev))
-        self.meta_optimizer = torch.optim.Adam([self.psi], lr=float(lr))
+        self.meta_optimizer = DeviceAdam(self.psi, lr=float(lr))
         self.train_loss, self.meta_loss = classifier_losses(predictor, meta_loss)
         self._set_meta_set(meta_dataset, class_names, meta_set_name)
         self.seed = int(seed) if seed is not None else int(comm.shared_random_seed())
 
         self._groups = None  # frequency groups of the logged weights, at the first log
-        self.meta_steps = 0  # Adam steps taken
+        self.meta_steps = 0  # meta steps run (a skipped non-finite one too)
         self.meta_batches = 0  # meta batches drawn from the loader (resume skips them)
         self._meta_iter = None
-        self._last_loss = None
+        self._last_loss = None  # on the device, read at the next log
+        self._skipped = torch.zeros((), device=dev)  # non-finite steps since the last log
         self._warned_optimizer = False
 
     @classmethod
     def from_config(cls, cfg, model, optimizer=None, dataset_dicts=None):
         """Arguments of a yacs config's ``BALMS.META`` (and ``SEED``, ``SOLVER.AMP.ENABLED``,
         ``DATALOADER.NUM_WORKERS``); ``dataset_dicts`` replaces the meta set of
-        ``BALMS.META.DATASET`` / ``DATASETS.TRAIN``."""
+        ``BALMS.META.DATASET`` / ``DATASETS.TRAIN`` (:func:`~balms_det.data.meta_sampler.meta_set`:
+        the train loader's own ``TrainingSet`` while ``BalmsTrainer`` is built)."""
         mc = cfg.BALMS.META
-        _check_settings(mc.WEIGHT_FN, mc.META_LOSS, mc.PERIOD, mc.LR)
+        _check_settings(mc.WEIGHT_FN, mc.META_LOSS, mc.PERIOD, mc.LR, mc.LOG_PERIOD)
         _checked_predictor(_unwrap(model), mc.META_LOSS)  # before any read of the meta set
         return dict(
             model=model,
             optimizer=optimizer,
-            meta_dataset=meta_dataset_dicts(cfg) if dataset_dicts is None else dataset_dicts,
+            meta_dataset=meta_set(cfg) if dataset_dicts is None else dataset_dicts,
             meta_mapper=meta_mapper(cfg),
             meta_batch_size=mc.IMS_PER_BATCH,
             period=mc.PERIOD,
@@ -631,19 +672,20 @@ class MetaReweigher(HookBase):
             meta_loss=mc.META_LOSS,
             cache_features=mc.CACHE_FEATURES,
             seed=int(cfg.SEED) if cfg.SEED >= 0 else None,
-            amp=cfg.SOLVER.AMP.ENABLED,
+            amp=cfg.BALMS.AMP_DTYPE if cfg.SOLVER.AMP.ENABLED else False,
             num_workers=cfg.DATALOADER.NUM_WORKERS,
             class_names=_class_names(cfg, cfg.MODEL.ROI_HEADS.NUM_CLASSES),
             meta_set_name=mc.DATASET or "DATASETS.TRAIN",
+            log_period=mc.LOG_PERIOD,
         )
 
     def _set_meta_set(self, meta_dataset, class_names, meta_set_name):
         K = self.num_classes
-        dataset_dicts, loaded_name = _meta_dataset_dicts(meta_dataset)
+        meta, loaded_name = _meta_set(meta_dataset)
         what = meta_set_name or loaded_name or "meta_dataset"
-        if len(dataset_dicts) == 0:
+        if len(meta) == 0:
             raise ValueError(f"the meta set of the Meta Reweigher ({what}) has no image")
-        present = classes_in_dataset(dataset_dicts, K)
+        present = classes_in_dataset(meta, K)
         names = list(class_names) if class_names is not None else []
         if len(names) != K:
             names = [str(i) for i in range(K)]
@@ -662,7 +704,7 @@ class MetaReweigher(HookBase):
             )
         self.missing_classes = missing
         self.class_mask = present.to(device=self.psi.device, dtype=self.psi.dtype)
-        self._dataset_dicts = dataset_dicts
+        self.meta_set = meta  # a TrainingSet; the meta loader draws from its storage
 
     # -- weights ---------------------------------------------------------------------------
     def class_weights(self):
@@ -671,13 +713,59 @@ class MetaReweigher(HookBase):
             return class_weights_from_psi(self.psi, self.weight_fn)
 
     def _write_buffer(self):
-        with torch.no_grad():
-            self.predictor.class_weights.copy_(self.class_weights())
+        self.predictor.set_class_weights(self.class_weights())
+
+    # -- device and precision --------------------------------------------------------------
+    def _follow_device(self):
+        """Move ``psi``, its Adam state and the class mask to the predictor's device."""
+        dev = self.predictor.class_weights.device
+        if self.psi.device == dev:
+            return
+        self.psi = nn.Parameter(self.psi.detach().to(dev))
+        self.meta_optimizer.param = self.psi
+        self.meta_optimizer.to(dev)
+        self.class_mask = self.class_mask.to(dev)
+        self._skipped = self._skipped.to(dev)
+        if self._last_loss is not None:
+            self._last_loss = self._last_loss.to(dev)
+
+    def _follow_trainer_precision(self):
+        """Take the autocast dtype of the trainer this hook is registered with: an
+        ``AMPTrainer``'s precision (itself, or the ``_trainer`` of a ``DefaultTrainer``), or
+        none for a trainer without AMP."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return
+        from detectron2.engine import AMPTrainer
+
+        for t in (trainer, getattr(trainer, "_trainer", None)):
+            if isinstance(t, AMPTrainer):
+                precision = amp_dtype(getattr(t, "precision", True), "AMPTrainer precision")
+                if self.amp is not None and precision != self.amp:
+                    logger.info(
+                        "Meta Reweigher: autocast %s follows the trainer's (amp=%s ignored)",
+                        precision,
+                        self.amp,
+                    )
+                self.amp = precision
+                return
+        if self.amp is not None:
+            logger.info("Meta Reweigher: the trainer runs without AMP; the meta forward too")
+        self.amp = None
+
+    def _autocast(self):
+        """The meta forward's autocast: the model's device when it is CUDA, ``self.amp``."""
+        dev = self.predictor.cls_score.weight.device.type
+        if self.amp is None or dev != "cuda":
+            return nullcontext()
+        return torch.autocast(dev, dtype=self.amp)
 
     # -- hook interface --------------------------------------------------------------------
     def before_train(self):
         if self.optimizer is None and getattr(self, "trainer", None) is not None:
             self.optimizer = self.trainer.optimizer
+        self._follow_device()
+        self._follow_trainer_precision()
         self._write_buffer()
         self.predictor.record_train_rois = True
         self._build_loader()
@@ -686,7 +774,7 @@ class MetaReweigher(HookBase):
         if self._meta_iter is not None:
             return
         loader = meta_batch_loader(
-            self._dataset_dicts,
+            self.meta_set,
             mapper=self.meta_mapper,
             total_batch_size=self.meta_batch_size,
             seed=self.seed,
@@ -694,7 +782,6 @@ class MetaReweigher(HookBase):
             num_workers=self.num_workers,
         )
         self._meta_iter = iter(loader)
-        self._dataset_dicts = None  # the loader holds them (serialised)
 
     def after_step(self):
         p = self.predictor
@@ -712,7 +799,9 @@ class MetaReweigher(HookBase):
         self.meta_batches += 1
         meta_x, meta_y = self.meta_features(batch)
         self.meta_step(train_x, train_y, meta_x, meta_y)
-        self._log()
+        it, max_iter = self.trainer.iter, getattr(self.trainer, "max_iter", None)
+        if (it + 1) % self.log_period == 0 or (max_iter is not None and it + 1 >= max_iter):
+            self._log()
 
     def after_train(self):
         self.predictor.record_train_rois = False
@@ -721,22 +810,20 @@ class MetaReweigher(HookBase):
     # -- meta step -------------------------------------------------------------------------
     def meta_features(self, batch):
         """(x, labels) of the ROIs of a meta batch (from the cache when enabled)."""
-        amp = self.amp and self.psi.device.type == "cuda"
-        ctx = torch.autocast("cuda") if amp else nullcontext()
         if self.cache is None:
-            with ctx:
+            with self._autocast():
                 x, y, _ = meta_roi_features(self.model, batch)
             return x.float(), y
         keys = [_image_key(d) for d in batch]
         todo = [(k, d) for k, d in zip(keys, batch) if k not in self.cache]
         if todo:
-            with ctx:
+            with self._autocast():
                 x, y, sizes = meta_roi_features(self.model, [d for _, d in todo], eval_norms=True)
             for (k, _), xi, yi in zip(todo, x.float().split(sizes), y.split(sizes)):
-                self.cache[k] = (xi.cpu(), yi.cpu())
-        dev = self.psi.device
-        x = torch.cat([self.cache[k][0] for k in keys]).to(dev)
-        y = torch.cat([self.cache[k][1] for k in keys]).to(dev)
+                self.cache[k] = (_to_host(xi), _to_host(yi))
+        dev = self.predictor.cls_score.weight.device
+        x = torch.cat([self.cache[k][0].to(dev, non_blocking=True) for k in keys])
+        y = torch.cat([self.cache[k][1].to(dev, non_blocking=True) for k in keys])
         return x, y
 
     def _sgd(self, params):
@@ -757,7 +844,10 @@ class MetaReweigher(HookBase):
 
     def meta_step(self, train_x, train_y, meta_x, meta_y):
         """One meta step from given ROI features: look-ahead, meta-gradient (all-reduced),
-        Adam step on ``psi``, ``class_weights`` buffer updated. Returns the meta loss."""
+        Adam step on ``psi`` (skipped on the device when the meta-gradient is not finite),
+        ``class_weights`` buffer updated. Returns the meta loss (a 0-d tensor, on the device).
+        No host-device sync."""
+        self._follow_device()
         cls = self.predictor.cls_score
         dtype, dev = cls.weight.dtype, cls.weight.device.type
         amp_off = torch.autocast(dev, enabled=False) if dev in ("cuda", "cpu") else nullcontext()
@@ -780,51 +870,68 @@ class MetaReweigher(HookBase):
         g = g.to(self.psi.dtype) * self.class_mask
         world = comm.get_world_size()
         if world > 1:  # each rank its own meta images; the meta-gradient is averaged
-            dist.all_reduce(g)
+            all_reduce_sum(g)
             g /= world
-        if not bool(torch.isfinite(g).all()):
-            logger.warning(
-                "Meta Reweigher: non-finite meta-gradient at iteration %s, step skipped",
-                getattr(getattr(self, "trainer", None), "iter", None),
-            )
-            return loss
-        self.psi.grad = g
-        self.meta_optimizer.step()
-        self.meta_optimizer.zero_grad(set_to_none=True)
+        ok = torch.isfinite(g).all()
+        self.meta_optimizer.step(g, ok)  # skipped on the device when not finite
+        self._skipped += (~ok).to(self._skipped.dtype)
         self._write_buffer()
         self.meta_steps += 1
-        self._last_loss = loss
+        self._last_loss = torch.where(ok, loss.to(self._skipped), self._last_loss_or_nan())
         return loss
 
-    def _frequency_groups(self):
-        """Group masks, rarest and most frequent class of the predictor's image counts, taken
-        at the first log (the counts are the predictor's by then, however it got them)."""
-        if self._groups is None:
-            counts = self.predictor.class_image_counts.detach().cpu()
-            labels = frequency_groups(counts.tolist())
-            self._groups = {g: torch.tensor([x == g for x in labels]) for g in GROUPS}
-            self._rarest = int(torch.argmin(counts))
-            self._most_frequent = int(torch.argmax(counts))
-        return self._groups
+    def _last_loss_or_nan(self):
+        if self._last_loss is None:
+            return torch.full((), float("nan"), device=self._skipped.device)
+        return self._last_loss
+
+    def _set_frequency_groups(self, counts):
+        """Group members, rarest and most frequent class of the predictor's image counts
+        (host lists), taken at the first log (the counts are the predictor's by then, however
+        it got them)."""
+        labels = frequency_groups(counts)
+        self._groups = {g: [i for i, x in enumerate(labels) if x == g] for g in GROUPS}
+        self._rarest = min(range(len(counts)), key=counts.__getitem__)
+        self._most_frequent = max(range(len(counts)), key=counts.__getitem__)
 
     def _log(self):
+        """Weights summary per frequency group, meta loss and skipped steps: one read."""
         try:
             storage = get_event_storage()
         except AssertionError:
             return
-        w = self.predictor.class_weights.detach().float().cpu()
+        K = self.num_classes
+        parts = [
+            self.predictor.class_weights.detach().float(),
+            self._last_loss_or_nan().float().reshape(1),
+            self._skipped.float().reshape(1),
+        ]
+        if self._groups is None:
+            parts.append(self.predictor.class_image_counts.detach().float())
+        values = torch.cat([p.to(parts[0].device) for p in parts]).tolist()  # the one read
+        w, loss, skipped = values[:K], values[K], int(values[K + 1])
+        if self._groups is None:
+            self._set_frequency_groups(values[K + 2 :])
         vals = {}
-        for g, sel in self._frequency_groups().items():
-            if sel.any():
-                ws = w[sel]
-                vals[f"meta/weight_{g}_min"] = ws.min().item()
-                vals[f"meta/weight_{g}_mean"] = ws.mean().item()
-                vals[f"meta/weight_{g}_max"] = ws.max().item()
-        vals["meta/weight_rarest"] = w[self._rarest].item()
-        vals["meta/weight_most_frequent"] = w[self._most_frequent].item()
-        if self._last_loss is not None:
-            vals["meta/loss"] = float(self._last_loss)
+        for g, members in self._groups.items():
+            if members:
+                ws = [w[i] for i in members]
+                vals[f"meta/weight_{g}_min"] = min(ws)
+                vals[f"meta/weight_{g}_mean"] = sum(ws) / len(ws)
+                vals[f"meta/weight_{g}_max"] = max(ws)
+        vals["meta/weight_rarest"] = w[self._rarest]
+        vals["meta/weight_most_frequent"] = w[self._most_frequent]
+        if self._last_loss is not None and loss == loss:  # not NaN
+            vals["meta/loss"] = loss
         storage.put_scalars(smoothing_hint=False, **vals)
+        if skipped:
+            logger.warning(
+                "Meta Reweigher: %d non-finite meta-gradient(s) since the last log (iteration "
+                "%s); those Adam steps were skipped",
+                skipped,
+                getattr(getattr(self, "trainer", None), "iter", None),
+            )
+            self._skipped.zero_()
 
     # -- checkpointing ---------------------------------------------------------------------
     def state_dict(self):
@@ -843,6 +950,7 @@ class MetaReweigher(HookBase):
                 f"checkpointed Meta Reweigher has {psi.numel()} class weights, the model "
                 f"{self.psi.numel()}"
             )
+        self._follow_device()
         with torch.no_grad():
             self.psi.copy_(psi)
         self.meta_optimizer.load_state_dict(state["optimizer"])

@@ -1,28 +1,13 @@
-"""The training-time LVIS-protocol evaluator, for LVIS and any long-tailed set.
-
-``BalmsLVISEvaluator`` is Detectron2's ``LVISEvaluator`` with its metric computation replaced:
-
-* it runs on numpy >= 1.24 (lvis-api 0.5.3 crashes there) and is faster
-  (:mod:`balms_det.evaluation.fast_lvis`, the same numbers),
-* besides the standard protocol it computes AP-fixed, AP-pool (Dave et al. 2021) and boundary
-  AP (Cheng et al. 2021), see :mod:`balms_det.evaluation.protocols`,
-* categories without a ``frequency`` field (COCO-format datasets) get one from the training image
-  counts with the LVIS thresholds, so APr/APc/APf exist for custom data,
-* it adds worst-class metrics (harmonic/geometric mean and minimum of per-class AP),
-* it writes a per-class table (CSV, JSON) and plots into its output folder.
+"""The training-time LVIS-protocol evaluator: ``BalmsLVISEvaluator`` is Detectron2's
+``LVISEvaluator`` with its metrics computed by the engine (:mod:`balms_det.lvis_eval`), the
+protocols of :mod:`.tasks`, LVIS groups for categories without ``frequency`` (from training image
+counts), worst-class metrics, and a per-class table and plots in its output folder.
 
 For AP-fixed / AP-pool it keeps, while predictions stream in, the top-k detections of every
-category (memory bounded by 2 x categories x k, not by the dataset) and, per image, only the
-detections the per-image cap of the standard protocol can keep. With several processes, each
-keeps its own top-k; the main process merges them after Detectron2's gather, and it alone
-writes the results files and computes the metrics (the other processes return nothing, as
-Detectron2's LVISEvaluator does).
-
-Metric values are in %; NaN where lvis-api leaves a metric undefined. During training,
-Detectron2's ``EvalHook`` puts every metric returned by ``evaluate()`` into the event storage
-(``<task>/<metric>``, hence TensorBoard), and ``DefaultTrainer.test`` prints them with
-``print_csv_format``; the evaluator itself adds nothing to the storage so that nothing is
-logged twice.
+category (memory: 2 x categories x k) and, per image, those the per-image cap can keep; with
+several processes the main one merges the pools after Detectron2's gather and alone computes
+the metrics (the others return nothing, as LVISEvaluator). Metrics are in % (NaN: undefined);
+Detectron2's ``EvalHook`` stores them (``<task>/<metric>``), the evaluator adds nothing itself.
 """
 
 import itertools
@@ -36,15 +21,14 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import LVISEvaluator
 
 from ..utils import atomic_write
-from .protocols import (
-    ENGINES,
-    PROTOCOLS,
+from .report import write_report
+from .tasks import (
+    check_options,
     counts_from_categories,
     evaluate_tasks,
     plan_tasks,
     prepare_gt_dataset,
 )
-from .report import write_report
 
 __all__ = ["BalmsLVISEvaluator", "CategoryTopK", "RESULTS_JSON", "TOPK_RESULTS_JSON"]
 
@@ -134,26 +118,11 @@ def _check_annotations(dataset_name, meta, json_file):
             )
 
 
-def _check_options(engine, protocols, fixed_dets_per_category):
-    if engine not in ENGINES:
-        raise ValueError(f"Unknown LVIS evaluation engine '{engine}'; choose one of {ENGINES}")
-    bad = [p for p in protocols if p not in PROTOCOLS]
-    if bad or not protocols:
-        raise ValueError(f"Unknown evaluation protocols {bad}; choose among {list(PROTOCOLS)}")
-    if int(fixed_dets_per_category) < 1:
-        raise ValueError(
-            f"fixed_dets_per_category must be at least 1, not {fixed_dets_per_category}"
-        )
-
-
 class BalmsLVISEvaluator(LVISEvaluator):
-    """Detectron2's ``LVISEvaluator`` with a working, faster metric computation, the challenge
-    protocols and long-tail extras. Results (in %), per task ("bbox", "segm", "bbox_fixed",
-    "segm_fixed", "bbox_pool", "segm_pool", "boundary"): AP, AP50, AP75, APs, APm, APl, APr,
-    APc, APf, AR, plus ``hmean``, ``gmean``, ``min`` of per-class AP and ``num_zero`` (classes at
-    zero AP; not for AP-pool); NaN where lvis-api leaves a metric undefined. With an output
-    folder it also writes ``per_class_ap.csv/json``, ``lvis_metrics.json`` and
-    ``per_class_ap_<task>.png`` (and ``comparison_<task>.png`` when ``compare_dirs`` are given)."""
+    """Detectron2's ``LVISEvaluator`` computed by the engine, with the challenge protocols and
+    long-tail extras: per task (:mod:`.tasks`) AP, AP50, AP75, APs/m/l, APr/c/f, AR (%; NaN where
+    undefined), and but for AP-pool ``hmean``, ``gmean``, ``min`` of per-class AP and
+    ``num_zero``; with an output folder, the report of :func:`.report.write_report`."""
 
     def __init__(
         self,
@@ -182,13 +151,13 @@ class BalmsLVISEvaluator(LVISEvaluator):
                 this evaluation with in ``comparison_<task>.png``.
             protocols: any of "standard", "fixed", "pool", "boundary".
             fixed_dets_per_category: the per-category budget k of AP-fixed and AP-pool.
-            workers: processes of the fast engine (default: up to 2).
+            workers: threads of the fast engine (default: up to 2).
         """
         meta = MetadataCatalog.get(dataset_name)
         json_file = meta.get("json_file", None)
         _check_annotations(dataset_name, meta, json_file)
         protocols = (protocols,) if isinstance(protocols, str) else tuple(protocols)
-        _check_options(engine, protocols, fixed_dets_per_category)
+        check_options(engine, protocols, fixed_dets_per_category)
         if meta.get("thing_classes", None) is None:
             # a COCO-format dataset registered without metadata: loading it sets thing_classes
             # and thing_dataset_id_to_contiguous_id, needed to map predicted ids back
@@ -234,13 +203,10 @@ class BalmsLVISEvaluator(LVISEvaluator):
             fixed_dets_per_category=ev.FIXED_DETS_PER_CATEGORY,
         )
 
-    @property
-    def _keeps_topk(self):
-        return any(p in ("fixed", "pool") for p in self._protocols)
-
     def reset(self):
         super().reset()
-        self._topk = CategoryTopK(self._dets_per_category) if self._keeps_topk else None
+        keeps = any(p in ("fixed", "pool") for p in self._protocols)  # AP-fixed / AP-pool
+        self._topk = CategoryTopK(self._dets_per_category) if keeps else None
 
     def process(self, inputs, outputs):
         n0 = len(self._predictions)
@@ -297,9 +263,8 @@ class BalmsLVISEvaluator(LVISEvaluator):
     def _table_counts(self):
         """Training counts for the per-class table: None when the categories carry them, else
         the training datasets' counts (None without training datasets: counts left empty)."""
-        if counts_from_categories(self._lvis_api.dataset["categories"]) is not None:
-            return None
-        if self._train_dataset_names:
+        cats = self._lvis_api.dataset["categories"]
+        if counts_from_categories(cats) is None and self._train_dataset_names:
             return self._train_counts()
         return None
 
@@ -317,6 +282,7 @@ class BalmsLVISEvaluator(LVISEvaluator):
         path = os.path.join(self._output_dir, name)
         self._logger.info("Saving results to %s", path)
         atomic_write(path, lambda f: f.write(json.dumps(results)))
+        return path
 
     def _eval_predictions(self, predictions):
         lvis_results = list(itertools.chain(*[x["instances"] for x in predictions]))
@@ -327,10 +293,10 @@ class BalmsLVISEvaluator(LVISEvaluator):
             topk = [dict(r) for r in self._merged_topk.results()]
             self._to_dataset_ids(topk)
         self._to_dataset_ids(lvis_results)
-        if self._output_dir:
-            self._save(RESULTS_JSON, lvis_results)
+        if self._output_dir:  # the engine reads the files written (errors name them)
+            lvis_results = self._save(RESULTS_JSON, lvis_results)
             if topk is not None:
-                self._save(TOPK_RESULTS_JSON, topk)
+                topk = self._save(TOPK_RESULTS_JSON, topk)
         if not self._do_evaluation:
             self._logger.info("Annotations are not available for evaluation.")
             return
@@ -346,6 +312,7 @@ class BalmsLVISEvaluator(LVISEvaluator):
             engine=self._engine,
             log=self._logger,
             dets_per_category=self._dets_per_category,
+            source=lvis_results if isinstance(lvis_results, str) else None,
             gt_source=self._metadata.get("json_file", None),
             workers=self._workers,
             topk_results=topk,

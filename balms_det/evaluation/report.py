@@ -1,61 +1,37 @@
-"""Per-class reports of an LVIS-protocol evaluation: tables (CSV, JSON) and plots (PNG).
+"""Per-class reports of an LVIS-protocol evaluation, written by the evaluator and
+``tools/evaluate_detections.py`` into their output folder: ``per_class_ap.csv`` / ``.json`` (a
+row per category: id, name, group, training image and instance counts, AP (%) of each task with
+per-class AP, null where undefined or not evaluated, and ``num_dets_<task>``, the detections
+each task evaluated: AP 0 with 0 there means the model predicted nothing of it),
+``lvis_metrics.json`` (each task's metrics), ``per_class_ap_<task>.png`` (AP against training
+image count, a panel per group) and, with other result folders, ``comparison_<task>.png``.
 
-Written by :class:`balms_det.evaluation.lvis_evaluator.BalmsLVISEvaluator` and by
-``tools/evaluate_detections.py`` into their output folder:
-
-* ``per_class_ap.csv`` / ``per_class_ap.json``: one row per category with its id, name, LVIS
-  group (r/c/f), training image and instance counts, AP (%) for box and mask (empty / null
-  where the category has no ground truth or the task was not evaluated) and the number of its
-  detections each task evaluated (``num_dets_<task>``: a category with ground truth, AP 0 and
-  0 there had nothing evaluated, lvis-api's AP 0 for a class the model never predicted); AP
-  and detections of AP-fixed and boundary AP in further columns when evaluated;
-* ``lvis_metrics.json``: the summary metrics of each task (AP, APr, ..., hmean, gmean, min);
-* ``per_class_ap_<task>.png``: per-class AP against training image count (log scale), coloured
-  by group, with the group means;
-* ``comparison_<task>.png``: when other result folders are given, per-group bars and per-class
-  AP of each folder against the first one.
-
-The group means of the per-class AP are exactly lvis-api's APr/APc/APf (and their overall mean
-its AP): every category with ground truth contributes the same number of precision entries.
+The group means of the per-class AP are exactly lvis-api's APr/APc/APf (and their mean its AP):
+every category with ground truth contributes the same number of precision entries.
 """
 
 import csv
 import io
+import logging
 import math
 import os
 from collections import OrderedDict
 
 import numpy as np
 
-from ..utils import atomic_write, atomic_write_json, markdown_table, read_json
 from ..longtail import GROUPS, worst_class_metrics
+from ..utils import atomic_write, atomic_write_json, markdown_table, read_json
 
 __all__ = [
-    "TABLE_FIELDS",
-    "EXTRA_TASKS",
-    "TASKS",
-    "per_class_table",
-    "write_per_class_table",
-    "read_per_class_table",
-    "write_metrics",
-    "plot_per_class_ap",
-    "plot_comparison",
-    "compare_table",
-    "format_compare_table",
-    "write_report",
-]
+    "TABLE_FIELDS", "EXTRA_TASKS", "TASKS", "per_class_table", "write_per_class_table",
+    "read_per_class_table", "write_metrics", "plot_per_class_ap", "plot_comparison",
+    "compare_table", "format_compare_table", "write_report",
+]  # fmt: skip
 
 TABLE_FIELDS = (
-    "category_id",
-    "name",
-    "group",
-    "train_image_count",
-    "train_instance_count",
-    "AP_bbox",
-    "AP_segm",
-    "num_dets_bbox",
-    "num_dets_segm",
-)
+    "category_id", "name", "group", "train_image_count", "train_instance_count", "AP_bbox",
+    "AP_segm", "num_dets_bbox", "num_dets_segm",
+)  # fmt: skip
 # tasks with per-class AP beyond bbox / segm: their columns follow when they were evaluated
 EXTRA_TASKS = ("bbox_fixed", "segm_fixed", "boundary")
 TASKS = ("bbox", "segm") + EXTRA_TASKS
@@ -81,39 +57,25 @@ def _finite_or_none(x, scale=1.0):
 
 
 def per_class_table(gt_dataset, per_class_ap_by_task, train_counts=None, num_dets_by_task=None):
-    """One row per category of ``gt_dataset`` (sorted by id).
-
-    Args:
-        gt_dataset (dict): the LVIS/COCO-format annotation dict; its categories carry the LVIS
-            ``frequency`` (see ``prepare_gt_dataset``) and, for LVIS, the training
-            ``image_count``/``instance_count``.
-        per_class_ap_by_task (dict): task -> {category id: AP in [0, 1] or NaN}.
-        train_counts (dict, optional): category id -> {"image_count", "instance_count"} of the
-            training set; when given it wins over the categories' own count fields.
-        num_dets_by_task (dict, optional): task -> {category id: detections evaluated}.
-
-    Returns:
-        list of dicts with the keys of :data:`TABLE_FIELDS` (then ``AP_<task>`` and
-        ``num_dets_<task>`` of the :data:`EXTRA_TASKS` evaluated); AP in %, None where undefined
-        (no ground truth in the evaluated set) or not evaluated; counts None where unknown.
+    """One row per category of ``gt_dataset`` (LVIS/COCO-format, its categories carrying an
+    LVIS ``frequency``; sorted by id): the keys of :data:`TABLE_FIELDS`, then ``AP_<task>`` and
+    ``num_dets_<task>`` of the :data:`EXTRA_TASKS` evaluated. AP in % from
+    ``per_class_ap_by_task`` (task -> {category id: AP in [0, 1] or NaN}), None where undefined
+    (no ground truth) or not evaluated; training counts from ``train_counts`` ({id:
+    {"image_count", "instance_count"}}) where given, else from the categories' own fields, None
+    where unknown; ``num_dets_by_task``: task -> {category id: detections evaluated}.
     """
     num_dets_by_task = num_dets_by_task or {}
     extra = [t for t in EXTRA_TASKS if t in per_class_ap_by_task]
     rows = []
     for c in sorted(gt_dataset["categories"], key=lambda c: c["id"]):
         cid = c["id"]
-        src = train_counts.get(cid, {}) if train_counts is not None else c
-        if train_counts is not None and cid not in train_counts:
-            src = {"image_count": 0, "instance_count": 0}  # absent from the training set
-        img = src.get("image_count")
-        inst = src.get("instance_count")
-        row = OrderedDict(
-            category_id=cid,
-            name=c.get("name", str(cid)),
-            group=c.get("frequency"),
-            train_image_count=None if img is None else int(img),
-            train_instance_count=None if inst is None else int(inst),
-        )
+        absent = {"image_count": 0, "instance_count": 0}  # (from the training set)
+        src = c if train_counts is None else train_counts.get(cid, absent)
+        img, inst = src.get("image_count"), src.get("instance_count")
+        row = OrderedDict(category_id=cid, name=c.get("name", str(cid)), group=c.get("frequency"))
+        row["train_image_count"] = None if img is None else int(img)
+        row["train_instance_count"] = None if inst is None else int(inst)
         for task in ("bbox", "segm"):
             row[f"AP_{task}"] = _finite_or_none(per_class_ap_by_task.get(task, {}).get(cid), 100.0)
         for task in ("bbox", "segm"):
@@ -125,15 +87,11 @@ def per_class_table(gt_dataset, per_class_ap_by_task, train_counts=None, num_det
     return rows
 
 
-def _fields(rows):
-    return list(rows[0].keys()) if rows else list(TABLE_FIELDS)
-
-
 def write_per_class_table(rows, output_dir):
     """Write ``per_class_ap.csv`` and ``per_class_ap.json`` into ``output_dir``; returns paths."""
     csv_path = os.path.join(output_dir, TABLE_CSV)
     json_path = os.path.join(output_dir, TABLE_JSON)
-    fields = _fields(rows)
+    fields = list(rows[0].keys()) if rows else list(TABLE_FIELDS)
     buf = io.StringIO(newline="")
     w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
@@ -196,80 +154,84 @@ def _save(fig, path):
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), mode="wb")
 
 
-def plot_per_class_ap(rows, path, task="segm"):
-    """PNG of per-class AP (%) against training image count (symmetric log scale, so that a
-    count of 0 shows), one colour per LVIS group, dashed lines at the group means.
+DENSE = 150  # points of a panel above which it shows their density (hexagons), not the points
 
-    Categories without AP for ``task`` (no ground truth) are left out. Returns ``path``.
-    """
+
+def _points(ax, x, y, color, cmap, xscale="linear", extent=None):
+    """Scatter of (x, y), or, for more than DENSE points, their density (hexagonal bins
+    coloured by count, log scale, a lone class still clearly coloured): a thousand classes stay
+    readable, none hides another."""
+    if len(x) <= DENSE:
+        ax.scatter(x, y, s=14, alpha=0.75, color=color, edgecolors="none")
+        return None
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+
+    cmap = ListedColormap(colormaps[cmap](np.linspace(0.3, 1.0, 128)))
+    return ax.hexbin(
+        x, y, gridsize=(24, 16), xscale=xscale, extent=extent, cmap=cmap, mincnt=1,
+        bins="log", linewidths=0.2,
+    )  # fmt: skip
+
+
+_CMAPS = {"r": "Reds", "c": "Oranges", "f": "Blues"}
+
+
+def plot_per_class_ap(rows, path, task="segm"):
+    """PNG of per-class AP (%) against training image count, one panel per LVIS group (rare,
+    common, frequent: each on its own count axis, log scale), with the group mean; a panel of
+    more than DENSE classes shows their density. Categories without AP for ``task`` (no
+    ground truth) are left out. Returns ``path``."""
     key = f"AP_{task}"
     data = _task_values(rows, task)
     if not data:
         raise ValueError(f"No per-class {key} to plot (was '{task}' evaluated?)")
-    fig = _new_figure(7.0, 4.5)
-    ax = fig.add_subplot(1, 1, 1)
-    counts_known = all(r.get("train_image_count") is not None for r in data)
     means = _group_means(rows, task)
-    for g in GROUPS:
+    counts_known = all(r.get("train_image_count") is not None for r in data)
+    fig = _new_figure(12.0, 4.2)
+    axes = fig.subplots(1, len(GROUPS), sharey=True)
+    for ax, g in zip(axes, GROUPS):
         pts = [r for r in data if r.get("group") == g]
+        ax.set_title(f"{_GROUP_NAMES[g]}: {len(pts)} classes, AP{g} = {means[g]:.1f}", fontsize=10)
+        ax.set_ylim(-2, 102)
+        ax.grid(True, alpha=0.3)
         if not pts:
             continue
-        x = [r.get("train_image_count") or 0 for r in pts]
-        y = [r[key] for r in pts]
-        ax.scatter(
-            x,
-            y,
-            s=14,
-            alpha=0.75,
-            color=_GROUP_COLORS[g],
-            edgecolors="none",
-            label=f"{_GROUP_NAMES[g]} ({len(pts)})",
+        x = np.array([(r.get("train_image_count") or 0) + 1 for r in pts], float)  # (0 shows)
+        y = np.array([r[key] for r in pts], float)
+        lo, hi = np.log10(x.min()), np.log10(x.max())
+        extent = (lo - 0.05, max(hi, lo + 0.1) + 0.05, -2, 102)
+        hb = _points(ax, x, y, _GROUP_COLORS[g], _CMAPS[g], "log", extent)
+        if hb is not None:
+            fig.colorbar(hb, ax=ax, label="classes per cell", pad=0.01)
+        ax.set_xscale("log")
+        ax.axhline(means[g], color=_GROUP_COLORS[g], linestyle="--", linewidth=1.2)
+        ax.axhline(means["all"], color="black", linestyle=":", linewidth=1.0)
+        ax.set_xlabel(
+            "training images of the class + 1" + ("" if counts_known else " (0 if unknown)")
         )
-        ax.axhline(
-            means[g],
-            color=_GROUP_COLORS[g],
-            linestyle="--",
-            linewidth=1.2,
-            label=f"AP{g} = {means[g]:.1f}",
-        )
-    ax.axhline(
-        means["all"], color="black", linestyle=":", linewidth=1.0, label=f"AP = {means['all']:.1f}"
-    )
-    ax.set_xscale("symlog", linthresh=1.0, linscale=0.3)
-    xmax = max((r.get("train_image_count") or 0) for r in data)
-    ax.set_xlim(0, max(xmax * 1.6, 2.0))
-    ax.set_ylim(-2, 102)
-    ax.set_xlabel("training images of the class" + ("" if counts_known else " (unknown: 0)"))
-    ax.set_ylabel(f"{_TASK_TITLES.get(task, task)} (%)")
+    axes[0].set_ylabel(f"{_TASK_TITLES.get(task, task)} (%)")
     skipped = len(rows) - len(data)
-    title = f"Per-class {_TASK_TITLES.get(task, task)}"
-    if skipped:
-        noun = "class" if skipped == 1 else "classes"
-        title += f" ({skipped} {noun} without ground truth left out)"
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="best", ncol=2)
+    title = f"Per-class {_TASK_TITLES.get(task, task)} (dashed: group mean; dotted: AP = "
+    title += f"{means['all']:.1f})" + (
+        f"; {skipped} without ground truth left out" if skipped else ""
+    )
+    fig.suptitle(title, fontsize=10)
     _save(fig, path)
     return path
 
 
 def _labels_for(result_dirs, labels):
     if labels is not None:
-        labels = list(labels)
         if len(labels) != len(result_dirs):
             raise ValueError(f"{len(labels)} labels given for {len(result_dirs)} result folders")
-        return labels
-    out = []
-    for d in result_dirs:
-        d = os.path.normpath(os.path.abspath(d))
-        name = os.path.basename(d)
-        if (
-            sum(os.path.basename(os.path.normpath(os.path.abspath(x))) == name for x in result_dirs)
-            > 1
-        ):
-            name = os.path.join(os.path.basename(os.path.dirname(d)), name)
-        out.append(name)
-    return out
+        return list(labels)
+    paths = [os.path.normpath(os.path.abspath(d)) for d in result_dirs]
+    names = [os.path.basename(p) for p in paths]  # (the parent too where a name repeats)
+    return [
+        os.path.join(os.path.basename(os.path.dirname(p)), n) if names.count(n) > 1 else n
+        for p, n in zip(paths, names)
+    ]
 
 
 def compare_table(result_dirs, labels=None, task="segm"):
@@ -285,19 +247,10 @@ def compare_table(result_dirs, labels=None, task="segm"):
         key = f"AP_{task}"
         means = _group_means(rows, task)
         worst = worst_class_metrics([r[key] / 100.0 for r in rows if r.get(key) is not None])
-        out.append(
-            OrderedDict(
-                label=label,
-                AP=means["all"],
-                APr=means["r"],
-                APc=means["c"],
-                APf=means["f"],
-                hmean=worst["hmean"] * 100,
-                gmean=worst["gmean"] * 100,
-                min=worst["min"] * 100,
-                num_zero=worst["num_zero"],
-            )
-        )
+        row = OrderedDict(label=label, AP=means["all"], APr=means["r"], APc=means["c"])
+        row.update(APf=means["f"], **{k: worst[k] * 100 for k in ("hmean", "gmean", "min")})
+        out.append(row)
+        row["num_zero"] = worst["num_zero"]
     return out
 
 
@@ -313,9 +266,9 @@ def plot_comparison(result_dirs, path, labels=None, task="segm"):
     """PNG comparing two or more result folders (each holding a ``per_class_ap.json``).
 
     Left: AP, APr, APc, APf and the harmonic / geometric means of per-class AP, one bar per
-    folder. Right: per-class AP of every other folder against the first one (matched by
-    category id), coloured by group; points above the diagonal are classes that improved.
-    Returns ``path``.
+    folder. Then one panel per LVIS group: per-class AP of every other folder against the first
+    one (matched by category id; their density where more than DENSE classes of one other
+    folder); points above the diagonal are classes that improved. Returns ``path``.
     """
     result_dirs = list(result_dirs)
     if len(result_dirs) < 2:
@@ -328,8 +281,8 @@ def plot_comparison(result_dirs, path, labels=None, task="segm"):
             raise ValueError(f"Result folder '{d}' has no per-class {key}")
     summary = compare_table(result_dirs, labels, task)
 
-    fig = _new_figure(11.0, 4.5)
-    ax = fig.add_subplot(1, 2, 1)
+    fig = _new_figure(16.0, 4.2)
+    ax = fig.add_subplot(1, 4, 1)
     metrics = ("AP", "APr", "APc", "APf", "hmean", "gmean")
     n = len(result_dirs)
     width = 0.8 / n
@@ -344,11 +297,12 @@ def plot_comparison(result_dirs, path, labels=None, task="segm"):
     ax.legend(fontsize=7)
     ax.grid(True, axis="y", alpha=0.3)
 
-    ax = fig.add_subplot(1, 2, 2)
     base = {r["category_id"]: r for r in tables[0]}
     markers = "os^vD<>p*"
-    for i in range(1, n):
-        for g in GROUPS:
+    for col, g in enumerate(GROUPS):  # one panel per group: frequent points hide no common one
+        ax = fig.add_subplot(1, 4, 2 + col)
+        count = 0
+        for i in range(1, n):
             pts = [
                 (base[r["category_id"]][key], r[key])
                 for r in tables[i]
@@ -356,27 +310,27 @@ def plot_comparison(result_dirs, path, labels=None, task="segm"):
                 and r.get("group") == g
                 and base.get(r["category_id"], {}).get(key) is not None
             ]
+            count = max(count, len(pts))
             if not pts:
                 continue
-            xs, ys = zip(*pts)
-            ax.scatter(
-                xs,
-                ys,
-                s=14,
-                alpha=0.7,
-                color=_GROUP_COLORS[g],
-                edgecolors="none",
-                marker=markers[(i - 1) % len(markers)],
-                label=f"{labels[i]}: {_GROUP_NAMES[g]}",
-            )
-    ax.plot([0, 100], [0, 100], color="gray", linewidth=1, linestyle="--")
-    ax.set_xlim(-2, 102)
-    ax.set_ylim(-2, 102)
-    ax.set_xlabel(f"per-class AP, {labels[0]} (%)")
-    ax.set_ylabel("per-class AP, other (%)")
-    ax.set_title("Per-class AP against the first folder", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left")
-    ax.grid(True, alpha=0.3)
+            xs, ys = (np.array(v, float) for v in zip(*pts))
+            if n == 2:  # one folder against the first: density where classes are many
+                hb = _points(ax, xs, ys, _GROUP_COLORS[g], _CMAPS[g], extent=(-2, 102, -2, 102))
+                if hb is not None:
+                    fig.colorbar(hb, ax=ax, pad=0.01)
+                continue
+            ax.scatter(xs, ys, s=12, alpha=min(0.75, 60 / len(xs) + 0.15), edgecolors="none",
+                       color=f"C{i}", marker=markers[(i - 1) % len(markers)], label=labels[i])  # fmt: skip
+        ax.plot([0, 100], [0, 100], color="gray", linewidth=1, linestyle="--")
+        ax.set_xlim(-2, 102)
+        ax.set_ylim(-2, 102)
+        ax.set_xlabel(f"AP, {labels[0]} (%)", fontsize=8)
+        if col == 0:
+            ax.set_ylabel(f"AP, {labels[1] if n == 2 else 'other'} (%)", fontsize=8)
+        ax.set_title(f"{_GROUP_NAMES[g]} ({count}): above = better", fontsize=9)
+        ax.grid(True, alpha=0.3)
+        if n > 2 and col == 0:
+            ax.legend(fontsize=6, loc="upper left")
     _save(fig, path)
     return path
 
@@ -393,24 +347,16 @@ def write_report(
     strict_compare=True,
     num_dets_by_task=None,
 ):
-    """Write every output of an evaluation into ``output_dir``.
-
-    Args:
-        output_dir (str): folder to write into (created).
-        gt_dataset, per_class_ap_by_task, train_counts, num_dets_by_task: as
-            :func:`per_class_table`.
-        results (dict): task -> metric -> value (%), written to ``lvis_metrics.json``.
-        compare_dirs: other result folders; when given, ``comparison_<task>.png`` compares them
-            (first, as the baseline) with this one (last).
-        compare_labels: labels of ``compare_dirs`` + [this folder] in the comparison.
-        strict_compare: raise when a compare folder is missing or unreadable; else log a
-            warning and skip the comparison (what the evaluator does during training). A task
-            that some compare folder lacks gets no comparison plot (a warning).
-
-    Returns:
-        dict of the paths written (``csv``, ``json``, ``metrics``, ``plot_<task>``,
-        ``comparison_<task>``) and the ``rows`` of the table.
+    """Write every output of an evaluation into ``output_dir`` (created): the per-class table
+    (:func:`per_class_table`'s arguments), ``lvis_metrics.json`` (``results``: task -> metric
+    -> %), a per-class plot per task and, with ``compare_dirs`` (other result folders, the first
+    the baseline), ``comparison_<task>.png`` of them and this folder (``compare_labels``: their
+    labels, this one's last). ``strict_compare``: raise for a missing or unreadable compare
+    folder, else warn and skip (during training); a task some compare folder lacks gets no
+    comparison (a warning). Returns the paths written (``csv``, ``json``, ``metrics``,
+    ``plot_<task>``, ``comparison_<task>``) and the table's ``rows``.
     """
+    logger = logger or logging.getLogger(__name__)
     rows = per_class_table(gt_dataset, per_class_ap_by_task, train_counts, num_dets_by_task)
     csv_path, json_path = write_per_class_table(rows, output_dir)
     out = {
@@ -426,12 +372,10 @@ def write_report(
         except (OSError, ValueError) as e:
             if strict_compare:
                 raise
-            if logger:
-                logger.warning("No comparison plot: %s", e)
+            logger.warning("No comparison plot: %s", e)
     for task in sorted(per_class_ap_by_task):
         if not _task_values(rows, task):
-            if logger:
-                logger.warning("No category has %s AP: no per-class plot", task)
+            logger.warning("No category has %s AP: no per-class plot", task)
             continue
         out[f"plot_{task}"] = plot_per_class_ap(
             rows, os.path.join(output_dir, f"per_class_ap_{task}.png"), task
@@ -440,8 +384,7 @@ def write_report(
             continue
         lacking = [d for d, t in zip(compare_dirs, compare_tables) if not _task_values(t, task)]
         if lacking:
-            if logger:
-                logger.warning("No %s comparison plot: %s have no %s AP", task, lacking, task)
+            logger.warning("No %s comparison plot: %s have no %s AP", task, lacking, task)
             continue
         out[f"comparison_{task}"] = plot_comparison(
             list(compare_dirs) + [output_dir],
@@ -449,6 +392,5 @@ def write_report(
             compare_labels,
             task,
         )
-    if logger:
-        logger.info("Per-class table and plots written to %s", output_dir)
+    logger.info("Per-class table and plots written to %s", output_dir)
     return out

@@ -3,6 +3,12 @@
 Every loss computes in at least float32 whatever the dtype of its logits (AMP feeds fp16 / bf16;
 a sum of R x K binary losses overflows fp16 at LVIS size): half-precision logits are cast to
 float32 and the loss is float32; the gradient flows back to the logits in their own dtype.
+
+No check reads a tensor's values into Python (a host-device synchronisation on a GPU, every
+training step): checks of values (the label range, the number of images) are asserted on the
+tensor's device (:func:`check_on_device`). On the CPU that raises the ValueError at once; on a
+GPU a bad value stops the process at the next synchronisation with a device-side assertion
+(run with ``CUDA_LAUNCH_BLOCKING=1``, or the same input on the CPU, for the message).
 """
 
 from typing import Optional
@@ -68,14 +74,36 @@ def _check_inputs(logits: torch.Tensor, labels: torch.Tensor, num_classes: int, 
     labels = labels.to(device=logits.device, dtype=torch.int64)
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()  # half-precision inputs computed in float32 (module doc)
-    if labels.numel() > 0:
-        lo, hi = torch.stack(torch.aminmax(labels)).tolist()  # one device sync
-        if lo < 0 or hi > num_classes:
-            raise ValueError(
-                f"{fn}: labels must lie in [0, {num_classes}] ({num_classes} = "
-                f"background), got values in [{lo}, {hi}]"
-            )
+    check_label_range(labels, num_classes, fn)
     return logits, labels
+
+
+def check_on_device(ok: torch.Tensor, message: str, detail=None) -> None:
+    """Assert the one-element tensor ``ok`` on its device, without a host-device sync.
+
+    On the CPU a false ``ok`` raises ``ValueError(message + detail())`` at once (``detail``, a
+    callable, may read values: it runs only then). On a GPU the assertion is queued
+    (``torch._assert_async``) and a false ``ok`` fails the process at its next synchronisation;
+    on the ``meta`` device it checks nothing.
+    """
+    try:
+        torch._assert_async(ok, message)
+    except RuntimeError:
+        if ok.device.type != "cpu" or bool(ok):
+            raise
+        raise ValueError(message + (detail() if detail is not None else "")) from None
+
+
+def check_label_range(labels: torch.Tensor, num_classes: int, fn: str) -> None:
+    """Labels in [0, num_classes] (``num_classes`` = background), checked on their device."""
+    if labels.numel() == 0:
+        return
+    lo, hi = torch.aminmax(labels)
+    check_on_device(
+        (lo >= 0) & (hi <= num_classes),
+        f"{fn}: labels must lie in [0, {num_classes}] ({num_classes} = background)",
+        lambda: f", got values in [{int(lo)}, {int(hi)}]",
+    )
 
 
 def expand_class_weights(

@@ -49,7 +49,13 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ._common import _as_float_counts, _check_inputs, _check_reduction, _weight_and_reduce
+from ._common import (
+    _as_float_counts,
+    _check_inputs,
+    _check_reduction,
+    _weight_and_reduce,
+    check_label_range,
+)
 
 __all__ = [
     "SEESAW_P",
@@ -139,13 +145,7 @@ def seesaw_batch_counts(
     if not (isinstance(num_classes, int) and num_classes >= 1):
         raise ValueError(f"{fn}: num_classes must be an int >= 1, got {num_classes!r}")
     labels = labels.long()
-    if labels.numel() > 0:
-        lo, hi = torch.stack(torch.aminmax(labels)).tolist()  # one device sync
-        if lo < 0 or hi > num_classes:
-            raise ValueError(
-                f"{fn}: labels must lie in [0, {num_classes}] ({num_classes} = background), "
-                f"got values in [{lo}, {hi}]"
-            )
+    check_label_range(labels, num_classes, fn)
     counts = torch.zeros(num_classes + 1, dtype=dtype, device=labels.device)
     counts.index_add_(0, labels, torch.ones(labels.shape, dtype=dtype, device=labels.device))
     return counts[:num_classes]

@@ -11,6 +11,7 @@ from ._common import (
     _check_min_count,
     _check_reduction,
     _weight_and_reduce,
+    check_on_device,
 )
 
 # The sigmoid prior pi_j = n_j / num_images is clamped to at most 1 - SIGMOID_PRIOR_EPS, so that
@@ -43,8 +44,10 @@ def sigmoid_prior_shift(
         raise ValueError(
             f"num_images must be a number or a 0-d tensor, got shape {tuple(n_img.shape)}"
         )
-    if not float(n_img) > 0:
-        raise ValueError(f"num_images must be > 0, got {float(n_img)}")
+    if isinstance(num_images, torch.Tensor):  # checked on its device: no sync
+        check_on_device(n_img > 0, "num_images must be > 0", lambda: f", got {float(n_img)}")
+    elif not num_images > 0:
+        raise ValueError(f"num_images must be > 0, got {float(num_images)}")
     pi = (counts / n_img).clamp(max=1.0 - eps)
     return torch.log(pi) - torch.log1p(-pi)
 

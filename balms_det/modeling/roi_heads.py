@@ -12,34 +12,51 @@ column, as Detectron2's own ``USE_SIGMOID_CE`` does; ``seesaw`` reads it as the 
 other loss with Detectron2's plain ``DetectionCheckpointer``. The formulas are in
 ``docs/METHODS.md``.
 
+No host-device synchronisation per training step: the loss path reads no tensor value into
+Python (value checks are asserted on the device, see ``balms_det.losses``); the per-group
+diagnostics read their three means once per ``diagnostics_period``.
+
 Extension point (what the Meta Reweigher hook uses; the model never calls a hook):
 
 * ``class_weights`` (K,): a buffer of per-class loss weights that anyone may set (all ones by
   default); a foreground ROI of class c is weighted ``class_weights[c]`` (renormalised to mean 1
   over the foreground ROIs of the batch when ``normalize_class_weights``), background ROIs 1.
+  Set them with :meth:`BalmsFastRCNNOutputLayers.set_class_weights` (no read-back); a buffer
+  changed otherwise is read once (one host-device sync) at the next training step.
 * ``record_train_rois`` (bool, default False): when set, every training forward keeps the
   detached box-head features and labels of its ROIs in ``last_train_features`` (R, D) and
   ``last_train_labels`` (R,) for readers (the features through a forward hook the predictor
   registers on itself, so its ``forward`` stays Detectron2's and compiles with TorchScript).
+
+Serving with names: the predictor's ``dataset_meta`` buffer carries the training set's class
+names and where the class counts came from (mmdetection keeps the same as its checkpoints'
+``dataset_meta``), so a checkpoint names its classes wherever it is loaded, and a model that
+loads it gives the names to the ``MetadataCatalog`` entries that Detectron2's
+``DefaultPredictor`` and ``Visualizer`` read (``serve_metadata``: the yacs route's
+``DATASETS.TEST``).
 """
 
+import json
 import logging
 import math
 from typing import List, Tuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.layers import cat
+from detectron2.data import MetadataCatalog
+from detectron2.layers import cat, cross_entropy
 from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
-from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.modeling.roi_heads.fast_rcnn import (
+    FastRCNNOutputLayers,
+    _log_classification_stats,
+)
 from detectron2.structures import Instances
-from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from .. import losses as L
 from ..class_counts import CountSource
+from ..distributed import all_reduce_sum
 from ..longtail import COMMON_MAX_IMAGES, GROUPS, RARE_MAX_IMAGES
 from ..utils import format_examples
 from .normed_linear import NormedLinear
@@ -50,6 +67,8 @@ __all__ = [
     "BalmsFastRCNNOutputLayers",
     "BalmsROIHeads",
     "class_roi_weights",
+    "decode_dataset_meta",
+    "encode_dataset_meta",
     "resolve_class_counts",
 ]
 
@@ -73,6 +92,49 @@ _COUNT_BUFFERS = ("class_counts", "num_train_images", "class_image_counts")
 # where the predictor's counts came from: the constructor, the count source (training data),
 # a loaded checkpoint, or nowhere yet (buffers hold the placeholder: counts 1, 0 images)
 _GIVEN, _DATA, _CHECKPOINT, _NONE = "given", "data", "checkpoint", "none"
+# The dataset_meta buffer: UTF-8 JSON ({"thing_classes": [...], "count_source": "..."}),
+# zero-padded to a size fixed by K. A fixed shape, because Detectron2's checkpointer skips a
+# tensor whose shape differs from the model's: so a model without names loads a checkpoint's.
+DATASET_META_BYTES_PER_CLASS = 128
+DATASET_META_EXTRA_BYTES = 512
+
+
+def encode_dataset_meta(meta, num_classes):
+    """``meta`` (a JSON-serialisable dict) as the (K * 128 + 512,) uint8 ``dataset_meta``
+    buffer of a K-class predictor; the count source is shortened, and the class names dropped
+    (with a warning), when they do not fit."""
+    size = num_classes * DATASET_META_BYTES_PER_CLASS + DATASET_META_EXTRA_BYTES
+    meta = {k: v for k, v in meta.items() if v is not None}
+    blob = json.dumps(meta, ensure_ascii=False).encode("utf-8")
+    if len(blob) > size and len(meta.get("count_source", "")) > 200:
+        meta["count_source"] = meta["count_source"][:200] + "..."
+        blob = json.dumps(meta, ensure_ascii=False).encode("utf-8")
+    if len(blob) > size:
+        logger.warning(
+            "The class names (%d bytes as JSON) do not fit the %d bytes a %d-class checkpoint "
+            "keeps for them: they are not saved",
+            len(blob),
+            size,
+            num_classes,
+        )
+        meta.pop("thing_classes", None)
+        blob = json.dumps(meta, ensure_ascii=False).encode("utf-8")[:size]
+    out = torch.zeros(size, dtype=torch.uint8)
+    out[: len(blob)] = torch.tensor(list(blob), dtype=torch.uint8)
+    return out
+
+
+def decode_dataset_meta(tensor):
+    """The dict of a ``dataset_meta`` buffer (``{}`` for an empty or unreadable one)."""
+    data = bytes(tensor.detach().cpu().to(torch.uint8).tolist()).rstrip(b"\0")
+    if not data:
+        return {}
+    try:
+        meta = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        logger.warning("A checkpoint's dataset_meta cannot be decoded: its class names are ignored")
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def class_roi_weights(gt_classes, class_weights, num_classes, normalize=True):
@@ -90,16 +152,16 @@ def class_roi_weights(gt_classes, class_weights, num_classes, normalize=True):
         normalize (bool): renormalise the foreground weights of the batch to mean 1.
 
     Returns:
-        (R,) tensor in the dtype of ``class_weights``.
+        (R,) tensor in the dtype of ``class_weights``. Computed on the device (no sync).
     """
     w = L.expand_class_weights(gt_classes, class_weights, num_classes)
     if not normalize:
         return w
     fg = gt_classes < num_classes
-    n_fg = int(fg.sum())
-    if n_fg == 0:
-        return torch.ones_like(w)
-    scale = n_fg / (w * fg.to(w.dtype)).sum()
+    n_fg = fg.sum()
+    total = (w * fg.to(w.dtype)).sum()
+    total = torch.where(n_fg > 0, total, torch.ones_like(total))  # no foreground: all ones
+    scale = total.reciprocal() * n_fg.to(w.dtype)
     return torch.where(fg, w * scale, torch.ones_like(w))
 
 
@@ -107,10 +169,12 @@ def resolve_class_counts(model):
     """Resolve the training class counts of every ``BalmsFastRCNNOutputLayers`` of ``model``
     (what their first training step would do; see
     :meth:`BalmsFastRCNNOutputLayers.resolve_class_counts`), so that a missing source fails
-    before training starts and the counts are logged. Returns the predictors."""
+    before training starts and the counts are logged; and their class names (saved in
+    checkpoints). Returns the predictors."""
     found = [m for m in model.modules() if isinstance(m, BalmsFastRCNNOutputLayers)]
     for m in found:
         m.resolve_class_counts()
+        m.resolve_class_names()
     return found
 
 
@@ -123,13 +187,6 @@ def _record_train_rois(
     compiled into a scripted predictor, it is empty (``torch.jit.is_scripting()``)."""
     if not torch.jit.is_scripting():
         predictor._record_train_features(inputs[0])
-
-
-def _all_reduce_sum(t):
-    """Sum of ``t`` over the processes (``t`` itself on one process)."""
-    if comm.get_world_size() > 1:
-        dist.all_reduce(t)
-    return t
 
 
 class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
@@ -155,8 +212,9 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
     """
 
     # a Python property on the scripted path would be compiled (once per scripting, which
-    # fails the second time): left out of TorchScript
+    # fails the second time): left out of TorchScript, as is the training-only weights record
     __jit_unused_properties__ = ["takes_class_weights"]
+    __jit_ignored_attributes__ = ["_weights_seen"]
 
     @configurable
     def __init__(
@@ -184,6 +242,7 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         eqlv2_alpha=4.0,
         normed_classifier_tau=0.0,
         count_source=None,
+        serve_metadata=(),
         **kwargs,
     ):
         """
@@ -196,7 +255,8 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
             num_train_images (int): number of training images (balanced_sigmoid's prior).
             class_image_counts (sequence of K numbers): training image counts, used for the
                 frequency-group diagnostics; defaults to ``class_counts``.
-            class_names (list[str]): names used in warnings.
+            class_names (list[str]): the K class names (warnings; saved in checkpoints). None:
+                the training set's (``count_source``), taken at the first training step.
             tau (float): prior exponent of balanced softmax.
             posthoc_tau (float): inference-time logit adjustment of the softmax family: the
                 foreground logits minus ``posthoc_tau * log(K * n_j / sum n)``; 0 = off.
@@ -218,6 +278,10 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
                 temperature (``NormedLinear``: same parameters, so the layout is unchanged).
             count_source (CountSource): where to find the counts when ``class_counts`` is None,
                 resolved at the first training step (the yacs route sets it).
+            serve_metadata (tuple[str]): ``MetadataCatalog`` names that receive a loaded
+                checkpoint's class names as ``thing_classes`` when they have none (the yacs
+                route: ``DATASETS.TEST``, or ``"__unused"`` when empty: what Detectron2's
+                ``DefaultPredictor`` and demo read).
         """
         super().__init__(input_shape, **kwargs)
         self._check_loss(loss, posthoc_tau)
@@ -241,9 +305,15 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         self._counts_tried = False  # a quiet resolution (diagnostics only) found none
         self._group_counts = False  # class_image_counts hold real training image counts
         self.class_names = list(class_names) if class_names is not None else None
+        self.serve_metadata = tuple(serve_metadata)
+        self._meta_own = False  # dataset_meta holds the training side's (not a checkpoint's)
+        self._dataset_meta = {}  # the buffer's content, in Python
+        if class_names is not None:
+            self.set_dataset_meta(thing_classes=class_names)
         if class_counts is not None:
             self._set_counts(class_counts, class_image_counts, num_train_images, class_names)
             self._counts_state = _GIVEN
+            self.set_dataset_meta(count_source="class_counts= given to the predictor")
         if LOSS_FAMILIES[loss] == "sigmoid":  # foreground bias at the prior probability
             with torch.no_grad():
                 self.cls_score.bias[:-1].fill_(-math.log((1 - prior_prob) / prior_prob))
@@ -282,9 +352,99 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         self.register_buffer("num_train_images", torch.tensor(0.0))
         self.register_buffer("class_image_counts", torch.ones(K))
         self.register_buffer("class_weights", torch.ones(K))
+        self._note_class_weights(True)
         # running state of Seesaw and EQLv2, float64 (counts beyond 2^24 stay exact)
         for name in ("seesaw_counts", "eqlv2_pos_grad", "eqlv2_neg_grad"):
             self.register_buffer(name, torch.zeros(K, dtype=torch.float64))
+        # class names and count source, saved with the weights (module doc)
+        self.register_buffer("dataset_meta", encode_dataset_meta({}, K))
+
+    # -- class names and the count source (dataset_meta) -----------------------------------
+    @torch.jit.unused
+    def get_dataset_meta(self):
+        """``{"thing_classes": [K names], "count_source": str}`` as far as known (from the
+        training side, or from a loaded checkpoint); ``{}`` when neither said. (A Python copy
+        of the ``dataset_meta`` buffer: reading it costs no host-device sync.)"""
+        return dict(self._dataset_meta)
+
+    @torch.jit.unused
+    def set_dataset_meta(self, thing_classes=None, count_source=None):
+        """Record the training set's class names and/or where the counts came from (saved in
+        checkpoints; a loaded checkpoint's no longer replace them)."""
+        meta = dict(self._dataset_meta)
+        if thing_classes is not None:
+            names = [str(n) for n in thing_classes]
+            if len(names) != self.num_classes:
+                raise ValueError(
+                    f"{len(names)} class names for a predictor of {self.num_classes} classes "
+                    "(MODEL.ROI_HEADS.NUM_CLASSES)"
+                )
+            meta["thing_classes"] = names
+            self.class_names = names
+        if count_source is not None:
+            meta["count_source"] = str(count_source)
+        with torch.no_grad():
+            self.dataset_meta.copy_(encode_dataset_meta(meta, self.num_classes))
+        self._dataset_meta = meta
+        self._meta_own = True
+
+    @torch.jit.unused
+    def resolve_class_names(self):
+        """Take the training set's class names (``thing_classes`` metadata of the count
+        source's first dataset; nothing is read) unless the training side gave them. Returns
+        the names (None when unknown)."""
+        if not (self._meta_own and self.get_dataset_meta().get("thing_classes")):
+            src = self.count_source
+            names = None
+            if src is not None and src.dataset_names:
+                names = MetadataCatalog.get(src.dataset_names[0]).get("thing_classes", None)
+            if names is not None and len(names) == self.num_classes:
+                self.set_dataset_meta(thing_classes=names)
+        return self.class_names
+
+    def _load_dataset_meta(self, state_dict, key):
+        """``dataset_meta`` of a checkpoint being loaded: the training side's names win (with a
+        warning when the checkpoint's differ); else the checkpoint's serve, and are given to
+        the ``serve_metadata`` entries that have none. A checkpoint without it (saved before
+        names were kept) loads as it is."""
+        own = self.dataset_meta.detach().clone()
+        if key not in state_dict or tuple(state_dict[key].shape) != tuple(own.shape):
+            state_dict[key] = own
+            return
+        loaded = decode_dataset_meta(state_dict[key])
+        names = loaded.get("thing_classes")
+        if self._meta_own:
+            mine = self.get_dataset_meta().get("thing_classes")
+            if names and mine and list(names) != list(mine):
+                differ = [i for i, (a, b) in enumerate(zip(names, mine)) if a != b]
+                logger.warning(
+                    "The checkpoint's class names differ from the training set's in %d of %d "
+                    "classes (e.g. %r in the checkpoint, %r in the training set): the training "
+                    "set's are kept",
+                    len(differ),
+                    len(mine),
+                    names[differ[0]],
+                    mine[differ[0]],
+                )
+            state_dict[key] = own
+            return
+        self._dataset_meta = loaded
+        if not names or len(names) != self.num_classes:
+            return
+        self.class_names = list(names)
+        for entry in self.serve_metadata:
+            meta = MetadataCatalog.get(entry)
+            have = meta.get("thing_classes", None)
+            if have is None:
+                meta.set(thing_classes=list(names))
+            elif list(have) != list(names):
+                logger.warning(
+                    "The checkpoint's %d class names differ from the %d thing_classes of '%s', "
+                    "which keeps its own",
+                    len(names),
+                    len(have),
+                    entry,
+                )
 
     def _set_counts(self, class_counts, class_image_counts, num_train_images, class_names=None):
         """Copy counts into the buffers (``class_image_counts`` defaults to ``class_counts``);
@@ -323,7 +483,8 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         """A checkpoint's class counts are loaded only when this predictor has none from the
         training data (then they serve inference): the counts of the data it trains on win (a
         stage-1 checkpoint of another dataset, or one saved without counts, cannot change the
-        prior of stage 2)."""
+        prior of stage 2). The class names likewise (:meth:`_load_dataset_meta`)."""
+        self._load_dataset_meta(state_dict, prefix + "dataset_meta")
         if self._counts_state in (_GIVEN, _DATA):
             differ = []
             for name in _COUNT_BUFFERS:
@@ -369,6 +530,8 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         if b.LOSS in NEEDS_COUNTS or b.POSTHOC_TAU != 0:
             source.check()  # a bad PRIOR / sampler fails at build; nothing is read here
         ret["count_source"] = source
+        # what Detectron2's DefaultPredictor and demo read: DATASETS.TEST[0], or "__unused"
+        ret["serve_metadata"] = tuple(cfg.DATASETS.TEST) or ("__unused",)
         return ret
 
     # -- class counts ----------------------------------------------------------------------
@@ -429,6 +592,11 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
             found["names"],
         )
         self._counts_state = _DATA
+        names = found["names"]
+        self.set_dataset_meta(
+            thing_classes=names if names is not None and len(names) == self.num_classes else None,
+            count_source=found["description"],
+        )
         logger.info(found["description"])
         return True
 
@@ -489,46 +657,102 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
 
     def losses(self, predictions, proposals):
         """Detectron2's losses with the classification loss of ``loss_name`` (the one place the
-        loss is chosen). Box regression and the classification statistics are Detectron2's.
-        LOSS 'softmax' with no class weights returns Detectron2's losses unchanged."""
+        loss is chosen). Box regression and the classification statistics are Detectron2's;
+        LOSS 'softmax' with no class weights is Detectron2's cross-entropy (and with
+        Detectron2's USE_SIGMOID_CE / USE_FED_LOSS, Detectron2's losses unchanged). No
+        host-device sync (module doc)."""
         if self.loss_name in NEEDS_COUNTS or self.diagnostics_period > 0:
             self.resolve_class_counts()  # once: the first training step
-        out = super().losses(predictions, proposals)
-        scores = predictions[0]
+        if not self._meta_own:
+            self.resolve_class_names()
+        scores, proposal_deltas = predictions
         if len(proposals):
             gt_classes = cat([p.gt_classes for p in proposals], dim=0)
         else:
             gt_classes = torch.empty(0, dtype=torch.long, device=scores.device)
         if self.record_train_rois:
             self.last_train_labels = gt_classes
-        weights = self.roi_weights(gt_classes)
         if not self.takes_class_weights:
-            if weights is not None:
+            if not self._class_weights_trivial(read=True):
                 raise ValueError(
                     "class_weights are set, but LOSS 'softmax' with Detectron2's "
                     "USE_SIGMOID_CE / USE_FED_LOSS cannot take them"
                 )
-            return out
+            return super().losses(predictions, proposals)
+        _log_classification_stats(scores, gt_classes)
+        weights = self.roi_weights(gt_classes)
         self._log_diagnostics(scores, gt_classes)
         if self.loss_name == "softmax" and weights is None:
-            return out  # Detectron2's cross-entropy, already computed
-        if self.training and self.loss_name in ("seesaw", "eqlv2"):
+            loss_cls = cross_entropy(scores, gt_classes, reduction="mean")  # Detectron2's
+        elif self.training and self.loss_name in ("seesaw", "eqlv2"):
             loss_cls = self._stateful_loss(scores, gt_classes, weights)
         else:
             loss_cls = self.classification_loss(scores, gt_classes, weights=weights)
-        out["loss_cls"] = loss_cls * self.loss_weight.get("loss_cls", 1.0)
-        return out
+        if len(proposals):
+            proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
+            gt_boxes = cat(
+                [(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals],
+                dim=0,
+            )
+        else:
+            proposal_boxes = gt_boxes = torch.empty((0, 4), device=proposal_deltas.device)
+        losses = {
+            "loss_cls": loss_cls,
+            "loss_box_reg": self.box_reg_loss(
+                proposal_boxes, gt_boxes, proposal_deltas, gt_classes
+            ),
+        }
+        return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}
 
-    def roi_weights(self, gt_classes):
-        """Per-ROI weights from ``class_weights`` (None when they are all 1, or all equal and
-        normalised); see :func:`class_roi_weights`."""
+    # -- class weights ---------------------------------------------------------------------
+    def set_class_weights(self, weights):
+        """Copy (K,) ``weights`` into the ``class_weights`` buffer without reading them back:
+        the next training steps weight their ROIs on the device (all-equal weights still give
+        exactly the unweighted loss), with no host-device sync. What the Meta Reweigher uses."""
+        with torch.no_grad():
+            self.class_weights.copy_(weights)
+        self._note_class_weights(None)
+
+    def _note_class_weights(self, trivial):
+        """Remember the state of the buffer as it is now: trivial (True), not (False), or
+        written without a read (None)."""
+        w = self.class_weights
+        self._weights_seen = (w, _version(w), trivial)
+
+    def _trivial_on_device(self):
+        """0-d bool tensor: the class weights change no loss (all 1, or all equal and
+        normalised)."""
         w = self.class_weights
         trivial = (w == 1).all()
         if self.normalize_class_weights:
             trivial = trivial | (w == w[0]).all()
-        if bool(trivial):  # one device sync
+        return trivial
+
+    def _class_weights_trivial(self, read=False):
+        """True / False, or None for weights written by :meth:`set_class_weights` (read all
+        the same with ``read``). A buffer changed since it was last seen (loaded, moved,
+        written in place) is read once: one host-device sync."""
+        w, (seen, version, trivial) = self.class_weights, self._weights_seen
+        if seen is w and version == _version(w) and (trivial is not None or not read):
+            return trivial
+        trivial = bool(self._trivial_on_device())
+        self._note_class_weights(trivial)
+        return trivial
+
+    def roi_weights(self, gt_classes):
+        """Per-ROI weights from ``class_weights`` (None when they are all 1, or all equal and
+        normalised); see :func:`class_roi_weights`. No host-device sync: a buffer changed
+        behind the predictor's back is read once (:meth:`_class_weights_trivial`); weights
+        from :meth:`set_class_weights` are never read (all-equal ones give exactly 1)."""
+        trivial = self._class_weights_trivial()
+        if trivial:
             return None
-        return class_roi_weights(gt_classes, w, self.num_classes, self.normalize_class_weights)
+        w = class_roi_weights(
+            gt_classes, self.class_weights, self.num_classes, self.normalize_class_weights
+        )
+        if trivial is None:
+            w = torch.where(self._trivial_on_device(), torch.ones_like(w), w)
+        return w
 
     def classification_loss(self, logits, gt_classes, weights=None):
         """The loss of ``loss_name`` on (R, K+1) logits (background last), with optional (R,)
@@ -572,7 +796,7 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
         if self.loss_name == "seesaw":
             with torch.no_grad():
                 batch = L.seesaw_batch_counts(gt_classes, K).to(self.seesaw_counts)
-                self.seesaw_counts += _all_reduce_sum(batch)
+                self.seesaw_counts += all_reduce_sum(batch)
             return self.classification_loss(logits, gt_classes, weights=weights)
         loss, pos, neg = L.eqlv2_loss_and_stats(
             logits,
@@ -583,7 +807,7 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
             **self.eqlv2,
         )
         with torch.no_grad():
-            stats = _all_reduce_sum(torch.stack([pos, neg]).to(self.eqlv2_pos_grad))
+            stats = all_reduce_sum(torch.stack([pos, neg]).to(self.eqlv2_pos_grad))
             self.eqlv2_pos_grad += stats[0]
             self.eqlv2_neg_grad += stats[1]
         return loss
@@ -621,27 +845,28 @@ class BalmsFastRCNNOutputLayers(FastRCNNOutputLayers):
     @torch.no_grad()
     def _log_diagnostics(self, logits, gt_classes):
         """Mean predicted probability of the true class of the foreground ROIs, per LVIS group
-        (``balms/fg_score_{r,c,f}``), every ``diagnostics_period`` iterations."""
+        (``balms/fg_score_{r,c,f}``), every ``diagnostics_period`` iterations: computed on the
+        device, read with one host-device sync."""
         if self.diagnostics_period <= 0 or not self._group_counts:
             return
         try:
             storage = get_event_storage()
         except AssertionError:  # not inside a trainer
             return
-        if storage.iter % self.diagnostics_period:
+        if storage.iter % self.diagnostics_period or gt_classes.numel() == 0:
             return
-        fg = gt_classes < self.num_classes
-        if not fg.any():
-            return
-        probs = self.predict_probs((logits[fg], None), [range(int(fg.sum()))])[0]
-        labels = gt_classes[fg]
-        true_score = probs.gather(1, labels[:, None])[:, 0]
-        counts = self.class_image_counts[labels]
+        K = self.num_classes
+        probs = self.predict_probs((logits, None), [range(logits.shape[0])])[0]
+        true_score = probs.gather(1, gt_classes[:, None])[:, 0]
+        counts = self.class_image_counts[gt_classes.clamp(max=K - 1)]
         group = (counts > RARE_MAX_IMAGES).long() + (counts > COMMON_MAX_IMAGES).long()
-        for g, name in enumerate(GROUPS):
-            sel = group == g
-            if sel.any():
-                storage.put_scalar(f"balms/fg_score_{name}", true_score[sel].mean().item())
+        member = F.one_hot(group, len(GROUPS)).to(true_score.dtype)
+        member *= (gt_classes < K).to(true_score.dtype)[:, None]  # foreground ROIs only
+        n = member.sum(0)
+        means = (member * true_score[:, None]).sum(0) / n.clamp(min=1)
+        for name, (mean, size) in zip(GROUPS, torch.stack([means, n], 1).tolist()):  # the read
+            if size > 0:
+                storage.put_scalar(f"balms/fg_score_{name}", mean)
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -690,6 +915,14 @@ class BalmsROIHeads(StandardROIHeads):
         predictor._take_initial_weights(stock)
         ret["box_predictor"] = predictor
         return ret
+
+
+def _version(t):
+    """The in-place version counter of ``t`` (-1 for inference tensors, which keep none)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
 
 
 def _cuda_devices(module):

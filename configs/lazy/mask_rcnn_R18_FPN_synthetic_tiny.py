@@ -9,23 +9,24 @@ import detectron2.data.transforms as T
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
-from detectron2.modeling.backbone import BasicStem, ResNet
-from detectron2.modeling.backbone.resnet import BasicBlock
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from balms_det.class_counts import lazy_class_counts
+from balms_det.data.training_set import training_set
 from balms_det.evaluation.lvis_evaluator import BalmsLVISEvaluator
 from balms_det.modeling.roi_heads import BalmsFastRCNNOutputLayers
 
-model = model_zoo.get_config("common/models/mask_rcnn_fpn.py").model
+from .common.mask_rcnn_R18_FPN import model
+
 dataloader = model_zoo.get_config("common/data/coco.py").dataloader
 optimizer = model_zoo.get_config("common/optim.py").SGD
 train = model_zoo.get_config("common/train.py").train
 
 # -- data: the tiny synthetic set (registered by balms_det.data.datasets on import) --------------
-dataloader.train.dataset.names = "synth_lt_tiny_train"
+# read once (balms_det/data/training_set.py): the loader, the counts and the meta set share it
+dataloader.train.dataset = L(training_set)(names="synth_lt_tiny_train", filter_empty=True)
 dataloader.train.mapper.augmentations = [
     L(T.ResizeShortestEdge)(short_edge_length=(96,), max_size=96, sample_style="choice"),
     L(T.RandomFlip)(horizontal=True),
@@ -42,33 +43,9 @@ dataloader.evaluator = L(BalmsLVISEvaluator)(
     train_dataset_names=["${dataloader.train.dataset.names}"],
 )
 
-# -- model: R18 (BasicBlock, stem 32, BatchNorm everywhere: no pretrained weights), FPN 64 ------
-bottom_up = model.backbone.bottom_up
-bottom_up.stem = L(BasicStem)(in_channels=3, out_channels=32, norm="BN")
-bottom_up.stages = [
-    L(ResNet.make_stage)(
-        block_class=BasicBlock,
-        num_blocks=2,
-        stride_per_block=[stride, 1],
-        in_channels=c_in,
-        out_channels=c_out,
-        norm="BN",
-    )
-    for stride, c_in, c_out in [(1, 32, 64), (2, 64, 128), (2, 128, 256), (2, 256, 512)]
-]
-bottom_up.freeze_at = 0
-model.backbone.out_channels = 64
-model.proposal_generator.head.in_channels = 64
+# -- model: R18-FPN from scratch (configs/lazy/common/mask_rcnn_R18_FPN.py), 12 classes ---------
 model.proposal_generator.anchor_generator.sizes = [[12], [24], [48], [96], [160]]
-model.proposal_generator.pre_nms_topk = (600, 300)
-model.proposal_generator.post_nms_topk = (200, 100)
-model.proposal_generator.batch_size_per_image = 128
 model.roi_heads.num_classes = 12
-model.roi_heads.batch_size_per_image = 64
-model.roi_heads.box_head.input_shape = ShapeSpec(channels=64, height=7, width=7)
-model.roi_heads.box_head.fc_dims = [256, 256]
-model.roi_heads.mask_head.input_shape = ShapeSpec(channels=64, width=14, height=14)
-model.roi_heads.mask_head.conv_dims = [64, 64, 64]
 model.pixel_mean = [110.0, 110.0, 110.0]
 model.pixel_std = [50.0, 50.0, 50.0]
 

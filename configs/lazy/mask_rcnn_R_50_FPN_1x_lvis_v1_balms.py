@@ -5,6 +5,10 @@ with the LVIS changes of its ViTDet LVIS configs).
 
 The class counts are not in this file: ``lazy_class_counts`` reads them when the model is
 instantiated, from Detectron2's builtin LVIS v1 metadata (``class_image_count``: no file read).
+The training set is read once (``training_set``, shared by the loader, the repeat factors of
+its sampler and the Meta Reweigher's meta set under ``tools/lazy_train_net.py``), where
+Detectron2's own ``L(get_detection_dataset_dicts)`` with an interpolated repeat-factor node
+would read the annotation file twice.
 
     python tools/lazy_train_net.py --num-gpus 8 \
         --config-file configs/lazy/mask_rcnn_R_50_FPN_1x_lvis_v1_balms.py
@@ -17,6 +21,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.box_regression import Box2BoxTransform
 
 from balms_det.class_counts import lazy_class_counts
+from balms_det.data.training_set import training_repeat_factors, training_set
 from balms_det.evaluation.lvis_evaluator import BalmsLVISEvaluator
 from balms_det.modeling.roi_heads import BalmsFastRCNNOutputLayers
 
@@ -30,10 +35,11 @@ model, dataloader, optimizer, lr_multiplier, train = (
 )
 
 # -- data: LVIS v1 (Detectron2's builtin registration), repeat-factor sampling at t = 0.001 ----
-dataloader.train.dataset.names = "lvis_v1_train"
+dataloader.train.dataset = L(training_set)(names="lvis_v1_train", filter_empty=True)
 dataloader.train.sampler = L(RepeatFactorTrainingSampler)(
-    repeat_factors=L(RepeatFactorTrainingSampler.repeat_factors_from_category_frequency)(
-        dataset_dicts="${dataloader.train.dataset}", repeat_thresh=0.001
+    # Detectron2's repeat factors, from the training set's class index (no second pass)
+    repeat_factors=L(training_repeat_factors)(
+        dataset="${dataloader.train.dataset}", repeat_thresh=0.001
     )
 )
 dataloader.test.dataset.names = "lvis_v1_val"
