@@ -611,13 +611,14 @@ def dataset_class_counts(
     check_registered(names, key)
     metas = [MetadataCatalog.get(n) for n in names]
     K = num_classes
-    loaded = {}  # datasets read to learn K, reused for their counts
     if K is None:
         K = _num_classes_from_metadata(metas[0]) if metas else None
         if K is None and names and read:
             # a dataset registered by file knows its categories once loaded (Detectron2's
-            # loaders set thing_classes)
-            loaded[names[0]] = DatasetCatalog.get(names[0])
+            # loaders set thing_classes): the training set's read, which its counts share
+            from .data.training_set import training_set
+
+            training_set(names, **(read_args or {}))
             K = _num_classes_from_metadata(metas[0])
         if K is None:
             raise ValueError(

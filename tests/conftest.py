@@ -66,6 +66,8 @@ def flat_cfg(node, prefix=""):
 def one_thread():
     """One intra-op thread for the test (a training run on a shared CPU: no spinning threads,
     and the arithmetic of a single-threaded process)."""
+    import torch
+
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

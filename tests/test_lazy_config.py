@@ -66,10 +66,11 @@ def test_lazy_counts_of_any_registered_dataset_from_the_catalog():
 
     from balms_det.class_counts import lazy_class_counts, lazy_num_train_images
 
+    box = dict(bbox=[0, 0, 4, 4], bbox_mode=1)  # (BoxMode.XYWH_ABS: training data has boxes)
     dicts = [
-        {"file_name": "a", "annotations": [{"category_id": 0}, {"category_id": 0}]},
-        {"file_name": "b", "annotations": [{"category_id": 0}, {"category_id": 1}]},
-        {"file_name": "c", "annotations": [{"category_id": 2, "iscrowd": 1}]},
+        {"file_name": "a", "annotations": [dict(box, category_id=0), dict(box, category_id=0)]},
+        {"file_name": "b", "annotations": [dict(box, category_id=0), dict(box, category_id=1)]},
+        {"file_name": "c", "annotations": [dict(box, category_id=2, iscrowd=1)]},
         {"file_name": "d", "annotations": []},
     ]
     loads = []

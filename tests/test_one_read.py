@@ -84,6 +84,8 @@ def test_trainer_with_meta_reweigher_and_sampler_prior_reads_the_set_once(
         "balanced",
         "BALMS.TRAINABLE_PARAMS",
         "['cls_score']",
+        "BALMS.ALLOW_FROZEN_RANDOM_INIT",  # (a stage 2 without stage-1 weights: reads only)
+        "True",
         output_dir=tmp_path,
     )
     n = _one_thread()

@@ -15,11 +15,15 @@ from balms_det.class_counts import (
 )
 
 # 4 images, 3 classes: classes {0}, {0, 1 (twice)}, {0}, {2}
+_BOX = dict(bbox=[0, 0, 4, 4], bbox_mode=1)  # (BoxMode.XYWH_ABS: training data has boxes)
 HAND = [
-    {"file_name": "a.png", "annotations": [{"category_id": 0}]},
-    {"file_name": "b.png", "annotations": [{"category_id": 0}] + [{"category_id": 1}] * 2},
-    {"file_name": "c.png", "annotations": [{"category_id": 0}]},
-    {"file_name": "d.png", "annotations": [{"category_id": 2}]},
+    {"file_name": "a.png", "annotations": [dict(_BOX, category_id=0)]},
+    {
+        "file_name": "b.png",
+        "annotations": [dict(_BOX, category_id=0)] + [dict(_BOX, category_id=1)] * 2,
+    },
+    {"file_name": "c.png", "annotations": [dict(_BOX, category_id=0)]},
+    {"file_name": "d.png", "annotations": [dict(_BOX, category_id=2)]},
 ]
 
 

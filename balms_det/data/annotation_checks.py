@@ -31,7 +31,9 @@ def _segmentation(segm):
 
 def check_dataset_dicts(dicts, name):
     """Detectron2 dataset dicts (a dataset registered in Python) checked as an annotation file:
-    image i of the list is image id i, its annotations numbered from 0 in order."""
+    image i of the list is image id i, its annotations numbered from 0 in order. Dicts may go
+    without ``height`` / ``width`` (Detectron2's mapper reads the image's size): when one has
+    none, the sizes are not checked and masks get the rules that need no size."""
     images, anns = [], []
     for i, d in enumerate(dicts):
         images.append({k: d.get(k) for k in ("file_name", "height", "width")})
@@ -51,7 +53,10 @@ def check_dataset_dicts(dicts, name):
     gt = {"images": images, "annotations": anns, "categories": cats}
     source = f"dataset '{name}' (Detectron2 dicts: image n is the n-th dict)"
     try:
-        check_ground_truth(gt, source, boxes=True, masks="present", file_names=True)
+        sizes = all(d.get("height") is not None and d.get("width") is not None for d in dicts)
+        check_ground_truth(
+            gt, source, sizes=sizes, boxes=True, masks="present", file_names=True
+        )
     except ValueError as e:
         msg = str(e).replace(f"'{source}'", source)
         m = re.search(r"\(image (\d+)\)|image id (\d+)|image #(\d+)", msg)

@@ -308,6 +308,11 @@ def preflight_cfg(cfg):
     )
 
 
+def _names_of(names, key):
+    """How an error names datasets: ``dataset 'a' (KEY)`` or ``datasets ['a', 'b'] (KEY)``."""
+    return f"dataset '{names[0]}' ({key})" if len(names) == 1 else f"datasets {list(names)} ({key})"
+
+
 def _check_training_set(train_set, num_classes, train_names, keys):
     """The training-set checks of :func:`preflight_datasets` on the set the loader reads
     (``train_set()``): category ids in range (its class index, vectorised) and, on the first
@@ -332,7 +337,7 @@ def _check_training_set(train_set, num_classes, train_names, keys):
     if not todo or comm.get_local_rank() != 0:
         return 0
     n = check_image_files(
-        (train[i] for i in range(len(train))), f"training set {train_names} ({keys['train']})"
+        (train[i] for i in range(len(train))), _names_of(train_names, keys["train"])
     )
     _images_checked.update(train_names)
     return n

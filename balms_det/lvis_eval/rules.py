@@ -454,6 +454,10 @@ def check_ground_truth(
     if boxes:
         annotation_boxes(anns, ann_ids, img_of, source)
     if masks:
-        sizes = {i: (im["height"], im["width"]) for i, im in zip(img_ids, images)}
+        sizes = {  # (without ``sizes`` an image may have none: its masks get the size-free rules)
+            i: (im["height"], im["width"])
+            for i, im in zip(img_ids, images)
+            if sizes or (is_integral(im.get("height")) and is_integral(im.get("width")))
+        }
         annotation_masks(anns, ann_ids, img_of, sizes, source, masks is True, make=False)
     return ann_ids, img_of
