@@ -187,14 +187,9 @@ def test_yacs_resume_equals_uninterrupted_run_with_aspect_ratio_groups(tmp_path,
     from balms_det.engine.trainer import BalmsTrainer
 
     json_file, image_root = mixed_aspect_dataset(tmp_path / "data")
-    register = f'[["balms_test_mixed_train", "{json_file}", "{image_root}"]]'
-    opts = [
-        *OPTS,
-        "BALMS.DATASETS.REGISTER",
-        register,
-        "DATASETS.TRAIN",
-        '("balms_test_mixed_train",)',
-    ]
+    name = "balms_test_mixed_resume_train"  # (a name of its own: one folder per name)
+    register = f'[["{name}", "{json_file}", "{image_root}"]]'
+    opts = [*OPTS, "BALMS.DATASETS.REGISTER", register, "DATASETS.TRAIN", f'("{name}",)']
     opts += ["SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "1"]
 
     np.random.seed(0)  # the sampler's seed (drawn at random: no default_setup here)

@@ -233,6 +233,9 @@ class ResumableTrainLoader:
         return self.stream.seed
 
     def __iter__(self):
+        """PyTorch's loader iterator is started here, not at the first ``next`` (its base
+        seed is read then: a hook that calls ``iter`` in ``before_train`` keeps that read out
+        of the training steps)."""
         self.stream.resume_after(self.batches, self.batch_size)
         loader = build_batch_data_loader(
             self.stream,
@@ -244,7 +247,10 @@ class ResumableTrainLoader:
             seed=self.stream.seed % 2**63,  # workers' base seed: not the global generator's
             **self.kwargs,
         )
-        for batch in loader:
+        return self._batches(iter(loader))
+
+    def _batches(self, it):
+        for batch in it:
             self.batches += 1
             yield batch
 
