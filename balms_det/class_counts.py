@@ -537,7 +537,8 @@ def _counts_of_datasets(names, metas, K, need_instances, need_num_images, read, 
     cache, cache_key = metas[0].balms_class_counts, training_set_key(**args)
     what = "DatasetCatalog " + ", ".join(names)
     if cache_key in cache:
-        return cache[cache_key], what + " (computed earlier, cached)"
+        # (the sentence of the first computation: it is saved in checkpoints, dataset_meta)
+        return cache[cache_key], what + " (computed once, cached)"
 
     def train_set():  # the loader's read (shared in scope), or None without reading
         return training_set(**args) if read else loaded_training_set(**args)

@@ -22,11 +22,11 @@ Trailing KEY VALUE pairs override the stage-1/BTM config (e.g. BALMS.BTM.NUM_SUB
 import shlex
 import sys
 
-from detectron2.engine import default_argument_parser
+from balms_det.engine.launching import argument_parser, dist_url
 
 
 def build_parser():
-    p = default_argument_parser(epilog=__doc__)
+    p = argument_parser(epilog=__doc__)
     p.add_argument(
         "--stage1-weights",
         default="",
@@ -113,7 +113,7 @@ def main(argv=None):
         num_gpus=args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
+        dist_url=dist_url(args),  # a free port by default on one machine
         eval_stage1=not args.no_eval_stage1,
         eval_finetunes=not args.no_eval_finetunes,
         stage2_baseline=args.stage2_baseline,

@@ -25,7 +25,6 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import (
     AMPTrainer,
     SimpleTrainer,
-    default_argument_parser,
     default_setup,
     default_writers,
     hooks,
@@ -37,26 +36,28 @@ from detectron2.utils.logger import setup_logger
 
 from balms_det.data.training_set import shared_training_sets
 from balms_det.distributed import hide_cuda_for_cpu_processes
+from balms_det.engine.buffer_sync import broadcast_buffers
 from balms_det.engine.checkpoint import BalmsCheckpointer
+from balms_det.engine.launching import argument_parser, dist_url
 from balms_det.engine.lazy import (
     balms_hooks,
     freeze_trainable,
     preflight_lazy,
     register_lazy_datasets,
+    resumable_train_loader,
 )
-from balms_det.engine.trainer import (
-    build_ddp_model,
-    newest_loadable_checkpoint,
-    print_long_tail_table,
-)
+from balms_det.engine.resume import DataStreamHook, resume_checkpoint
+from balms_det.engine.trainer import build_ddp_model, print_long_tail_table
 
 logger = logging.getLogger("balms_det")
 
 
 def do_test(cfg, model):
-    """Inference on ``dataloader.test`` with ``dataloader.evaluator``; ``{}`` without one."""
+    """Inference on ``dataloader.test`` with ``dataloader.evaluator`` (every process with the
+    main process's buffers: the checkpoint's BatchNorm statistics); ``{}`` without one."""
     if "evaluator" not in cfg.dataloader:
         return {}
+    broadcast_buffers(model)
     res = inference_on_dataset(
         model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
     )
@@ -67,10 +68,11 @@ def do_test(cfg, model):
 
 def build_trainer(cfg):
     """The model, optimizer, data loader, trainer and hooks of ``cfg``; returns
-    ``(trainer, checkpointer)``. The balms hooks come first (the Meta Reweigher's meta step
-    runs before the timer stops and before the checkpointer saves its state). Built inside
-    ``shared_training_sets``: every ``L(training_set)(...)`` of the config (the loader's
-    dataset, the sampler's repeat factors, the counts, the meta set) is one read."""
+    ``(trainer, checkpointer)``. The training loader is resumable (``resumable_train_loader``).
+    The balms hooks come first (the Meta Reweigher's meta step runs before the timer stops and
+    before the checkpointer saves its state), then ``DataStreamHook`` (it seeds each step).
+    Built inside ``shared_training_sets``: every ``L(training_set)(...)`` of the config (the
+    loader's dataset, the sampler's repeat factors, the counts, the meta set) is one read."""
     with shared_training_sets():
         return _build_trainer(cfg)
 
@@ -82,13 +84,14 @@ def _build_trainer(cfg):
     preflight_lazy(cfg, model)  # classes, image files, frozen layers: before any iteration
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
+    train_loader = resumable_train_loader(cfg)
     model = build_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(
         model, train_loader, optimizer
     )
     checkpointer = BalmsCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     main = comm.is_main_process()
+    seed = int(cfg.train.get("seed", -1))
 
     def test_and_keep():
         trainer.last_eval_results = do_test(cfg, model)
@@ -98,6 +101,9 @@ def _build_trainer(cfg):
     trainer.register_hooks(
         balms_hooks(cfg, model, optimizer)
         + [
+            # seeds each step and keeps the data stream's position (the balms hooks before it
+            # draw no random number in before_step)
+            DataStreamHook(train_loader, seed=seed if seed >= 0 else None),
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
@@ -118,11 +124,12 @@ def _build_trainer(cfg):
 def do_train(cfg, resume=False):
     """Train ``cfg``; returns the trainer (``trainer.last_eval_results``: the last
     evaluation). ``resume`` continues from the newest readable checkpoint of
-    ``train.output_dir`` (model, optimizer, iteration and the Meta Reweigher's state), else the
-    model starts from ``train.init_checkpoint`` (e.g. the stage-1 model of a decoupled stage 2).
+    ``train.output_dir``, chosen by the main process for all (model, optimizer, iteration, the
+    data stream's position and the Meta Reweigher's state), else the model starts from
+    ``train.init_checkpoint`` (e.g. the stage-1 model of a decoupled stage 2).
     """
     trainer, checkpointer = build_trainer(cfg)
-    found = newest_loadable_checkpoint(checkpointer) if resume else None
+    found = resume_checkpoint(checkpointer) if resume else None
     if found is not None:
         checkpointer.load(found)
         start_iter = trainer.iter + 1  # the checkpoint holds the iteration that finished
@@ -172,7 +179,7 @@ def main(args):
 
 
 def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     print("Command Line Args:", args)
     cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
     device = cfg.train.get("device", "cuda")
@@ -182,7 +189,7 @@ def invoke_main() -> None:
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
+        dist_url=dist_url(args),  # a free port by default on one machine
         args=(args,),
     )
 

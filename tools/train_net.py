@@ -10,12 +10,14 @@ python tools/train_net.py --config-file configs/synthetic/tiny.yaml --num-gpus 2
 
 import logging
 
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from balms_det.distributed import hide_cuda_for_cpu_processes
 from balms_det.engine.checkpoint import BalmsCheckpointer
+from balms_det.engine.launching import argument_parser, dist_url
+from balms_det.engine.resume import resume_checkpoint
 from balms_det.engine.trainer import BalmsTrainer, merged_cfg, print_summary, setup_cfg
 
 logger = logging.getLogger("balms_det")
@@ -27,13 +29,14 @@ def evaluate(cfg, resume=False):
     model = BalmsTrainer.build_model(cfg)
     # errors name a damaged file, and NaN / infinite weights are refused (not evaluated to AP 0)
     checkpointer = BalmsCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
-    if not cfg.MODEL.WEIGHTS and not (resume and checkpointer.has_checkpoint()):
+    weights = (resume_checkpoint(checkpointer) if resume else None) or cfg.MODEL.WEIGHTS
+    if not weights:
         raise ValueError(
             "--eval-only needs trained weights: MODEL.WEIGHTS is empty, so a randomly "
             "initialised model would be evaluated. Pass MODEL.WEIGHTS path/to/model.pth (or "
             "--resume with a checkpoint in OUTPUT_DIR)"
         )
-    checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+    checkpointer.load(weights)
     res = BalmsTrainer.test(cfg, model)
     if comm.is_main_process():
         verify_results(cfg, res)
@@ -56,7 +59,7 @@ def main(args):
 
 
 def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     print("Command Line Args:", args)
     device = merged_cfg(args.config_file, args.opts).MODEL.DEVICE
     hide_cuda_for_cpu_processes(device, args.num_gpus * args.num_machines)  # gloo, not NCCL
@@ -65,7 +68,7 @@ def invoke_main() -> None:
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
+        dist_url=dist_url(args),  # a free port by default on one machine
         args=(args,),
     )
 

@@ -15,33 +15,32 @@ Detectron2's ``RepeatFactorTrainingSampler``: its stochastic rounding keeps the 
 frequencies, and an "epoch" then holds about as many indices as the set has images (unscaled
 LVIS factors reach 10^5 per image and would make epochs of 10^8 indices).
 
-The loader is resumable: the sampler's seed and the number of meta batches already drawn are
-part of the Meta Reweigher's checkpointed state, and the index stream is restarted past them
-(indices only, no image is loaded to skip). Aspect-ratio grouping is off in the meta loader so
-that batch ``j`` of a rank is exactly indices ``[j * B, (j + 1) * B)`` of its stream.
+The loader is resumable (``balms_det.data.resumable``): the sampler's seed and the number of
+meta batches already drawn are part of the Meta Reweigher's checkpointed state, the index
+stream is restarted past them (indices only, no image is loaded to skip), and each meta image
+is augmented with random numbers of its position in the stream. Aspect-ratio grouping is off
+in the meta loader: batch ``j`` of a rank is positions ``[j * B, (j + 1) * B)`` of its stream.
 
 When the meta set is the training set (the default), the meta loader draws from the train
 loader's own ``TrainingSet`` (balms_det/data/training_set.py): no second read, no second
 serialized copy.
 """
 
-import itertools
 import logging
 
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_train_loader
+from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.data.samplers import RepeatFactorTrainingSampler
-from torch.utils.data import Sampler
 
 from ..class_index import ImageClassIndex
+from .resumable import SALT_META, build_resumable_train_loader
 from .training_set import as_training_set, training_set, training_set_from_cfg
 
 __all__ = [
     "class_image_frequency",
     "class_balanced_repeat_factors",
     "classes_in_dataset",
-    "SkipSampler",
     "meta_set",
     "build_meta_loader",
     "check_meta_batch_size",
@@ -87,17 +86,6 @@ def classes_in_dataset(dataset_dicts, num_classes):
     """(K,) bool tensor: class ``c`` is annotated (non-crowd) in at least one image; ids outside
     ``0..K-1`` are ignored. Dicts, a ``TrainingSet`` or an ImageClassIndex."""
     return torch.from_numpy(_class_index(dataset_dicts).classes_present(num_classes))
-
-
-class SkipSampler(Sampler):
-    """An infinite sampler restarted past its first ``skip`` indices (resume)."""
-
-    def __init__(self, sampler, skip=0):
-        self.sampler = sampler
-        self.skip = int(skip)
-
-    def __iter__(self):
-        yield from itertools.islice(iter(self.sampler), self.skip, None)
 
 
 def meta_set(cfg):
@@ -178,16 +166,18 @@ def meta_batch_loader(
         skip_batches (int): meta batches already drawn (resume).
         num_workers (int): data-loading worker processes.
     """
-    per_rank = check_meta_batch_size(total_batch_size, "meta batch size")
+    check_meta_batch_size(total_batch_size, "meta batch size")
     dataset = as_training_set(dataset_dicts)
     factors = class_balanced_repeat_factors(dataset)
-    sampler = RepeatFactorTrainingSampler(factors, seed=int(seed))
-    sampler = SkipSampler(sampler, skip=int(skip_batches) * per_rank)
-    return build_detection_train_loader(
+    loader = build_resumable_train_loader(
         dataset=dataset,
         mapper=mapper,
-        sampler=sampler,
+        sampler=RepeatFactorTrainingSampler(factors, seed=int(seed)),
         total_batch_size=int(total_batch_size),
         aspect_ratio_grouping=False,
         num_workers=int(num_workers),
+        seed=int(seed),
+        salt=SALT_META,
     )
+    loader.batches = int(skip_batches)  # the first iteration starts after them
+    return loader

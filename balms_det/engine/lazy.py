@@ -35,15 +35,17 @@ is loaded, in every process) registers ``train.balms.datasets``; :func:`prefligh
 the model is built) runs the data checks of ``balms_det/engine/preflight.py``.
 """
 
+import copy
 import inspect
 import logging
 
 from detectron2.config import instantiate
-from detectron2.data import DatasetMapper, MetadataCatalog
+from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_train_loader
 from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..data.datasets import register_file_datasets
+from ..data.resumable import build_resumable_train_loader
 from .decoupled import FrozenNormHook, freeze_except
 from .meta_reweigher import MetaReweigher
 from .preflight import check_frozen_start, preflight_datasets
@@ -58,6 +60,7 @@ __all__ = [
     "register_lazy_datasets",
     "preflight_lazy",
     "optimizer_with_gradient_clipping",
+    "resumable_train_loader",
 ]
 
 logger = logging.getLogger(__name__)
@@ -301,3 +304,20 @@ def balms_hooks(cfg, model, optimizer):
     if patterns:
         hooks.append(FrozenNormHook(model))
     return hooks
+
+
+def resumable_train_loader(cfg):
+    """``dataloader.train`` instantiated; when its target is Detectron2's
+    ``build_detection_train_loader``, balms-det's ``build_resumable_train_loader`` (the same
+    arguments, and ``seed=train.seed`` when >= 0) is built instead, so that ``--resume``
+    continues the data stream where it stopped. Another target is instantiated as it is."""
+    node = cfg.dataloader.train
+    target = node.get("_target_") if isinstance(node, (dict, DictConfig)) else None
+    target = locate(target) if isinstance(target, str) else target
+    if target is build_detection_train_loader:
+        node = copy.deepcopy(node)
+        node._target_ = build_resumable_train_loader
+        seed = _get(cfg, "train.seed", None)
+        if "seed" not in node and seed is not None and int(seed) >= 0:
+            node.seed = int(seed)
+    return instantiate(node)

@@ -1,15 +1,14 @@
 """``BalmsTrainer``: Detectron2's ``DefaultTrainer`` with balms-det's evaluation, decoupled
-training, the Meta Reweigher hook, CPU multi-process training and a resume that survives a
-damaged last checkpoint. ``tools/train_net.py`` runs it."""
+training, the Meta Reweigher hook, CPU multi-process training, evaluation with the main
+process's buffers, and an exact resume (the data stream continues where it stopped; a damaged
+last checkpoint is skipped). ``tools/train_net.py`` runs it."""
 
-import glob
 import logging
 import os
 import weakref
 
-import torch
 from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog, build_detection_train_loader
+from detectron2.data import MetadataCatalog
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.engine import (
     AMPTrainer,
@@ -26,21 +25,23 @@ from detectron2.utils.logger import setup_logger
 from ..config import add_balms_config
 from ..data.annotation_checks import check_dicts_when_loaded
 from ..data.datasets import check_dataset_files, register_datasets_from_cfg
+from ..data.resumable import build_resumable_train_loader
 from ..data.training_set import shared_training_sets, training_set_from_cfg
 from ..distributed import group_for
 from ..evaluation.lvis_evaluator import BalmsLVISEvaluator
 from ..modeling.roi_heads import resolve_class_counts
 from ..utils import amp_dtype, markdown_table
+from .buffer_sync import broadcast_buffers
 from .checkpoint import BalmsCheckpointer
 from .decoupled import FrozenNormHook, freeze_except
 from .meta_reweigher import MetaReweigher
 from .preflight import check_dataset_images, check_frozen_start, preflight_cfg, resolve_num_classes
+from .resume import DataStreamHook, resume_checkpoint
 
 __all__ = [
     "BalmsTrainer",
     "build_ddp_model",
     "merged_cfg",
-    "newest_loadable_checkpoint",
     "setup_cfg",
     "format_results",
     "print_summary",
@@ -62,37 +63,6 @@ def build_ddp_model(model, **kwargs):
         if group is not None:
             kwargs.setdefault("process_group", group)
     return create_ddp_model(model, **kwargs)
-
-
-def _checkpoint_iter(path):
-    stem = os.path.splitext(os.path.basename(path))[0]
-    return int(stem.split("_")[-1]) if stem.split("_")[-1].isdigit() else -1
-
-
-def newest_loadable_checkpoint(checkpointer):
-    """Path of the newest checkpoint of ``checkpointer.save_dir`` whose file loads (the one
-    ``last_checkpoint`` names, then ``model_<iter>.pth`` newest first), with a warning for each
-    newer one skipped; None when the folder has none. Raises RuntimeError naming every
-    file when none loads."""
-    last = checkpointer.get_checkpoint_file()
-    if not last:
-        return None
-    others = glob.glob(os.path.join(checkpointer.save_dir, "model_*.pth"))
-    others = sorted(set(others) - {last}, key=lambda p: (_checkpoint_iter(p), p), reverse=True)
-    failures = []
-    for path in [last] + others:
-        try:
-            with open(path, "rb") as f:
-                torch.load(f, map_location="cpu")
-        except Exception as e:  # truncated, zero-filled or unreadable
-            failures.append(f"{path}: {type(e).__name__}: {e}")
-            logger.warning("Skipping checkpoint '%s', which cannot be read (%s)", path, e)
-            continue
-        return path
-    raise RuntimeError(
-        "--resume: no checkpoint in '%s' can be read:\n  %s"
-        % (checkpointer.save_dir, "\n  ".join(failures))
-    )
 
 
 class BalmsTrainer(DefaultTrainer):
@@ -131,11 +101,13 @@ class BalmsTrainer(DefaultTrainer):
             self.register_hooks(self.build_hooks())
 
     def resume_or_load(self, resume=True):
-        """Detectron2's ``resume_or_load``, except that ``--resume`` falls back to the newest
-        checkpoint that can be read when the last one is damaged (warning naming it)."""
-        found = newest_loadable_checkpoint(self.checkpointer) if resume else None
+        """Detectron2's ``resume_or_load``, except that ``--resume`` continues from the
+        checkpoint the main process chose for every process, falling back to the newest one
+        that can be resumed from when the last one is damaged (warning naming it), and with
+        the training data stream's position (``DataStreamHook``)."""
+        found = resume_checkpoint(self.checkpointer) if resume else None
         if found is None:
-            return super().resume_or_load(resume=resume)
+            return super().resume_or_load(resume=False)
         self.checkpointer.load(found)
         self.start_iter = self.iter + 1
 
@@ -153,6 +125,10 @@ class BalmsTrainer(DefaultTrainer):
 
     def build_hooks(self):
         hooks = super().build_hooks()
+        # before Detectron2's hooks: seeds each step and keeps the data stream's position (the
+        # balms hooks inserted before it draw no random number in before_step)
+        seed = self.cfg.SEED if self.cfg.SEED >= 0 else None
+        hooks.insert(0, DataStreamHook(self._trainer.data_loader, seed=seed))
         if self.cfg.BALMS.TRAINABLE_PARAMS:
             hooks.insert(0, FrozenNormHook(self.model))
         if self.cfg.BALMS.META.ENABLED:
@@ -177,7 +153,7 @@ class BalmsTrainer(DefaultTrainer):
             )
             logger.info("Using training sampler RepeatFactorTrainingSampler")
             sampler = RepeatFactorTrainingSampler(factors, seed=cfg.SEED)
-        return build_detection_train_loader(cfg, dataset=train, sampler=sampler)
+        return build_resumable_train_loader(cfg, dataset=train, sampler=sampler)  # resumable
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -185,6 +161,13 @@ class BalmsTrainer(DefaultTrainer):
         check_dicts_when_loaded([dataset_name])
         check_dataset_images(dataset_name, "DATASETS.TEST")
         return super().build_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Detectron2's ``test``, on every process with the main process's buffers (the
+        checkpoint's BatchNorm statistics), see ``balms_det.engine.buffer_sync``."""
+        broadcast_buffers(model)
+        return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
