@@ -38,6 +38,8 @@ from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .training_set import image_size
+
 __all__ = [
     "derived_seed",
     "seed_all_rngs",
@@ -88,19 +90,22 @@ def _own_rngs(seed):
 
 def _orientations(dicts, what):
     """(N,) bool: ``width > height`` of each dataset dict (Detectron2's grouping key); ``dicts``
-    a list or a map-style dataset (read one item at a time, none kept)."""
-    out = np.zeros(len(dicts), dtype=bool)
-    for i in range(len(dicts)):
-        d = dicts[i]
-        if "width" not in d or "height" not in d:
-            raise ValueError(
-                f"DATALOADER.ASPECT_RATIO_GROUPING (aspect_ratio_grouping=True) needs 'width' "
-                f"and 'height' in every dataset dict of {what}, to resume a run exactly (the "
-                f"grouping is replayed on them); image {i} ('{d.get('file_name', '?')}') has "
-                "none: add them to the dataset dicts or turn the grouping off"
-            )
-        out[i] = d["width"] > d["height"]
-    return out
+    a list, a map-style dataset (read one item at a time, none kept) or a ``TrainingSet`` (its
+    ``image_sizes``: no pass over the images)."""
+    sizes = getattr(dicts, "image_sizes", None)
+    if sizes is None:
+        items = map(dicts.__getitem__, range(len(dicts)))
+        sizes = np.array([image_size(d) for d in items], np.int64).reshape(-1, 2)
+    missing = np.flatnonzero((sizes < 0).any(axis=1))
+    if len(missing):
+        i = int(missing[0])
+        raise ValueError(
+            f"DATALOADER.ASPECT_RATIO_GROUPING (aspect_ratio_grouping=True) needs 'width' "
+            f"and 'height' in every dataset dict of {what}, to resume a run exactly (the "
+            f"grouping is replayed on them); image {i} ('{dicts[i].get('file_name', '?')}') has "
+            "none: add them to the dataset dicts or turn the grouping off"
+        )
+    return sizes[:, 1] > sizes[:, 0]
 
 
 class ResumableStream(IterableDataset):

@@ -22,6 +22,7 @@ holds the sets only while it is open; afterwards the loaders keep what they use.
 import contextlib
 import logging
 
+import numpy as np
 import torch
 from detectron2.data import get_detection_dataset_dicts
 from detectron2.data.common import DatasetFromList
@@ -68,6 +69,11 @@ class TrainingSet(DatasetFromList):
             )
         self.names = tuple(names)
         self.class_index = ImageClassIndex.from_dicts(dataset_dicts)
+        # per image, from the same read: the file (the pre-flight's stat pass, messages) and
+        # the size (Detectron2's aspect-ratio grouping, replayed on resume), so that neither
+        # needs a pass that unpickles every image again
+        self.file_names = [d.get("file_name") for d in dataset_dicts]
+        self.image_sizes = np.array([image_size(d) for d in dataset_dicts], np.int64).reshape(-1, 2)
         super().__init__(dataset_dicts, copy=False, serialize=True)
         self._repeat_factors = {}
 
@@ -77,7 +83,8 @@ class TrainingSet(DatasetFromList):
 
     def file_name(self, i):
         """``file_name`` of image ``i`` (for error messages)."""
-        return self[i].get("file_name", f"#{i}")
+        name = self.file_names[i]
+        return f"#{i}" if name is None else name
 
     def check_classes(self, num_classes, what="the model's"):
         """Raise ValueError naming the image of a category id outside ``0..num_classes-1``."""
@@ -94,6 +101,12 @@ class TrainingSet(DatasetFromList):
 
     def describe(self):
         return ", ".join(self.names) if self.names else "the given dataset dicts"
+
+
+def image_size(d):
+    """(height, width) of a dataset dict, -1 for what it lacks."""
+    h, w = d.get("height"), d.get("width")
+    return (h if isinstance(h, int) else -1), (w if isinstance(w, int) else -1)
 
 
 def as_training_set(data, names=()):

@@ -337,7 +337,8 @@ def _check_training_set(train_set, num_classes, train_names, keys):
     if not todo or comm.get_local_rank() != 0:
         return 0
     n = check_image_files(
-        (train[i] for i in range(len(train))), _names_of(train_names, keys["train"])
+        ({"file_name": f} for f in train.file_names if f is not None),
+        _names_of(train_names, keys["train"]),
     )
     _images_checked.update(train_names)
     return n
