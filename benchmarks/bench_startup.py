@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Start-up cost at LVIS size: what building a trainer costs before its first step.
 
-On an LVIS-v1-like annotation file without images (``make_lvis_like.py``: LVIS v1's long tail,
-size, and fields; registered with Detectron2's LVIS loader and its builtin LVIS v1 metadata),
+On an LVIS-v1-like annotation file (``make_lvis_like.py``: LVIS v1's long tail, size, and
+fields; registered with Detectron2's LVIS loader and its builtin LVIS v1 metadata) with a 1-byte
+placeholder file per image (the pre-flight check stats them; a build reads no image),
 each path is built in a fresh process and timed (wall time and CPU time, user + system, of the
 build, after imports) with its peak resident memory (``ru_maxrss``, imports included) and the
 memory still resident after the build. On a shared machine the CPU time is the steadier
@@ -76,6 +77,17 @@ def data_paths(data_dir, images):
     return os.path.join(data_dir, f"{dataset_name(images)}.json"), os.path.join(data_dir, "images")
 
 
+def placeholder_images(image_root, images):
+    """A 1-byte file per image of the generated sets (LVIS's names, ``<id>.jpg``), written
+    once: the pre-flight check of BalmsTrainer stats every training image file (no image is
+    read while a trainer is built, so their content does not matter)."""
+    for i in range(1, images + 1):
+        path = os.path.join(image_root, f"{i:012d}.jpg")
+        if not os.path.exists(path):
+            with open(path, "wb") as f:
+                f.write(b"x")
+
+
 def _rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -101,6 +113,8 @@ def child(args):
     common = ["DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", "()", "MODEL.WEIGHTS", ""]
     common += ["MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "0"]
     common += ["OUTPUT_DIR", os.path.join(args.out, "runs", args.child)]
+    # (stage 2 without its stage-1 weights: only the build is measured)
+    common += ["BALMS.ALLOW_FROZEN_RANDOM_INIT", "True"]
     cfg = setup_cfg(config, opts + common)
     gc.collect()
     start = _rss()
@@ -315,6 +329,7 @@ def main():
             print(f"[bench_startup] generating {json_file}", flush=True)
             generated[n] = make_lvis_like(json_file, n)
             print(f"[bench_startup] {generated[n]}", flush=True)
+        placeholder_images(image_root, n)
     if args.breakdown:
         parts = [breakdown(args, n) for n in args.images]
         md = "\n\n".join(f"{p[1]['images']} images:\n\n{p[0]}" for p in parts)
