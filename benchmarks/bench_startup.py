@@ -74,15 +74,18 @@ def dataset_name(images):
 
 
 def data_paths(data_dir, images):
-    return os.path.join(data_dir, f"{dataset_name(images)}.json"), os.path.join(data_dir, "images")
+    # (Detectron2's LVIS loader joins image_root and coco_url's folder without a separator)
+    return os.path.join(data_dir, f"{dataset_name(images)}.json"), os.path.join(data_dir, "images/")
 
 
 def placeholder_images(image_root, images):
-    """A 1-byte file per image of the generated sets (LVIS's names, ``<id>.jpg``), written
+    """A 1-byte file per image of the generated sets (``train2017/<id>.jpg``), written
     once: the pre-flight check of BalmsTrainer stats every training image file (no image is
     read while a trainer is built, so their content does not matter)."""
+    folder = os.path.join(image_root, "train2017")  # make_lvis_like's coco_url folder
+    os.makedirs(folder, exist_ok=True)
     for i in range(1, images + 1):
-        path = os.path.join(image_root, f"{i:012d}.jpg")
+        path = os.path.join(folder, f"{i:012d}.jpg")
         if not os.path.exists(path):
             with open(path, "wb") as f:
                 f.write(b"x")
