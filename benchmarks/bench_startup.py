@@ -118,7 +118,7 @@ def child(args):
     common += ["OUTPUT_DIR", os.path.join(args.out, "runs", args.child)]
     # (stage 2 without its stage-1 weights: only the build is measured)
     common += ["BALMS.ALLOW_FROZEN_RANDOM_INIT", "True"]
-    cfg = setup_cfg(config, opts + common)
+    cfg = setup_cfg(config, opts + common + list(args.opts))
     gc.collect()
     start = _rss()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -229,7 +229,7 @@ def run_child(args, path, images, code=None):
     env["PYTHONPATH"] = code or REPO
     cmd = [sys.executable, os.path.abspath(__file__), "--child", path]
     cmd += ["--child-images", str(images), "--data", args.data, "--out", args.out]
-    cmd += ["--threads", str(args.threads)]
+    cmd += ["--threads", str(args.threads), "--opts", *args.opts]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     if p.returncode != 0 or not lines:
@@ -314,6 +314,9 @@ def main():
         action="store_true",
         help="time each pass over one read in this process instead (Detectron2's and "
         "balms-det's); writes breakdown.md",
+    )
+    ap.add_argument(
+        "--opts", nargs="*", default=[], help="config overrides of every path (KEY VALUE ...)"
     )
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     ap.add_argument("--child-images", type=int, default=0, help=argparse.SUPPRESS)

@@ -112,3 +112,29 @@ def test_the_trainer_checks_before_building_its_loader(tmp_path):
     with pytest.raises(ValueError, match=r"x = 1000000000.0 lies outside.*\[image 1: '2.png'\]"):
         BalmsTrainer.build_train_loader(cfg)
     DatasetCatalog.remove("balms_test_bad_py_train")
+
+
+def test_trusted_datasets_are_not_checked():
+    """BALMS.DATASETS.CHECK_ANNOTATIONS False (trust_datasets): the same bad polygon is read as
+    it is; with the default, the load itself refuses it."""
+    from balms_det.data.annotation_checks import trust_datasets
+
+    bad = [dict(file_name="1.png", height=8, width=8, image_id=1, annotations=[])]
+    bad[0]["annotations"] = [dict(category_id=0, bbox=[0, 0, 5, 5], bbox_mode=BoxMode.XYWH_ABS,
+                                  segmentation=[[0, 0, 1e9, 0, 5, 5]])]  # fmt: skip
+    for trusted in (True, False):
+        _register("balms_test_trusted", lambda: bad)
+        if trusted:
+            trust_datasets(["balms_test_trusted"])
+        check_dicts_when_loaded(["balms_test_trusted"])
+        if trusted:
+            assert DatasetCatalog.get("balms_test_trusted") == bad
+        else:
+            with pytest.raises(ValueError, match="lies outside"):
+                DatasetCatalog.get("balms_test_trusted")
+        DatasetCatalog.remove("balms_test_trusted")
+    from detectron2.config import get_cfg
+
+    from balms_det.config import add_balms_config
+
+    assert add_balms_config(get_cfg()).BALMS.DATASETS.CHECK_ANNOTATIONS is True

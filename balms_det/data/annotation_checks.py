@@ -12,7 +12,12 @@ from detectron2.structures import BoxMode
 
 from ..lvis_eval import check_ground_truth, read_json
 
-__all__ = ["check_annotation_file", "check_dataset_dicts", "check_dicts_when_loaded"]
+__all__ = [
+    "check_annotation_file",
+    "check_dataset_dicts",
+    "check_dicts_when_loaded",
+    "trust_datasets",
+]
 
 
 def check_annotation_file(json_file):
@@ -54,9 +59,7 @@ def check_dataset_dicts(dicts, name):
     source = f"dataset '{name}' (Detectron2 dicts: image n is the n-th dict)"
     try:
         sizes = all(d.get("height") is not None and d.get("width") is not None for d in dicts)
-        check_ground_truth(
-            gt, source, sizes=sizes, boxes=True, masks="present", file_names=True
-        )
+        check_ground_truth(gt, source, sizes=sizes, boxes=True, masks="present", file_names=True)
     except ValueError as e:
         msg = str(e).replace(f"'{source}'", source)
         m = re.search(r"\(image (\d+)\)|image id (\d+)|image #(\d+)", msg)
@@ -82,3 +85,20 @@ def check_dicts_when_loaded(names):
         checked.balms_checked = True
         DatasetCatalog.remove(name)
         DatasetCatalog.register(name, checked)
+
+
+def trust_datasets(names):
+    """Leave the datasets ``names`` unchecked when Detectron2 loads them
+    (``BALMS.DATASETS.CHECK_ANNOTATIONS False``): :func:`check_dicts_when_loaded` passes them
+    by. Those registered by file are still read by the file's rules."""
+    for name in names:
+        load = DatasetCatalog[name] if name in DatasetCatalog else None
+        if load is None or getattr(load, "balms_checked", False):
+            continue
+
+        def trusted(load=load):
+            return load()
+
+        trusted.balms_checked = True
+        DatasetCatalog.remove(name)
+        DatasetCatalog.register(name, trusted)

@@ -23,7 +23,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_balms_config
-from ..data.annotation_checks import check_dicts_when_loaded
+from ..data.annotation_checks import check_dicts_when_loaded, trust_datasets
 from ..data.datasets import check_dataset_files, register_datasets_from_cfg
 from ..data.resumable import build_resumable_train_loader
 from ..data.training_set import shared_training_sets, training_set_from_cfg
@@ -78,6 +78,8 @@ class BalmsTrainer(DefaultTrainer):
         # One read of the training set (balms_det/data/training_set.py): inside this block the
         # class counts, the train loader and the Meta Reweigher's meta set share one
         # TrainingSet of DATASETS.TRAIN, loaded by whichever asks first.
+        if not cfg.BALMS.DATASETS.CHECK_ANNOTATIONS:
+            trust_datasets([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])
         with shared_training_sets():
             preflight_cfg(cfg)  # the data checks, before the model (engine/preflight.py)
             model = self.build_model(cfg)
