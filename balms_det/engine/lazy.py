@@ -17,6 +17,9 @@ same two functions (:func:`freeze_trainable` after the model is built and before
         datasets=[],
         # frozen parameters with an empty train.init_checkpoint are refused unless True
         allow_frozen_random_init=False,
+        # the yacs BALMS.DATASETS.CHECK_ANNOTATIONS: False leaves the training and test sets
+        # unchecked by the input rules (data you trust)
+        check_annotations=True,
     )
 
 Defaults of the Meta Reweigher's arguments taken from the rest of the config (each may be
@@ -44,6 +47,7 @@ from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_trai
 from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from ..data.annotation_checks import trust_datasets
 from ..data.datasets import register_file_datasets
 from ..data.resumable import build_resumable_train_loader
 from .decoupled import FrozenNormHook, freeze_except
@@ -70,6 +74,7 @@ BALMS_TRAIN_DEFAULTS = {
     "meta": {"enabled": False},
     "datasets": [],
     "allow_frozen_random_init": False,
+    "check_annotations": True,
 }
 _FROM_TRAINER = ("model", "optimizer")
 
@@ -117,11 +122,18 @@ def balms_train_settings(cfg):
 
 def register_lazy_datasets(cfg):
     """Register the ``[name, annotation_json, image_root]`` entries of ``train.balms.datasets``
-    (COCO- or LVIS-format files; :func:`~balms_det.data.datasets.register_file_dataset`).
-    Returns the names."""
+    (COCO- or LVIS-format files; :func:`~balms_det.data.datasets.register_file_dataset`), and
+    with ``train.balms.check_annotations`` False leave the loader's datasets unchecked.
+    Returns the names registered."""
     balms_train_settings(cfg)  # unknown keys are named
     entries = _plain(_get(cfg, "train.balms.datasets", None)) or []
-    return register_file_datasets(entries, key="train.balms.datasets")
+    names = register_file_datasets(entries, key="train.balms.datasets")
+    if not _get(cfg, "train.balms.check_annotations", True):
+        trust_datasets(
+            _names(_get(cfg, "dataloader.train.dataset.names", None))
+            + _names(_get(cfg, "dataloader.test.dataset.names", None))
+        )
+    return names
 
 
 def _names(v):
