@@ -50,9 +50,10 @@ bench-startup: venv
 # The evaluation engine's compiled core (balms_det/lvis_eval/csrc and its Cython binding) built
 # with AddressSanitizer and UndefinedBehaviorSanitizer (gcc) into a temporary copy of the package,
 # and the engine's tests run against it (libasan preloaded into the Python host process, leak
-# detection off: Python's own allocations are not freed at exit). Not part of `make test`; the
-# in-place core and the installed package are left as they are, the temporary folder removed.
-# See docs/EVALUATION.md.
+# detection off: Python's own allocations are not freed at exit; libstdc++ preloaded too, or
+# ASan cannot intercept the C++ exceptions of the reference engine's libraries). Not part of
+# `make test`; the in-place core and the installed package are left as they are, the temporary
+# folder removed. See docs/EVALUATION.md.
 SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 SAN_TESTS := tests/test_eval_core.py tests/test_eval_hostile.py tests/test_eval_golden.py \
 	tests/test_eval_boundary.py tests/test_fast_lvis.py
@@ -61,12 +62,13 @@ sanitize: venv
 	cp -r balms_det "$$tmp/"; rm -f "$$tmp"/balms_det/lvis_eval/_core*.so; \
 	inc=$$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['include'])"); \
 	ext=$$($(PY) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))"); \
-	$(PY) -m cython -3 -q balms_det/lvis_eval/_core.pyx -o "$$tmp/_core.c"; \
+	$(PY) -m cython -3 balms_det/lvis_eval/_core.pyx -o "$$tmp/_core.c"; \
 	gcc -shared -fPIC -O1 -g -D_GNU_SOURCE -ffp-contract=off $(SAN_FLAGS) -I"$$inc" \
 		-Ibalms_det/lvis_eval "$$tmp/_core.c" balms_det/lvis_eval/csrc/*.c \
 		-o "$$tmp/balms_det/lvis_eval/_core$$ext"; \
 	repo=$$(pwd); py=$(abspath $(PY)); cd "$$tmp"; \
-	export LD_PRELOAD=$$(gcc -print-file-name=libasan.so) PYTHONPATH="$$tmp" \
+	export LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
+		PYTHONPATH="$$tmp" \
 		ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1; \
 	$$py -c "import balms_det.lvis_eval._core as c; assert c.__file__.startswith('$$tmp'), \
 		c.__file__; print('sanitized core:', c.__file__)"; \
