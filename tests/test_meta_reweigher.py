@@ -280,6 +280,23 @@ def test_loss_that_cannot_take_weights_is_rejected(tmp_path):
         BalmsTrainer(cfg)
 
 
+def test_balanced_meta_loss_of_a_softmax_loss_needs_no_image_count(tmp_path):
+    """META_LOSS balanced with balanced softmax: the trainer builds (the counts are the
+    training set's; the number of images is needed only by the sigmoid family's balanced
+    loss, and was refused for want of it after the counts began to be read lazily)."""
+    from balms_det.engine.trainer import BalmsTrainer
+
+    cfg = meta_cfg(
+        "BALMS.META.META_LOSS",
+        "balanced",
+        "MODEL.ROI_BOX_HEAD.BALMS.LOSS",
+        "balanced_softmax",
+        output_dir=tmp_path,
+    )
+    pred = BalmsTrainer(cfg).model.roi_heads.box_predictor
+    assert not bool((pred.class_counts == 1).all()) and pred.class_counts.sum() > 0
+
+
 def test_unregistered_meta_dataset_is_rejected(tmp_path):
     from balms_det.engine.trainer import BalmsTrainer
 

@@ -462,8 +462,11 @@ def _checked_predictor(m, meta_loss):
     predictor.resolve_class_counts(
         required=meta_loss == "balanced" or predictor.loss_name in NEEDS_COUNTS
     )
-    if meta_loss == "balanced":
-        if bool((predictor.class_counts == 1).all()) or float(predictor.num_train_images) <= 0:
+    if meta_loss == "balanced":  # (the number of images: only the sigmoid family's)
+        sigmoid = LOSS_FAMILIES[predictor.loss_name] == "sigmoid"
+        if bool((predictor.class_counts == 1).all()) or (
+            sigmoid and float(predictor.num_train_images) <= 0
+        ):
             raise ValueError(
                 "Meta Reweigher meta_loss 'balanced' (BALMS.META.META_LOSS) needs the class "
                 "counts of the training set; the predictor has none (use a balanced loss, a "
