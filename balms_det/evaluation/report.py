@@ -205,6 +205,12 @@ def plot_per_class_ap(rows, path, task="segm"):
         if hb is not None:
             fig.colorbar(hb, ax=ax, label="classes per cell", pad=0.01)
         ax.set_xscale("log")
+        if hi - lo < 1.5:  # (a narrow range, e.g. rare's 1-10 images: ticks 1, 2, 5 as numbers)
+            from matplotlib import ticker
+
+            ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.axhline(means[g], color=_GROUP_COLORS[g], linestyle="--", linewidth=1.2)
         ax.axhline(means["all"], color="black", linestyle=":", linewidth=1.0)
         ax.set_xlabel(
