@@ -258,3 +258,24 @@ def test_lazy_training_meta_reweigher_and_decoupled_stage(tmp_path, one_thread):
     assert changed == {pre + "cls_score.weight", pre + "cls_score.bias", pre + "class_weights"}
     trainable = {n for n, q in t2.model.named_parameters() if q.requires_grad}
     assert trainable == {pre + "cls_score.weight", pre + "cls_score.bias"}
+
+
+def test_lazy_amp_precision_reaches_the_trainer_and_the_meta_reweigher(tmp_path):
+    """train.amp.precision (the yacs BALMS.AMP_DTYPE): the AMPTrainer gets it and the Meta
+    Reweigher's autocast follows it; a bad value is refused naming the key."""
+    from detectron2.config import LazyConfig
+    from detectron2.engine import AMPTrainer
+
+    tool = _tool()
+    over = [f"train.output_dir={tmp_path}", "train.balms.meta.enabled=True"]
+    cfg = _fast(LazyConfig.apply_overrides(LazyConfig.load(TINY), over))
+    cfg.train.amp.enabled = True
+    cfg.train.amp.precision = "bfloat16"
+    trainer, _ = tool.build_trainer(cfg)
+    assert isinstance(trainer, AMPTrainer) and trainer.precision == torch.bfloat16
+    meta = trainer._hooks[0]
+    meta.before_train()
+    assert meta.amp == torch.bfloat16
+    cfg.train.amp.precision = "int8"
+    with pytest.raises(ValueError, match="train.amp.precision"):
+        tool.build_trainer(cfg)

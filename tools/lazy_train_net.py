@@ -48,6 +48,7 @@ from balms_det.engine.lazy import (
 )
 from balms_det.engine.resume import DataStreamHook, resume_checkpoint
 from balms_det.engine.trainer import build_ddp_model, print_long_tail_table
+from balms_det.utils import amp_dtype
 
 logger = logging.getLogger("balms_det")
 
@@ -86,9 +87,11 @@ def _build_trainer(cfg):
     optimizer = instantiate(cfg.optimizer)
     train_loader = resumable_train_loader(cfg)
     model = build_ddp_model(model, **cfg.train.ddp)
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(
-        model, train_loader, optimizer
-    )
+    if cfg.train.amp.enabled:  # train.amp.precision: "float16" (Detectron2's) or "bfloat16"
+        precision = amp_dtype(cfg.train.amp.get("precision", "float16"), "train.amp.precision")
+        trainer = AMPTrainer(model, train_loader, optimizer, precision=precision)
+    else:
+        trainer = SimpleTrainer(model, train_loader, optimizer)
     checkpointer = BalmsCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     main = comm.is_main_process()
     seed = int(cfg.train.get("seed", -1))
