@@ -12,8 +12,11 @@ venv:
 run: venv
 	$(PY) tools/train_net.py --config-file configs/synthetic/main.yaml $(ARGS)
 
+# The suite in PYTEST_WORKERS processes (pytest-xdist; a test file's tests stay in one process,
+# in order): 2 use both cores of a 2-core CI machine. PYTEST_WORKERS=0 runs it in this process.
+PYTEST_WORKERS ?= 2
 test: venv
-	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The benchmark (docs/RESULTS.md): cost of each head side by side; accuracy of the main table with
 # 3 seeds (paired intervals); the Label Over-Smoothing sweep and the Meta Reweigher study from the
