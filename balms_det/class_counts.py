@@ -754,15 +754,17 @@ def lazy_num_classes(dataset_names):
     names = [dataset_names] if isinstance(dataset_names, str) else [str(n) for n in dataset_names]
     if not names:
         raise ValueError("lazy_num_classes(dataset_names=...) is empty: name the training set")
-    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data import MetadataCatalog
 
     from .data.datasets import check_registered
 
     check_registered(names[:1], "lazy_num_classes(dataset_names=...)")
     meta = MetadataCatalog.get(names[0])
     K = _num_classes_from_metadata(meta)
-    if K is None:
-        DatasetCatalog.get(names[0])  # Detectron2's loaders set thing_classes
+    if K is None:  # Detectron2's loaders set thing_classes: the (shared) training set's read
+        from .data.training_set import training_set
+
+        training_set(names)
         K = _num_classes_from_metadata(meta)
     if K is None:
         raise ValueError(

@@ -105,7 +105,16 @@ def test_lazy_template_trains_on_own_files_and_prints_the_table(own, tmp_path, c
         "model.proposal_generator.post_nms_topk=[50,30]",
         "model.roi_heads.box_predictor.test_topk_per_image=20",
     ]
-    res = tool.main(default_argument_parser().parse_args(argv))
+    import balms_det.data.datasets as ds
+
+    loads, real = [], ds._load_file_dataset
+    ds._load_file_dataset = lambda name, *a: (loads.append(name), real(name, *a))[1]
+    try:
+        res = tool.main(default_argument_parser().parse_args(argv))
+    finally:
+        ds._load_file_dataset = real
+    # K, the checks, the counts and the loader: one read of the training file
+    assert loads.count("lz_tpl_train") == 1, loads
     out = capsys.readouterr().out
     assert "Long-tail results (%)" in out and "| lz_tpl_val " in out
     assert {"bbox", "segm"} <= set(res)

@@ -50,6 +50,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from ..data.annotation_checks import trust_datasets
 from ..data.datasets import register_file_datasets
 from ..data.resumable import build_resumable_train_loader
+from ..data.training_set import training_set
 from .decoupled import FrozenNormHook, freeze_except
 from .meta_reweigher import MetaReweigher
 from .preflight import check_frozen_start, preflight_datasets
@@ -153,7 +154,10 @@ def preflight_lazy(cfg, model):
     train = _names(_get(cfg, "dataloader.train.dataset.names", None))
     test = _names(_get(cfg, "dataloader.test.dataset.names", None))
     if num_classes is not None and train:
-        _preflight_then_name(inner, train, test, int(num_classes))
+        # an L(training_set)(...) dataset: the checks read the loader's own (shared) set
+        node = _get(cfg, "dataloader.train.dataset", None)
+        train_set = (lambda: instantiate(node)) if _target(node) is training_set else None
+        _preflight_then_name(inner, train, test, int(num_classes), train_set)
     check_frozen_start(
         model,
         _get(cfg, "train.init_checkpoint", ""),
@@ -163,7 +167,7 @@ def preflight_lazy(cfg, model):
     )
 
 
-def _preflight_then_name(model, train, test, num_classes):
+def _preflight_then_name(model, train, test, num_classes, train_set=None):
     """The data checks, then the training set's class names given to the balms predictors
     that have none (saved in checkpoints, for serving)."""
     from detectron2.data import MetadataCatalog
@@ -179,6 +183,7 @@ def _preflight_then_name(model, train, test, num_classes):
             train="dataloader.train.dataset.names",
             test="dataloader.test.dataset.names",
         ),
+        train_set=train_set,
     )
     names = MetadataCatalog.get(train[0]).get("thing_classes", None)
     for m in model.modules():
@@ -324,12 +329,16 @@ def resumable_train_loader(cfg):
     arguments, and ``seed=train.seed`` when >= 0) is built instead, so that ``--resume``
     continues the data stream where it stopped. Another target is instantiated as it is."""
     node = cfg.dataloader.train
-    target = node.get("_target_") if isinstance(node, (dict, DictConfig)) else None
-    target = locate(target) if isinstance(target, str) else target
-    if target is build_detection_train_loader:
+    if _target(node) is build_detection_train_loader:
         node = copy.deepcopy(node)
         node._target_ = build_resumable_train_loader
         seed = _get(cfg, "train.seed", None)
         if "seed" not in node and seed is not None and int(seed) >= 0:
             node.seed = int(seed)
     return instantiate(node)
+
+
+def _target(node):
+    """The callable a LazyConfig node instantiates (its ``_target_``, located), or None."""
+    target = node.get("_target_") if isinstance(node, (dict, DictConfig)) else None
+    return locate(target) if isinstance(target, str) else target

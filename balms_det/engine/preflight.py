@@ -25,6 +25,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 
 from ..class_counts import load_cat_info
+from ..class_index import ImageClassIndex
 from ..data.datasets import check_registered, dataset_categories
 from ..data.training_set import training_set_from_cfg
 from ..utils import format_examples
@@ -35,6 +36,7 @@ __all__ = [
     "check_cat_info",
     "missing_image_files",
     "check_image_files",
+    "check_image_paths",
     "check_dataset_images",
     "check_frozen_start",
     "preflight_datasets",
@@ -122,14 +124,22 @@ def check_num_classes(num_classes, dataset_names, key=NUM_CLASSES_KEY, dicts=Non
     if dicts is not None and all(
         MetadataCatalog.get(n).get("thing_classes", None) is None for n in dataset_names
     ):
-        for d in dicts:
-            for a in d.get("annotations", ()):
-                if not 0 <= int(a["category_id"]) < num_classes:
-                    raise ValueError(
-                        f"{key} is {num_classes} but image '{d.get('file_name')}' of "
-                        f"{list(dataset_names)} has an annotation of category id "
-                        f"{a['category_id']} (contiguous ids 0..{num_classes - 1} expected)"
-                    )
+        index = ImageClassIndex.from_dicts(dicts)
+        _check_class_ids(
+            index, lambda i: dicts[i].get("file_name"), num_classes, dataset_names, key
+        )
+
+
+def _check_class_ids(index, file_name, num_classes, dataset_names, key):
+    """ValueError naming ``key`` and the image (``file_name(position)``) of a category id
+    outside ``0..num_classes-1`` in the ``ImageClassIndex`` ``index`` (one vectorised test)."""
+    try:
+        index.check_classes(num_classes, file_name)
+    except ValueError as e:
+        raise ValueError(
+            f"{key} is {num_classes} but in the training set {list(dataset_names)}: {e} "
+            f"(contiguous ids 0..{num_classes - 1} expected)"
+        ) from None
 
 
 def check_cat_info(cat_info, num_classes, dataset_names, key=CAT_INFO_KEY):
@@ -183,7 +193,11 @@ def missing_image_files(paths, threads=1):
 def check_image_files(dicts, what):
     """FileNotFoundError naming ``what`` (the dataset and config key), how many image files of
     ``dicts`` are missing or empty and the first of them; silent when all are there."""
-    paths = [d["file_name"] for d in dicts if "file_name" in d]
+    return check_image_paths([d["file_name"] for d in dicts if "file_name" in d], what)
+
+
+def check_image_paths(paths, what):
+    """:func:`check_image_files` of a list of paths; returns their number."""
     bad = missing_image_files(paths)
     if bad:
         shown = "\n  ".join(f"{p} ({why})" for p, why in bad[:10])
@@ -319,16 +333,10 @@ def _check_training_set(train_set, num_classes, train_names, keys):
     process of each machine, its image files (generated datasets skipped). Returns the number
     of image files checked."""
     train = train_set()  # sets thing_classes (Detectron2's loaders)
-    for name in train_names:
-        check_num_classes(num_classes, [name], keys["num_classes"])
+    check_num_classes(num_classes, train_names, keys["num_classes"])
     if all(MetadataCatalog.get(n).get("thing_classes", None) is None for n in train_names):
-        try:
-            train.check_classes(num_classes)
-        except ValueError as e:
-            raise ValueError(
-                f"{keys['num_classes']} is {num_classes} but in the training set "
-                f"{list(train_names)}: {e} (contiguous ids 0..{num_classes - 1} expected)"
-            ) from None
+        index, key = train.class_index, keys["num_classes"]
+        _check_class_ids(index, train.file_name, num_classes, train_names, key)
     todo = [
         n
         for n in train_names
@@ -336,9 +344,7 @@ def _check_training_set(train_set, num_classes, train_names, keys):
     ]
     if not todo or comm.get_local_rank() != 0:
         return 0
-    n = check_image_files(
-        ({"file_name": f} for f in train.file_names if f is not None),
-        _names_of(train_names, keys["train"]),
-    )
+    paths = [f for f in train.file_names if f is not None]
+    n = check_image_paths(paths, _names_of(train_names, keys["train"]))
     _images_checked.update(train_names)
     return n

@@ -235,7 +235,7 @@ class BalmsLVISEvaluator(LVISEvaluator):
         """{category id: {"image_count", "instance_count"}} summed over the training datasets."""
         if self._train_counts_cache is not None:
             return self._train_counts_cache
-        from ..class_counts import counts_from_dataset_dicts
+        from ..class_counts import dataset_class_counts
 
         if not self._train_dataset_names:
             raise ValueError(
@@ -244,7 +244,9 @@ class BalmsLVISEvaluator(LVISEvaluator):
             )
         counts = {}
         for name in self._train_dataset_names:
-            dicts = DatasetCatalog.get(name)  # sets the metadata of COCO-format datasets
+            # the counts the head took from the same read (cached), else one read of the set,
+            # which also sets the metadata of COCO-format datasets
+            c, _ = dataset_class_counts([name], need_instances=True)
             meta = MetadataCatalog.get(name)
             id_map = meta.get("thing_dataset_id_to_contiguous_id", None)
             classes = meta.get("thing_classes", None)
@@ -252,7 +254,6 @@ class BalmsLVISEvaluator(LVISEvaluator):
                 if classes is None:
                     raise ValueError(f"Training dataset '{name}' has no thing_classes metadata")
                 id_map = {k + 1: k for k in range(len(classes))}
-            c = counts_from_dataset_dicts(dicts, len(id_map))
             for cid, k in id_map.items():
                 cur = counts.setdefault(cid, {"image_count": 0, "instance_count": 0})
                 cur["image_count"] += int(c.image_count[k])

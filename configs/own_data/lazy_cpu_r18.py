@@ -19,6 +19,7 @@ from detectron2.solver.build import get_default_optimizer_params
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from balms_det.class_counts import lazy_class_counts, lazy_num_classes
+from balms_det.data.training_set import training_repeat_factors, training_set
 from balms_det.engine.lazy import optimizer_with_gradient_clipping
 from balms_det.evaluation.lvis_evaluator import BalmsLVISEvaluator
 from balms_det.modeling.roi_heads import BalmsFastRCNNOutputLayers
@@ -30,14 +31,15 @@ train = model_zoo.get_config("common/train.py").train
 
 # -- data: your files, registered by tools/lazy_train_net.py from train.balms.datasets ----------
 TRAIN, TEST = "own_train", "own_val"
-dataloader.train.dataset.names = TRAIN
+# read once (balms_det/data/training_set.py): the loader, its sampler, K, the counts and the checks
+dataloader.train.dataset = L(training_set)(names=TRAIN, filter_empty=True)
 dataloader.train.mapper.augmentations = [
     L(T.ResizeShortestEdge)(short_edge_length=(160,), max_size=256, sample_style="choice"),
     L(T.RandomFlip)(horizontal=True),
 ]
 dataloader.train.sampler = L(RepeatFactorTrainingSampler)(
-    repeat_factors=L(RepeatFactorTrainingSampler.repeat_factors_from_category_frequency)(
-        dataset_dicts="${dataloader.train.dataset}", repeat_thresh=0.1
+    repeat_factors=L(training_repeat_factors)(
+        dataset="${dataloader.train.dataset}", repeat_thresh=0.1
     )
 )
 dataloader.train.total_batch_size = 8
