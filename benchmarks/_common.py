@@ -63,3 +63,12 @@ class PeakRSS:
         self._stop.set()
         self._t.join()
         self.peak = max(self.peak, _rss_bytes())
+
+
+def write_placeholder_files(paths):
+    """A 1-byte file at each path that does not exist yet (image files whose metadata is all a
+    benchmark reads: the pre-flight stat pass)."""
+    for path in paths:
+        if not os.path.exists(path):
+            with open(path, "wb") as f:
+                f.write(b"x")

@@ -15,7 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import write_outputs  # noqa: E402
+from _common import write_outputs, write_placeholder_files  # noqa: E402
 
 
 def main():
@@ -29,10 +29,7 @@ def main():
 
     os.makedirs(a.root, exist_ok=True)
     paths = [os.path.join(a.root, f"{i:012d}.jpg") for i in range(a.files)]
-    for path in paths:
-        if not os.path.exists(path):
-            with open(path, "wb") as f:
-                f.write(b"x")
+    write_placeholder_files(paths)
     gone = paths[:: max(1, a.files // 10)]  # 10 paths that do not exist
     gone_paths = [g + ".missing" for g in gone]
     paths = paths + gone_paths

@@ -48,7 +48,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from _common import write_outputs  # noqa: E402
+from _common import write_outputs, write_placeholder_files  # noqa: E402
 
 CONFIGS = os.path.join(REPO, "configs")
 BASE = os.path.join(CONFIGS, "Base-LVIS-R50.yaml")
@@ -84,11 +84,7 @@ def placeholder_images(image_root, images):
     read while a trainer is built, so their content does not matter)."""
     folder = os.path.join(image_root, "train2017")  # make_lvis_like's coco_url folder
     os.makedirs(folder, exist_ok=True)
-    for i in range(1, images + 1):
-        path = os.path.join(folder, f"{i:012d}.jpg")
-        if not os.path.exists(path):
-            with open(path, "wb") as f:
-                f.write(b"x")
+    write_placeholder_files(os.path.join(folder, f"{i:012d}.jpg") for i in range(1, images + 1))
 
 
 def _rss():
